@@ -1,0 +1,5 @@
+"""``python -m continual`` is the ``continual`` command."""
+
+from continual.cli import main
+
+main()

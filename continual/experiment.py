@@ -1,0 +1,137 @@
+"""One continual-learning run: learn each task, update the router, fill a row of R, log everything.
+
+Usable without Hydra::
+
+    stream = DemoStream().load()
+    backbone = Backbone.load()
+    learner = AdapterPerTask(backbone, BottleneckConfig(), TrainerConfig())
+    result = run_stream(stream, learner, OracleRouter(), MemoryTracker(), Path("out"))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from continual import metrics, plots
+from continual.evaluation import evaluate_task
+from continual.learners import AdapterPerTask, LearnReport
+from continual.routers.base import Router
+from continual.streams import Stream
+from continual.tracking.base import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """The accuracy matrix (0-based; ``nan`` above the diagonal), its metrics and per-task reports."""
+
+    task_names: list[str]
+    R: np.ndarray
+    reports: list[LearnReport] = field(default_factory=list)
+    router_acc: np.ndarray | None = None
+    seconds: float = 0.0
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return metrics.summary(self.R)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(r.seconds for r in self.reports)
+
+    @property
+    def train_samples_per_second(self) -> float:
+        return sum(r.examples for r in self.reports) / max(self.train_seconds, 1e-9)
+
+
+def write_matrix_csv(R: np.ndarray, names: list[str], path: Path) -> Path:
+    """Header = task names; row i = accuracies after training task i (blank for unseen tasks)."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(names)
+        for row in R:
+            writer.writerow(["" if not np.isfinite(v) else f"{v:.6f}" for v in row])
+    tmp.replace(path)
+    return path
+
+
+def format_matrix(R: np.ndarray, names: list[str]) -> str:
+    """Plain-text accuracy matrix in percent, for the terminal summary."""
+    width = max(8, *(len(n) for n in names)) + 1
+    lines = ["after \\ on".ljust(width) + "".join(n[: width - 1].rjust(width) for n in names)]
+    for i, name in enumerate(names):
+        cells = "".join((f"{100 * v:.1f}" if np.isfinite(v) else "").rjust(width) for v in R[i])
+        lines.append(name[: width - 1].ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def run_stream(stream: Stream, learner: AdapterPerTask, router: Router, tracker: Tracker, out_dir: Path,
+               progress: bool = True) -> RunResult:
+    """Learn ``stream`` task by task with ``learner``; evaluate every seen task through ``router``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = stream.task_names
+    T = len(names)
+    R = np.full((T, T), np.nan)
+    router_acc = np.full((T, T), np.nan)
+    result = RunResult(names, R, router_acc=router_acc)
+    backbone, trainer = learner.backbone, learner.trainer
+    test_tokens = [backbone.tokenize(list(t.test.texts), trainer.max_length) for t in stream.tasks]
+    start = time.perf_counter()
+    global_step = 0
+    tasks_bar = tqdm(stream.tasks, desc=f"stream {stream.name}", unit="task", disable=not progress)
+    for i, task in enumerate(tasks_bar):
+        tasks_bar.set_postfix(task=f"{i + 1}/{T} {task.name}")
+        step_offset = global_step
+
+        def on_loss(step: int, loss: float, name: str = task.name, offset: int = step_offset) -> None:
+            tracker.log_metrics({f"train_loss/{name}": loss, "train_loss": loss}, step=offset + step)
+
+        report = learner.learn(task, on_loss)
+        global_step += report.steps
+        result.reports.append(report)
+        router.add_task(i, task)
+        for j in range(i + 1):
+            ev = evaluate_task(learner, router, j, test_tokens[j], stream.tasks[j].test.labels,
+                               trainer.eval_batch_size, learner.pad_id, learner.device)
+            R[i, j], router_acc[i, j] = ev.accuracy, ev.router_accuracy
+        row = metrics.summary(metrics.prefix(R, i))
+        row.update({f"acc/{names[j]}": R[i, j] for j in range(i + 1)})
+        row.update({
+            "router_acc": float(np.mean(router_acc[i, : i + 1])),
+            f"val_acc/{task.name}": report.val_acc,
+            "trainable_params": report.trainable_params,
+            "trainable_share": report.trainable_params / sum(p.numel() for p in backbone.parameters()),
+            "train_seconds": report.seconds,
+            "train_samples_per_s": report.samples_per_second,
+        })
+        tracker.log_metrics(row, step=i)
+        write_matrix_csv(R, names, out_dir / "accuracy_matrix.csv")  # kept current: a crash keeps the rows so far
+        log.info("after task %d/%d %s: avg_acc=%.4f val_acc=%.4f %.1fs (%.0f samples/s)", i + 1, T, task.name,
+                 row["avg_acc"], report.val_acc, report.seconds, report.samples_per_second)
+    result.seconds = time.perf_counter() - start
+
+    artifacts = [
+        out_dir / "accuracy_matrix.csv",
+        plots.heatmap(R, names, out_dir / "accuracy_matrix.png"),
+        plots.curves(R, names, out_dir / "accuracy_curves.png"),
+    ]
+    summary = {"task_names": names, "R": [[None if not np.isfinite(v) else v for v in r] for r in R],
+               **result.metrics, "train_seconds": result.train_seconds,
+               "train_samples_per_s": result.train_samples_per_second, "seconds": result.seconds}
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    artifacts.append(out_dir / "results.json")
+    for path in artifacts:
+        tracker.log_artifact(path)
+    learner.save(out_dir / "adapters")
+    tracker.log_artifact(out_dir / "adapters", "adapters")
+    return result

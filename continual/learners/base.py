@@ -1,0 +1,45 @@
+"""The learner protocol: learn one task at a time, predict for a batch routed per example."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from continual.streams import Task
+
+LossCallback = Callable[[int, float], None]  # (optimizer step within the task, loss)
+
+
+@dataclass(frozen=True)
+class LearnReport:
+    """What learning one task cost and achieved."""
+
+    task: str
+    steps: int
+    examples: int
+    seconds: float
+    final_loss: float
+    val_acc: float
+    trainable_params: int
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.examples / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Learner(Protocol):
+    """Learns tasks in sequence; task ``k`` is the k-th task passed to :meth:`learn`."""
+
+    def learn(self, task: Task, on_loss: LossCallback | None = None) -> LearnReport: ...
+
+    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """Label index (within each example's routed task) for every example."""
+        ...
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write the learned state (one file per task where possible) and return the files."""
+        ...

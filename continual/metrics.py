@@ -1,0 +1,85 @@
+"""Continual-learning metrics as pure functions of the accuracy matrix.
+
+Conventions used everywhere in ``continual``:
+
+* Tasks are **0-based**. ``R[i, j]`` is the accuracy on task ``j``'s test split after training
+  through task ``i`` (rows: training progress, columns: evaluated task). Entries with ``j > i``
+  (tasks not yet seen) are ``nan``.
+* A metric "at step i" is computed on the leading ``(i+1) x (i+1)`` block, i.e. as if the stream had
+  ended after task ``i``. Functions take the block they should look at; use :func:`prefix`.
+* Our ``forgetting`` is Chaudhry et al. (2018): the *maximum* earlier accuracy minus the final one.
+  It is not Avalanche's "forgetting" (first minus last).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "average_accuracy",
+    "backward_transfer",
+    "forgetting",
+    "learning_accuracy",
+    "prefix",
+    "summary",
+]
+
+
+def _square(R: np.ndarray) -> np.ndarray:
+    R = np.asarray(R, dtype=float)
+    if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] == 0:
+        raise ValueError(f"accuracy matrix must be square and non-empty, got shape {R.shape}")
+    return R
+
+
+def prefix(R: np.ndarray, i: int) -> np.ndarray:
+    """The ``(i+1) x (i+1)`` block of R: the matrix as it stood after training task ``i``."""
+    return _square(R)[: i + 1, : i + 1]
+
+
+def average_accuracy(R: np.ndarray) -> float:
+    """ACC = mean_{j<T} R[T-1, j]: mean accuracy over all tasks after the last one was learned."""
+    R = _square(R)
+    return float(np.mean(R[-1, :]))
+
+
+def learning_accuracy(R: np.ndarray) -> float:
+    """LA = mean_j R[j, j]: how well each task was learned right after training on it."""
+    return float(np.mean(np.diag(_square(R))))
+
+
+def backward_transfer(R: np.ndarray) -> float:
+    """BWT (Lopez-Paz & Ranzato, 2017) = mean_{j<T-1} (R[T-1, j] - R[j, j]).
+
+    Negative values mean forgetting, positive values mean later tasks improved earlier ones.
+    Undefined (``nan``) for a single task: there is no earlier task to transfer back to.
+    """
+    R = _square(R)
+    T = R.shape[0]
+    if T == 1:
+        return float("nan")
+    return float(np.mean([R[T - 1, j] - R[j, j] for j in range(T - 1)]))
+
+
+def forgetting(R: np.ndarray) -> float:
+    """Forgetting (Chaudhry et al., 2018) = mean_{j<T-1} (max_{j<=l<T-1} R[l, j] - R[T-1, j]).
+
+    The drop from the best accuracy a task had *before the last step* to its final accuracy. A term
+    is negative only when the final accuracy beats every earlier one (backward transfer); with
+    isolated, frozen adapters and the oracle router it is exactly 0. ``nan`` for a single task.
+    """
+    R = _square(R)
+    T = R.shape[0]
+    if T == 1:
+        return float("nan")
+    return float(np.mean([np.max(R[j : T - 1, j]) - R[T - 1, j] for j in range(T - 1)]))
+
+
+def summary(R: np.ndarray) -> dict[str, float]:
+    """All scalar metrics of a (prefix of an) accuracy matrix, keyed by their MLflow names."""
+    return {
+        "avg_acc": average_accuracy(R),
+        "bwt": backward_transfer(R),
+        "forgetting": forgetting(R),
+        "learning_acc": learning_accuracy(R),
+    }

@@ -1,0 +1,29 @@
+"""Task streams: plain-data tasks and the sources that build them (files, Hub, CLINC150, demo).
+
+Every source is a frozen dataclass with a ``name`` and ``load(launch_dir) -> Stream``: that method
+reads and validates all data, so bad input fails before a model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from continual.streams.clinc150 import Clinc150Domains
+from continual.streams.demo import DemoStream
+from continual.streams.spec import StreamSpec, TaskSpec
+from continual.streams.task import Split, Stream, Task, apply_order, build_task
+
+
+class StreamSource(Protocol):
+    """Anything that can produce a validated :class:`Stream`."""
+
+    name: str
+
+    def load(self, launch_dir: Path | None = None) -> Stream: ...
+
+
+__all__ = [
+    "Clinc150Domains", "DemoStream", "Split", "Stream", "StreamSource", "StreamSpec", "Task", "TaskSpec",
+    "apply_order", "build_task",
+]

@@ -1,0 +1,108 @@
+"""CLINC150 split by domain: 10 tasks of 15 intents each (a domain-incremental stream).
+
+With ``data_dir`` the stream reads ``data_full.json`` (``{"train": [[text, intent], ...], "val": ...,
+"test": ...}``) and ``domains.json`` (``{domain: [intent, ...]}``) as published in clinc/oos-eval.
+Without it, texts come from the Hub dataset ``clinc_oos`` (config ``plus``) and the domain map from
+``domains_file`` (the same ``domains.json``), since the Hub copy does not carry domains.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from continual.errors import ContinualError
+from continual.streams.sources import read_hub
+from continual.streams.task import Pairs, Stream, apply_order, build_task
+
+HUB_ID, HUB_CONFIG = "clinc_oos", "plus"
+SPLITS = {"train": "train", "validation": "val", "test": "test"}  # our name -> data_full.json key
+
+
+def _read_json(path: Path, where: str):
+    if not path.is_file():
+        raise ContinualError(f"{where}: file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ContinualError(f"{where}: {path} is not valid JSON: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Clinc150Domains:
+    """Stream source for CLINC150 domains; ``domains`` selects/orders domains before ``order`` applies."""
+
+    name: str = "clinc150_domains"
+    data_dir: str | None = None
+    domains_file: str | None = None
+    domains: Sequence[str] | None = None
+    order: Sequence[int | str] | str | None = None
+    orders: Mapping[str, Sequence[int | str]] = field(default_factory=dict)
+    max_per_class: int | None = None
+    max_eval_per_class: int | None = None
+    split_seed: int = 0
+
+    def _resolve(self, value: str, launch_dir: Path) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else launch_dir / path
+
+    def _splits(self, launch_dir: Path) -> dict[str, Pairs]:
+        where = f"stream '{self.name}'"
+        if self.data_dir:
+            data = _read_json(self._resolve(self.data_dir, launch_dir) / "data_full.json", f"{where} field 'data_dir'")
+            try:
+                return {ours: [(str(t), str(lab)) for t, lab in data[key]] for ours, key in SPLITS.items()}
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ContinualError(
+                    f"{where}: data_full.json must map train/val/test to [text, intent] pairs ({exc!r})"
+                ) from exc
+        return {ours: read_hub(HUB_ID, HUB_CONFIG, ours, "text", "intent", where) for ours in SPLITS}
+
+    def _domain_map(self, launch_dir: Path) -> dict[str, list[str]]:
+        where = f"stream '{self.name}'"
+        if self.domains_file:
+            path = self._resolve(self.domains_file, launch_dir)
+        elif self.data_dir:
+            path = self._resolve(self.data_dir, launch_dir) / "domains.json"
+        else:
+            raise ContinualError(
+                f"{where}: set field 'data_dir' (a folder with data_full.json and domains.json) or, to read the "
+                "texts from the Hub, field 'domains_file' (domains.json of clinc/oos-eval)"
+            )
+        mapping = _read_json(path, f"{where} domains")
+        if not isinstance(mapping, dict) or not all(isinstance(v, list) for v in mapping.values()):
+            raise ContinualError(f"{where}: {path} must map each domain to a list of intents")
+        return mapping
+
+    def load(self, launch_dir: Path | None = None) -> Stream:
+        launch_dir = Path.cwd() if launch_dir is None else launch_dir
+        domain_map = self._domain_map(launch_dir)
+        names = list(self.domains) if self.domains is not None else list(domain_map)
+        unknown = [d for d in names if d not in domain_map]
+        if unknown:
+            raise ContinualError(f"stream '{self.name}' field 'domains': unknown {unknown}; known: {list(domain_map)}")
+        # Validate the order on names alone, before the (large) data file is read.
+        names = [t.name for t in apply_order([_Named(n) for n in names], self.order, dict(self.orders))]  # type: ignore[misc]
+        splits = self._splits(launch_dir)
+        tasks = []
+        for domain in names:
+            intents = set(domain_map[domain])
+            part = {k: [p for p in pairs if p[1] in intents] for k, pairs in splits.items()}
+            tasks.append(
+                build_task(
+                    domain, part["train"], part["test"], part["validation"],
+                    labels=sorted(intents), max_per_class=self.max_per_class,
+                    max_eval_per_class=self.max_eval_per_class, seed=self.split_seed,
+                    where=f"stream '{self.name}' domain '{domain}'",
+                )
+            )
+        return Stream(self.name, tuple(tasks))
+
+
+@dataclass(frozen=True)
+class _Named:
+    """Lets :func:`apply_order` work on bare names before any data is loaded."""
+
+    name: str

@@ -1,0 +1,163 @@
+"""Stream files: a named, ordered list of task specs, validated field by field.
+
+This is the format a user writes as ``my_conf/stream/NAME.yaml``::
+
+    name: banking_split
+    data_dir: data/banking77        # optional: relative task paths resolve against it
+    tasks:
+      - name: cards
+        train: train.csv             # a file, or a split name when `dataset` (a Hub id) is set
+        test: test.csv
+        text_field: text
+        label_field: category
+        labels: [card_arrival, card_linking]   # optional subset, fixes the label order
+        max_per_class: 40                     # optional cap on train examples per label
+
+Relative paths resolve against ``data_dir`` when given, else against the launch directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from continual.errors import ContinualError
+from continual.streams.sources import read_file, read_hub
+from continual.streams.task import Stream, Task, apply_order, build_task, check_unique_names
+
+
+def _check_keys(raw: Mapping[str, Any], cls: type, where: str, required: Sequence[str]) -> None:
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        raise ContinualError(f"{where}: unknown field '{unknown[0]}'; expected fields: {', '.join(allowed)}")
+    for key in required:
+        if raw.get(key) in (None, ""):
+            raise ContinualError(f"{where}: missing required field '{key}'")
+
+
+def _opt_int(value: Any, name: str, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ContinualError(f"{where}: field '{name}' must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where one task's data comes from and how to slice it (see the module docstring)."""
+
+    name: str
+    train: str
+    test: str
+    validation: str | None = None
+    text_field: str = "text"
+    label_field: str = "label"
+    labels: tuple[str, ...] | None = None
+    max_per_class: int | None = None
+    max_eval_per_class: int | None = None
+    validation_fraction: float = 0.1
+    format: str | None = None
+    dataset: str | None = None
+    dataset_config: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str) -> TaskSpec:
+        if not isinstance(raw, Mapping):
+            raise ContinualError(f"{where}: expected a mapping with fields name, train, test, ..., got {raw!r}")
+        name = raw.get("name")
+        where = f"{where} (task '{name}')" if name else where
+        _check_keys(raw, cls, where, required=("name", "train", "test"))
+        for key in ("name", "train", "test", "validation", "text_field", "label_field", "format", "dataset"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise ContinualError(f"{where}: field '{key}' must be a string, got {raw[key]!r}")
+        labels = raw.get("labels")
+        if labels is not None:
+            if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+                raise ContinualError(f"{where}: field 'labels' must be a list of labels, got {labels!r}")
+            labels = tuple(str(lab) for lab in labels)
+        fraction = raw.get("validation_fraction", 0.1)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ContinualError(f"{where}: field 'validation_fraction' must be a number in [0, 1), got {fraction!r}")
+        return cls(
+            **{**dict(raw), "labels": labels, "validation_fraction": float(fraction),
+               "max_per_class": _opt_int(raw.get("max_per_class"), "max_per_class", where),
+               "max_eval_per_class": _opt_int(raw.get("max_eval_per_class"), "max_eval_per_class", where)}
+        )
+
+    def read(self, split: str, base_dir: Path, where: str):
+        """Pairs of one split ('train', 'validation' or 'test'), from the Hub or a local file."""
+        ref = getattr(self, split)
+        if self.dataset:
+            return read_hub(self.dataset, self.dataset_config, ref, self.text_field, self.label_field, where)
+        path = Path(ref).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        return read_file(path, self.text_field, self.label_field, f"{where} field '{split}'", self.format)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A stream file: name, tasks, and an optional order (indices, names, or a key of ``orders``)."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    order: tuple[int | str, ...] | str | None = None
+    orders: Mapping[str, tuple[int | str, ...]] = field(default_factory=dict)
+    data_dir: str | None = None
+    split_seed: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "stream") -> StreamSpec:
+        if not isinstance(raw, Mapping):
+            raise ContinualError(f"{where}: expected a mapping with fields name and tasks, got {raw!r}")
+        _check_keys(raw, cls, where, required=("name", "tasks"))
+        tasks = raw["tasks"]
+        if isinstance(tasks, (str, bytes, Mapping)) or not isinstance(tasks, Sequence) or not tasks:
+            raise ContinualError(f"{where}: field 'tasks' must be a non-empty list of tasks")
+        specs = tuple(TaskSpec.from_dict(t, f"{where}.tasks[{k}]") for k, t in enumerate(tasks))
+        check_unique_names([s.name for s in specs], f"{where}.tasks")
+        order = raw.get("order")
+        if order is not None and not isinstance(order, str):
+            order = tuple(order)
+        orders = {str(k): tuple(v) for k, v in (raw.get("orders") or {}).items()}
+        seed = raw.get("split_seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ContinualError(f"{where}: field 'split_seed' must be an integer, got {seed!r}")
+        return cls(name=str(raw["name"]), tasks=specs, order=order, orders=orders,
+                   data_dir=raw.get("data_dir"), split_seed=seed)
+
+    def load(self, launch_dir: Path | None = None) -> Stream:
+        """Read, filter and validate every task's data, then apply the order."""
+        launch_dir = Path.cwd() if launch_dir is None else launch_dir
+        base = launch_dir
+        if self.data_dir:
+            base = Path(self.data_dir).expanduser()
+            base = base if base.is_absolute() else launch_dir / base
+            if not base.is_dir():
+                raise ContinualError(f"stream '{self.name}': field 'data_dir' is not a directory: {base}")
+        # Validate the order before reading any data: a typo should not cost a full data load.
+        order_names = [t.name for t in apply_order(self.tasks, self.order, self.orders, "stream.order")]  # type: ignore[arg-type]
+        by_name = {s.name: s for s in self.tasks}
+        tasks: list[Task] = []
+        for name in order_names:
+            spec = by_name[name]
+            where = f"stream '{self.name}' task '{spec.name}'"
+            tasks.append(
+                build_task(
+                    spec.name,
+                    train=spec.read("train", base, where),
+                    test=spec.read("test", base, where),
+                    validation=spec.read("validation", base, where) if spec.validation else None,
+                    labels=spec.labels,
+                    max_per_class=spec.max_per_class,
+                    max_eval_per_class=spec.max_eval_per_class,
+                    validation_fraction=spec.validation_fraction,
+                    seed=self.split_seed,
+                    where=where,
+                )
+            )
+        return Stream(self.name, tuple(tasks))

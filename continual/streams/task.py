@@ -1,0 +1,214 @@
+"""Tasks and streams as plain data, and the steps every stream source shares.
+
+A :class:`Task` is one classification problem with its own label set; a :class:`Stream` is an
+ordered tuple of tasks. Sources (local files, the Hub, CLINC150, the generated demo) only produce
+``(text, label)`` pairs; :func:`build_task` applies the label subset, the per-class caps and the
+validation carve-out identically for all of them, so every source validates the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from continual.errors import ContinualError
+
+log = logging.getLogger(__name__)
+
+Pairs = list[tuple[str, str]]
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Labelled texts; ``labels[k]`` indexes the owning task's ``labels`` tuple."""
+
+    texts: tuple[str, ...]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One task of a stream: a name, its label names, and train/validation/test splits."""
+
+    name: str
+    labels: tuple[str, ...]
+    train: Split
+    validation: Split
+    test: Split
+
+
+@dataclass(frozen=True, eq=False)
+class Stream:
+    """A named, ordered sequence of tasks; task ``i`` is learned at step ``i``."""
+
+    name: str
+    tasks: tuple[Task, ...]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+def _cap_per_class(pairs: Pairs, cap: int | None, rng: random.Random) -> Pairs:
+    """Keep at most ``cap`` examples of each label, chosen at random but reproducibly."""
+    if cap is None:
+        return pairs
+    by_label: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for pair in pairs:
+        by_label[pair[1]].append(pair)
+    kept: Pairs = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        kept.extend(group if len(group) <= cap else rng.sample(group, cap))
+    return kept
+
+
+def _carve_validation(pairs: Pairs, fraction: float, rng: random.Random) -> tuple[Pairs, Pairs]:
+    """Stratified, seeded split of train into (train, validation); every label keeps >= 1 train example."""
+    by_label: dict[str, Pairs] = defaultdict(list)
+    for pair in pairs:
+        by_label[pair[1]].append(pair)
+    train: Pairs = []
+    val: Pairs = []
+    for label in sorted(by_label):
+        group = list(by_label[label])
+        rng.shuffle(group)
+        n_val = min(int(round(len(group) * fraction)), len(group) - 1)
+        val.extend(group[:n_val])
+        train.extend(group[n_val:])
+    return train, val
+
+
+def _to_split(pairs: Pairs, index: dict[str, int], rng: random.Random) -> Split:
+    pairs = list(pairs)
+    rng.shuffle(pairs)  # sources are often sorted by label; a shuffled split makes batches mixed
+    return Split(
+        texts=tuple(t for t, _ in pairs),
+        labels=np.fromiter((index[lab] for _, lab in pairs), dtype=np.int64, count=len(pairs)),
+    )
+
+
+def build_task(
+    name: str,
+    train: Pairs,
+    test: Pairs,
+    validation: Pairs | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    max_per_class: int | None = None,
+    max_eval_per_class: int | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    where: str = "",
+) -> Task:
+    """Turn raw ``(text, label)`` pairs into a validated :class:`Task`.
+
+    ``labels`` keeps only those labels (a class-incremental slice of a dataset) and fixes their order;
+    without it the task's labels are the sorted labels of its train split. ``max_per_class`` caps the
+    train split, ``max_eval_per_class`` the validation and test splits. Without ``validation`` a
+    stratified ``validation_fraction`` of train is carved out with ``seed``. ``where`` names the
+    config entry in error messages.
+    """
+    where = where or f"task '{name}'"
+    rng = random.Random(f"{seed}:{name}")  # string seeds are stable across processes (unlike hash())
+    train_labels = Counter(lab for _, lab in train)
+    if labels is not None:
+        wanted = [str(lab) for lab in labels]
+        if not wanted:
+            raise ContinualError(f"{where}: field 'labels' is empty; list the labels to keep or omit the field")
+        dupes = [lab for lab, n in Counter(wanted).items() if n > 1]
+        if dupes:
+            raise ContinualError(f"{where}: field 'labels' repeats {dupes}")
+        missing = [lab for lab in wanted if lab not in train_labels]
+        if missing:
+            known = ", ".join(sorted(train_labels)[:20]) + (" ..." if len(train_labels) > 20 else "")
+            raise ContinualError(
+                f"{where}: field 'labels' names {missing} which do not occur in the train data; "
+                f"labels present: {known or '(none)'}"
+            )
+        keep = set(wanted)
+        train = [p for p in train if p[1] in keep]
+        test = [p for p in test if p[1] in keep]
+        validation = None if validation is None else [p for p in validation if p[1] in keep]
+        label_names = tuple(wanted)
+    else:
+        label_names = tuple(sorted(train_labels))
+
+    if not train:
+        raise ContinualError(f"{where}: the train split has no examples (after filtering)")
+    if len(label_names) < 2:
+        raise ContinualError(f"{where}: a task needs at least 2 labels, found {list(label_names)}")
+    unknown_test = sorted({lab for _, lab in test} - set(label_names))
+    if unknown_test:
+        raise ContinualError(
+            f"{where}: the test split has labels that never occur in train: {unknown_test[:10]}; "
+            "list the labels to keep with field 'labels'"
+        )
+
+    train = _cap_per_class(train, max_per_class, rng)
+    if validation is None:
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ContinualError(f"{where}: validation_fraction must be in [0, 1), got {validation_fraction}")
+        train, validation = _carve_validation(train, validation_fraction, rng)
+    else:
+        validation = [p for p in validation if p[1] in set(label_names)]
+    test = _cap_per_class(test, max_eval_per_class, rng)
+    validation = _cap_per_class(validation, max_eval_per_class, rng)
+    if not test:
+        raise ContinualError(f"{where}: the test split has no examples (after filtering)")
+
+    index = {lab: k for k, lab in enumerate(label_names)}
+    return Task(
+        name=name,
+        labels=label_names,
+        train=_to_split(train, index, rng),
+        validation=_to_split(validation, index, rng),
+        test=_to_split(test, index, rng),
+    )
+
+
+def apply_order(
+    tasks: Sequence[Task], order: Sequence[int | str] | str | None, orders: dict[str, Sequence[int | str]] | None = None,
+    where: str = "stream.order",
+) -> tuple[Task, ...]:
+    """Reorder (or select) tasks by position or name; a string picks a named order from ``orders``."""
+    if order is None:
+        return tuple(tasks)
+    if isinstance(order, str):
+        if not orders or order not in orders:
+            raise ContinualError(
+                f"{where}: unknown named order '{order}'; named orders: {sorted(orders or {}) or '(none)'}"
+            )
+        order = orders[order]
+    names = [t.name for t in tasks]
+    picked: list[Task] = []
+    for key in order:
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not 0 <= key < len(tasks):
+                raise ContinualError(f"{where}: index {key} is out of range for {len(tasks)} tasks")
+            picked.append(tasks[key])
+        elif isinstance(key, str) and key in names:
+            picked.append(tasks[names.index(key)])
+        else:
+            raise ContinualError(f"{where}: {key!r} is neither a task index nor a task name; tasks: {names}")
+    seen = [t.name for t in picked]
+    if len(set(seen)) != len(seen):
+        raise ContinualError(f"{where}: a task appears twice in {list(order)}")
+    if not picked:
+        raise ContinualError(f"{where}: the order selects no task")
+    return tuple(picked)
+
+
+def check_unique_names(names: Sequence[str], where: str) -> None:
+    """Task names key metrics and adapters, so two tasks may not share one."""
+    dupes = sorted(n for n, c in Counter(names).items() if c > 1)
+    if dupes:
+        raise ContinualError(f"{where}: task names must be unique; repeated: {dupes}")

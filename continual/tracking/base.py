@@ -1,0 +1,45 @@
+"""The tracker protocol: where params, per-step metrics and artifacts of one run go."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+_METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+def metric_key(key: str) -> str:
+    """MLflow accepts letters, digits, ``_ - . /`` and spaces in keys; replace anything else with ``_``."""
+    return _METRIC_UNSAFE.sub("_", key)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}, "c": [x, y]}`` -> ``{"a.b": "1", "c.0": "x", "c.1": "y"}`` (params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in value):
+            flat.update(flatten({str(k): v for k, v in enumerate(value)}, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class Tracker(Protocol):
+    """One run of one experiment."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Attach a file, or a folder's contents, under ``artifact_path``."""
+        ...
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run as ``FINISHED`` or ``FAILED``."""
+        ...

@@ -1,0 +1,90 @@
+"""MLflow tracker: one MLflow run per experiment run, talking to any tracking URI.
+
+Local sqlite stores (the default) get their artifacts in ``mlartifacts/`` next to the database, so
+``runs/`` holds the whole record and ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``
+shows artifacts without a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from continual.errors import ContinualError
+from continual.tracking.base import flatten, metric_key
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
+BATCH = 100  # log_batch takes at most 100 params / 1000 metrics per call
+
+
+def normalise_uri(uri: str, launch_dir: Path) -> str:
+    """Make relative sqlite/file URIs absolute (Hydra jobs may run elsewhere) and create their folder."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        path = path if path.is_absolute() else launch_dir / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    if "://" not in uri:  # a bare folder: MLflow's file store
+        path = Path(uri) if Path(uri).is_absolute() else launch_dir / uri
+        return path.as_uri()
+    return uri
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """Artifacts of a local sqlite store live beside the database; servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+class MLflowTracker:
+    """Creates (or reuses) experiment ``experiment`` at ``uri`` and starts a run in it."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str | None = None,
+                 tags: Mapping[str, str] | None = None, launch_dir: Path | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        self.uri = normalise_uri(uri, launch_dir or Path.cwd())
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=local_artifact_root(self.uri))
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ContinualError(f"tracking.uri={uri}: cannot open the MLflow store: {first}") from exc
+        self.experiment_id = experiment_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:MAX_PARAM_LENGTH]) for k, v in flatten(params).items()]
+        for start in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+        for start in range(0, len(items), 10 * BATCH):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 10 * BATCH])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)

@@ -1,0 +1,117 @@
+"""Trainer settings and the batching every learner and evaluator shares.
+
+Batches are padded to their own longest member (dynamic padding) and, for training, drawn from
+length-sorted pools so that a batch holds texts of similar length: on short intents this removes
+most padding work. Evaluation sorts the whole split by length; results do not depend on batching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from continual.errors import ContinualError
+
+POOL_BATCHES = 50  # training batches per length-sorted pool: long enough to group lengths, short enough to stay random
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Optimisation and batching settings shared by all learners."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    max_length: int = 128
+    precision: str = "fp32"
+    device: str = "auto"
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ContinualError(f"trainer.{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "weight_decay", "warmup_ratio", "grad_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
+                raise ContinualError(f"trainer.{name} must be a non-negative number, got {value!r}")
+        if self.lr == 0:
+            raise ContinualError("trainer.lr must be > 0")
+        if self.warmup_ratio >= 1:
+            raise ContinualError(f"trainer.warmup_ratio must be < 1, got {self.warmup_ratio}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ContinualError(f"trainer.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
+            raise ContinualError(f"trainer.device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def autocast(self, device: torch.device):
+        """bf16 autocast for matmuls (weights stay fp32); a no-op context for fp32."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def train_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of indices whose members have similar lengths."""
+    order = rng.permutation(len(lengths))
+    lengths = np.asarray(lengths)
+    batches: list[np.ndarray] = []
+    pool = batch_size * POOL_BATCHES
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)  # type: ignore[arg-type]
+    return batches
+
+
+def eval_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Batches of indices over the split sorted by length (callers scatter results back by index)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def pad(token_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a batch to its longest member: (input_ids, attention_mask)."""
+    width = max(len(ids) for ids in token_ids)
+    ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, seq in enumerate(token_ids):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up then linear decay to zero, as in BERT fine-tuning."""
+    warmup = max(1, int(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def iter_padded(tokens: Sequence[Sequence[int]], batches: list[np.ndarray], pad_id: int,
+                device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Yield (indices, input_ids, attention_mask) for each batch of indices."""
+    for idx in batches:
+        ids, mask = pad([tokens[k] for k in idx], pad_id, device)
+        yield idx, ids, mask
