@@ -65,13 +65,13 @@ def write_matrix_csv(R: np.ndarray, names: list[str], path: Path) -> Path:
     return path
 
 
-def format_matrix(R: np.ndarray, names: list[str]) -> str:
-    """Plain-text accuracy matrix in percent, for the terminal summary."""
-    width = max(8, *(len(n) for n in names)) + 1
-    lines = ["after \\ on".ljust(width) + "".join(n[: width - 1].rjust(width) for n in names)]
-    for i, name in enumerate(names):
-        cells = "".join((f"{100 * v:.1f}" if np.isfinite(v) else "").rjust(width) for v in R[i])
-        lines.append(name[: width - 1].ljust(width) + cells)
+def format_matrix(R: np.ndarray, names: list[str], width: int = 10) -> str:
+    """Plain-text accuracy matrix in percent, for the terminal summary (names cut to ``width``)."""
+    short = [n[:width] for n in names]
+    lines = [" " * width + "".join(n.rjust(width + 1) for n in short)]
+    for i, name in enumerate(short):
+        cells = "".join((f"{100 * v:.1f}" if np.isfinite(v) else "").rjust(width + 1) for v in R[i])
+        lines.append(name.ljust(width) + cells)
     return "\n".join(lines)
 
 

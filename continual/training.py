@@ -24,10 +24,10 @@ POOL_BATCHES = 50  # training batches per length-sorted pool: long enough to gro
 class TrainerConfig:
     """Optimisation and batching settings shared by all learners."""
 
-    epochs: int = 1
+    epochs: int = 5
     batch_size: int = 32
     eval_batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     grad_clip: float = 1.0

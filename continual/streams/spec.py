@@ -13,6 +13,8 @@ This is the format a user writes as ``my_conf/stream/NAME.yaml``::
         labels: [card_arrival, card_linking]   # optional subset, fixes the label order
         max_per_class: 40                     # optional cap on train examples per label
 
+Stream-level ``max_per_class`` / ``max_eval_per_class`` apply to every task that sets no cap itself.
+
 Relative paths resolve against ``data_dir`` when given, else against the launch directory.
 """
 
@@ -109,6 +111,8 @@ class StreamSpec:
     orders: Mapping[str, tuple[int | str, ...]] = field(default_factory=dict)
     data_dir: str | None = None
     split_seed: int = 0
+    max_per_class: int | None = None  # defaults for tasks that do not set their own caps
+    max_eval_per_class: int | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str = "stream") -> StreamSpec:
@@ -128,7 +132,9 @@ class StreamSpec:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ContinualError(f"{where}: field 'split_seed' must be an integer, got {seed!r}")
         return cls(name=str(raw["name"]), tasks=specs, order=order, orders=orders,
-                   data_dir=raw.get("data_dir"), split_seed=seed)
+                   data_dir=raw.get("data_dir"), split_seed=seed,
+                   max_per_class=_opt_int(raw.get("max_per_class"), "max_per_class", where),
+                   max_eval_per_class=_opt_int(raw.get("max_eval_per_class"), "max_eval_per_class", where))
 
     def load(self, launch_dir: Path | None = None) -> Stream:
         """Read, filter and validate every task's data, then apply the order."""
@@ -153,8 +159,8 @@ class StreamSpec:
                     test=spec.read("test", base, where),
                     validation=spec.read("validation", base, where) if spec.validation else None,
                     labels=spec.labels,
-                    max_per_class=spec.max_per_class,
-                    max_eval_per_class=spec.max_eval_per_class,
+                    max_per_class=spec.max_per_class or self.max_per_class,
+                    max_eval_per_class=spec.max_eval_per_class or self.max_eval_per_class,
                     validation_fraction=spec.validation_fraction,
                     seed=self.split_seed,
                     where=where,

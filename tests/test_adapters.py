@@ -1,0 +1,165 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import (BertTokenizer, DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
+                          RobertaConfig, RobertaModel)
+
+from continual.adapters import AdapterBank, BottleneckConfig, segments_for
+from continual.backbone import Backbone, EncoderLayout
+from continual.errors import ContinualError
+from continual.learners import AdapterPerTask
+from continual.streams import DemoStream
+from continual.training import TrainerConfig, pad
+
+FAST = TrainerConfig(epochs=1, batch_size=16, lr=5e-3)
+
+
+def _batch(backbone, texts):
+    return pad(backbone.tokenize(texts, 32), backbone.tokenizer.pad_token_id, torch.device("cpu"))
+
+
+def _randomise(bank):
+    torch.manual_seed(1)
+    for p in bank.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+
+
+@pytest.mark.parametrize("placement, per_layer", [("pfeiffer", 1), ("houlsby", 2)])
+def test_new_adapter_is_identity_and_counts_params(tiny_backbone, placement, per_layer):
+    bank = AdapterBank(tiny_backbone, BottleneckConfig(placement=placement, bottleneck_dim=4))
+    k = bank.add()
+    ids, mask = _batch(tiny_backbone, ["check my balance please", "book a flight to rome"])
+    tiny_backbone.eval()
+    plain = tiny_backbone(ids, mask)
+    with bank.routed([(k, 0, 2)]):
+        adapted = tiny_backbone(ids, mask)
+    assert torch.equal(plain, adapted)  # up-projection starts at zero
+    per_site = 32 * 4 + 4 + 4 * 32 + 32
+    assert sum(p.numel() for p in bank.adapters[k].parameters()) == 2 * per_layer * per_site
+
+
+def test_mixed_batch_equals_each_example_alone(tiny_backbone):
+    bank = AdapterBank(tiny_backbone, BottleneckConfig(placement="houlsby", bottleneck_dim=8))
+    for _ in range(3):
+        bank.add()
+    _randomise(bank)
+    tiny_backbone.eval()
+    texts = ["check my balance", "book a hotel in paris for two nights", "how long to boil eggs",
+             "transfer money to savings", "is a visa needed", "plain backbone please"]
+    routes = torch.tensor([2, 0, 1, 2, 0, -1])
+    ids, mask = _batch(tiny_backbone, texts)
+    order, segments = segments_for(routes)
+    with bank.routed(segments):
+        mixed = tiny_backbone(ids[order], mask[order])
+    mixed = mixed[torch.argsort(order)]
+    for row, text in enumerate(texts):
+        one_ids, one_mask = _batch(tiny_backbone, [text])
+        adapter = int(routes[row])
+        with bank.routed([(None if adapter < 0 else adapter, 0, 1)]):
+            alone = tiny_backbone(one_ids, one_mask)
+        torch.testing.assert_close(mixed[row], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_routed_adapters_change_features(tiny_backbone):
+    bank = AdapterBank(tiny_backbone, BottleneckConfig(bottleneck_dim=8))
+    bank.add(), bank.add()
+    _randomise(bank)
+    tiny_backbone.eval()
+    ids, mask = _batch(tiny_backbone, ["check my balance"])
+    with bank.routed([(0, 0, 1)]):
+        a = tiny_backbone(ids, mask)
+    with bank.routed([(1, 0, 1)]):
+        b = tiny_backbone(ids, mask)
+    assert not torch.allclose(a, b)
+
+
+def test_earlier_adapters_heads_and_backbone_stay_bit_identical(tiny_backbone, tmp_path):
+    stream = DemoStream(max_per_class=12).load()
+    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, seed=0, progress=False)
+    learner.learn(stream.tasks[0])
+    frozen = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}
+    first = {n: t.clone() for n, t in [*learner.bank.adapters[0].state_dict().items(),
+                                        *(("head." + k, v) for k, v in learner.heads[0].state_dict().items())]}
+    report = learner.learn(stream.tasks[1])
+    learner.learn(stream.tasks[2])
+    assert report.steps > 0 and report.trainable_params == learner.trainable_parameters(1)
+    for name, tensor in tiny_backbone.state_dict().items():
+        assert torch.equal(tensor, frozen[name]), name
+    after = dict(learner.bank.adapters[0].state_dict().items())
+    after.update(("head." + k, v) for k, v in learner.heads[0].state_dict().items())
+    for name, tensor in first.items():
+        assert torch.equal(after[name], tensor), name
+    # ...while the newest adapter did train
+    assert learner.bank.adapters[2]["0_ffn"].up.weight.abs().sum() > 0
+
+    paths = learner.save(tmp_path / "adapters")
+    assert [p.name for p in paths] == ["00_banking.safetensors", "01_travel.safetensors", "02_cooking.safetensors"]
+    with safe_open(str(paths[1]), "pt") as fh:
+        meta = fh.metadata()
+        assert json.loads(meta["labels"]) == list(stream.tasks[1].labels)
+        assert fh.get_tensor("head.weight").shape == (5, 32)
+
+
+def test_predict_routes_per_example(tiny_backbone):
+    stream = DemoStream(max_per_class=12).load()
+    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, seed=0, progress=False)
+    for t in stream.tasks[:3]:
+        learner.learn(t)
+    texts = [stream.tasks[k].test.texts[i] for k in range(3) for i in range(4)]
+    routes = torch.tensor([k for k in range(3) for _ in range(4)])[torch.randperm(12, generator=torch.Generator().manual_seed(0))]
+    ids, mask = _batch(tiny_backbone, texts)
+    mixed = learner.predict(ids, mask, routes)
+    singles = torch.cat([learner.predict(*_batch(tiny_backbone, [t]), routes[i : i + 1]) for i, t in enumerate(texts)])
+    assert torch.equal(mixed, singles)
+    assert learner.predict(ids[:2], mask[:2], torch.tensor([-1, 0]))[0] == -1  # abstained: no label
+
+
+VOCAB = 120
+
+
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RobertaModel(RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=70)),
+    lambda: ElectraModel(ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64)),
+    lambda: DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=64)),
+], ids=["roberta", "electra", "distilbert"])
+def test_other_encoder_families(tiny_model_dir, make):
+    tokenizer = BertTokenizer.from_pretrained(str(tiny_model_dir))
+    model = make()
+    backbone = Backbone(model, tokenizer, "tiny")
+    bank = AdapterBank(backbone, BottleneckConfig(placement="houlsby", bottleneck_dim=4))
+    bank.add()
+    _randomise(bank)
+    ids = torch.randint(5, VOCAB, (2, 7))
+    mask = torch.ones_like(ids)
+    backbone.eval()
+    plain = backbone(ids, mask)
+    with bank.routed([(0, 0, 2)]):
+        adapted = backbone(ids, mask)
+    assert plain.shape == (2, 32) and not torch.allclose(plain, adapted)
+
+
+def test_layout_that_does_not_fit_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(ContinualError, match="does not fit this model"):
+        Backbone.load(str(tiny_model_dir), layout=EncoderLayout("encoder.layer", "attention.nope", "output.dense"))
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(ContinualError, match="no config.json"):
+        Backbone.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"placement": "middle"}, "adapter.placement"),
+    ({"reduction_factor": 0}, "adapter.reduction_factor"),
+    ({"bottleneck_dim": -3}, "adapter.bottleneck_dim"),
+    ({"non_linearity": "swishy"}, "adapter.non_linearity"),
+])
+def test_bad_adapter_config(kwargs, message):
+    with pytest.raises(ContinualError, match=message):
+        BottleneckConfig(**kwargs)

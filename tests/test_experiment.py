@@ -1,0 +1,56 @@
+import csv
+
+import numpy as np
+import pytest
+
+from continual.adapters import BottleneckConfig
+from continual.experiment import run_stream
+from continual.learners import AdapterPerTask
+from continual.routers import OracleRouter, RoutingBatch
+from continual.errors import ContinualError
+from continual.streams import DemoStream
+from continual.tracking import MemoryTracker
+from continual.training import TrainerConfig
+
+
+def test_run_stream_fills_matrix_logs_steps_and_bwt_is_exactly_zero(tiny_backbone, tmp_path):
+    stream = DemoStream(max_per_class=20).load()
+    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8),
+                             TrainerConfig(epochs=5, batch_size=16, lr=2e-2, log_every=2), progress=False)
+    tracker = MemoryTracker()
+    result = run_stream(stream, learner, OracleRouter(), tracker, tmp_path, progress=False)
+
+    R, T = result.R, 4
+    assert R.shape == (T, T)
+    assert np.all(np.isnan(R[np.triu_indices(T, 1)]))
+    assert np.all(np.isfinite(R[np.tril_indices(T)]))
+    # frozen, isolated adapters + oracle: every column is constant below the diagonal
+    for j in range(T):
+        assert np.all(R[j:, j] == R[j, j])
+    assert result.metrics["bwt"] == 0.0 and result.metrics["forgetting"] == 0.0
+    # learned something: well above the 20% chance level of 5 labels
+    assert result.metrics["avg_acc"] > 0.3
+
+    for j, name in enumerate(stream.task_names):
+        history = tracker.metrics[f"acc/{name}"]
+        assert [s for s, _ in history] == list(range(j, T))
+        assert [v for _, v in history] == list(R[j:, j])
+    assert [s for s, _ in tracker.metrics["avg_acc"]] == list(range(T))
+    assert [s for s, _ in tracker.metrics["bwt"]] == list(range(1, T))  # undefined after one task
+    assert tracker.metrics["router_acc"][-1][1] == 1.0
+    assert "train_loss/banking" in tracker.metrics and "trainable_params" in tracker.metrics
+
+    with open(tmp_path / "accuracy_matrix.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == stream.task_names
+    assert rows[1][1:] == ["", "", ""] and float(rows[-1][0]) == pytest.approx(R[-1, 0])
+    logged = {p.name for p, _ in tracker.artifacts}
+    assert {"accuracy_matrix.csv", "accuracy_matrix.png", "accuracy_curves.png", "adapters"} <= logged
+    assert len(list((tmp_path / "adapters").glob("*.safetensors"))) == T
+
+
+def test_oracle_needs_task_ids():
+    import torch
+
+    with pytest.raises(ContinualError, match="oracle"):
+        OracleRouter().route(RoutingBatch(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)))
