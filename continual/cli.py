@@ -106,6 +106,7 @@ def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Pat
 
 def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str]) -> RunResult:
     """Validate config, open the tracker, load data, then train; any failure marks the run FAILED."""
+    _quiet_libraries()
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
@@ -125,7 +126,6 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
         stream = source.load(launch_dir)
         log.info("stream %s: %s", stream.name, ", ".join(
             f"{t.name} ({len(t.labels)} labels, {len(t.train)}/{len(t.validation)}/{len(t.test)})" for t in stream.tasks))
-        _quiet_libraries()
         seed_everything(cfg.seed)
         backbone = _make(cfg.backbone, "backbone")
         learner = _make(cfg.learner, "learner", backbone=backbone, adapter=adapter, trainer=trainer, seed=cfg.seed)

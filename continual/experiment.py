@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from continual import metrics, plots
-from continual.evaluation import evaluate_task
+from continual.evaluation import Evaluator
 from continual.learners import AdapterPerTask, LearnReport
 from continual.routers.base import Router
 from continual.streams import Stream
@@ -76,16 +76,19 @@ def format_matrix(R: np.ndarray, names: list[str], width: int = 10) -> str:
 
 
 def run_stream(stream: Stream, learner: AdapterPerTask, router: Router, tracker: Tracker, out_dir: Path,
-               progress: bool = True) -> RunResult:
-    """Learn ``stream`` task by task with ``learner``; evaluate every seen task through ``router``."""
+               progress: bool = True, memoise: bool = True) -> RunResult:
+    """Learn ``stream`` task by task with ``learner``; evaluate every seen task through ``router``.
+
+    ``memoise=False`` recomputes every prediction at every step (the plain, quadratic path).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     names = stream.task_names
     T = len(names)
     R = np.full((T, T), np.nan)
     router_acc = np.full((T, T), np.nan)
     result = RunResult(names, R, router_acc=router_acc)
-    backbone, trainer = learner.backbone, learner.trainer
-    test_tokens = [backbone.tokenize(list(t.test.texts), trainer.max_length) for t in stream.tasks]
+    backbone = learner.backbone
+    evaluator = Evaluator(learner, router, stream.tasks, memoise=memoise)
     start = time.perf_counter()
     global_step = 0
     tasks_bar = tqdm(stream.tasks, desc=f"stream {stream.name}", unit="task", disable=not progress)
@@ -100,9 +103,10 @@ def run_stream(stream: Stream, learner: AdapterPerTask, router: Router, tracker:
         global_step += report.steps
         result.reports.append(report)
         router.add_task(i, task)
+        evaluator.new_step()
+        eval_start = time.perf_counter()
         for j in range(i + 1):
-            ev = evaluate_task(learner, router, j, test_tokens[j], stream.tasks[j].test.labels,
-                               trainer.eval_batch_size, learner.pad_id, learner.device)
+            ev = evaluator.evaluate(j)
             R[i, j], router_acc[i, j] = ev.accuracy, ev.router_accuracy
         row = metrics.summary(metrics.prefix(R, i))
         row.update({f"acc/{names[j]}": R[i, j] for j in range(i + 1)})
@@ -113,6 +117,7 @@ def run_stream(stream: Stream, learner: AdapterPerTask, router: Router, tracker:
             "trainable_share": report.trainable_params / sum(p.numel() for p in backbone.parameters()),
             "train_seconds": report.seconds,
             "train_samples_per_s": report.samples_per_second,
+            "eval_seconds": time.perf_counter() - eval_start,
         })
         tracker.log_metrics(row, step=i)
         write_matrix_csv(R, names, out_dir / "accuracy_matrix.csv")  # kept current: a crash keeps the rows so far

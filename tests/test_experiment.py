@@ -54,3 +54,50 @@ def test_oracle_needs_task_ids():
 
     with pytest.raises(ContinualError, match="oracle"):
         OracleRouter().route(RoutingBatch(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)))
+
+
+def _learned(tiny_backbone):
+    import torch
+
+    torch.manual_seed(0)
+    stream = DemoStream(max_per_class=12).load()
+    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8),
+                             TrainerConfig(epochs=2, batch_size=16, lr=2e-2), progress=False)
+    return stream, learner
+
+
+def test_memoised_evaluation_equals_plain_and_runs_each_adapter_once(tiny_backbone, tmp_path):
+    from continual.evaluation import Evaluator
+
+    stream, learner = _learned(tiny_backbone)
+    router = OracleRouter()
+    memo, plain = (Evaluator(learner, router, stream.tasks, memoise=m) for m in (True, False))
+    computed = 0
+    for i, task in enumerate(stream.tasks):
+        learner.learn(task)
+        router.add_task(i, task)
+        memo.new_step()
+        for j in range(i + 1):
+            a, b = memo.evaluate(j), plain.evaluate(j)
+            assert a.accuracy == b.accuracy and a.router_accuracy == b.router_accuracy
+            assert b.computed == len(stream.tasks[j].test)
+            computed += a.computed
+    assert computed == sum(len(t.test) for t in stream.tasks)  # O(T*N), not O(T^2*N)
+
+
+def test_memo_is_invalidated_when_an_old_adapter_changes(tiny_backbone):
+    import torch
+    from continual.evaluation import Evaluator
+
+    stream, learner = _learned(tiny_backbone)
+    router = OracleRouter()
+    learner.learn(stream.tasks[0])
+    router.add_task(0, stream.tasks[0])
+    evaluator = Evaluator(learner, router, stream.tasks)
+    evaluator.evaluate(0)
+    with torch.no_grad():  # what a learner that updates old parameters would do
+        learner.heads[0].weight.mul_(-1.0)
+    evaluator.new_step()
+    again = evaluator.evaluate(0)
+    assert again.computed == len(stream.tasks[0].test)
+    assert again.accuracy == Evaluator(learner, router, stream.tasks, memoise=False).evaluate(0).accuracy

@@ -6,6 +6,7 @@ are frozen, so a task's predictions (under the oracle router) can never change a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -142,6 +143,19 @@ class AdapterPerTask:
             task_ids = torch.full((len(idx),), k, dtype=torch.long, device=self.device)
             correct += int((self.predict(ids, mask, task_ids).cpu().numpy() == labels[idx]).sum())
         return correct / len(texts)
+
+    def fingerprint(self, k: int) -> str:
+        """Digest of adapter ``k``, head ``k`` and the backbone: everything its predictions depend on.
+
+        The backbone is frozen by construction, but it is hashed anyway (about 0.1 s for MiniLM) so
+        that a memoised prediction can never outlive a change to it.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        for module in (self.bank.adapters[k], self.heads[k], self.backbone):
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def save(self, directory: Path) -> list[Path]:
         """One safetensors file per task: its adapter (``adapter.*``) and head (``head.*``) + metadata."""

@@ -40,6 +40,10 @@ class Learner(Protocol):
         """Label index (within each example's routed task) for every example."""
         ...
 
+    def fingerprint(self, k: int) -> str:
+        """Digest of every tensor that task ``k``'s predictions depend on (equal digest = equal predictions)."""
+        ...
+
     def save(self, directory: Path) -> list[Path]:
         """Write the learned state (one file per task where possible) and return the files."""
         ...
