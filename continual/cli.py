@@ -84,16 +84,21 @@ def _quiet_libraries() -> None:
 
 
 def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Path) -> str:
+    """The closing summary: the matrix, the metrics, where things are and how to look at them."""
     m = result.metrics
+
+    def pct(value: float) -> str:
+        return f"{100 * value:.2f}" if np.isfinite(value) else "n/a (one task)"
+
     lines = [
         "",
         "accuracy matrix R[i, j] (%): row = after training task i, column = task j",
         format_matrix(result.R, result.task_names),
         "",
-        f"ACC (avg accuracy)  {100 * m['avg_acc']:.2f}",
-        f"BWT                 {100 * m['bwt']:.2f}" if np.isfinite(m["bwt"]) else "BWT                 n/a (1 task)",
-        f"forgetting          {100 * m['forgetting']:.2f}" if np.isfinite(m["forgetting"]) else "",
-        f"learning accuracy   {100 * m['learning_acc']:.2f}",
+        f"ACC (avg accuracy)  {pct(m['avg_acc'])}",
+        f"BWT                 {pct(m['bwt'])}",
+        f"forgetting          {pct(m['forgetting'])}",
+        f"learning accuracy   {pct(m['learning_acc'])}",
         f"train time          {result.train_seconds:.1f} s ({result.train_samples_per_second:.0f} samples/s); "
         f"total {result.seconds:.1f} s",
         f"outputs             {out_dir}",
@@ -101,7 +106,7 @@ def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Pat
     ]
     if tracking_uri.startswith("sqlite:"):
         lines.append(f"open the UI with    mlflow ui --backend-store-uri {tracking_uri}")
-    return "\n".join(line for line in lines if line is not None)
+    return "\n".join(lines)
 
 
 def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str]) -> RunResult:
@@ -135,6 +140,9 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
         (out_dir / "summary.txt").write_text(text + "\n")
         tracker.log_artifact(out_dir / "summary.txt")
         tracker.finish("FINISHED")
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
     except BaseException:
         tracker.finish("FAILED")
         raise

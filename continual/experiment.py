@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from continual import metrics, plots
 from continual.evaluation import Evaluator
-from continual.learners import AdapterPerTask, LearnReport
+from continual.learners import LearnReport, Learner
 from continual.routers.base import Router
 from continual.streams import Stream
 from continual.tracking.base import Tracker
@@ -75,7 +75,7 @@ def format_matrix(R: np.ndarray, names: list[str], width: int = 10) -> str:
     return "\n".join(lines)
 
 
-def run_stream(stream: Stream, learner: AdapterPerTask, router: Router, tracker: Tracker, out_dir: Path,
+def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracker, out_dir: Path,
                progress: bool = True, memoise: bool = True) -> RunResult:
     """Learn ``stream`` task by task with ``learner``; evaluate every seen task through ``router``.
 
@@ -120,7 +120,9 @@ def run_stream(stream: Stream, learner: AdapterPerTask, router: Router, tracker:
             "eval_seconds": time.perf_counter() - eval_start,
         })
         tracker.log_metrics(row, step=i)
-        write_matrix_csv(R, names, out_dir / "accuracy_matrix.csv")  # kept current: a crash keeps the rows so far
+        # Kept current after every task, so a crash later in the stream loses nothing learned so far.
+        write_matrix_csv(R, names, out_dir / "accuracy_matrix.csv")
+        learner.save(out_dir / "adapters")
         log.info("after task %d/%d %s: avg_acc=%.4f val_acc=%.4f %.1fs (%.0f samples/s)", i + 1, T, task.name,
                  row["avg_acc"], report.val_acc, report.seconds, report.samples_per_second)
     result.seconds = time.perf_counter() - start
@@ -137,6 +139,5 @@ def run_stream(stream: Stream, learner: AdapterPerTask, router: Router, tracker:
     artifacts.append(out_dir / "results.json")
     for path in artifacts:
         tracker.log_artifact(path)
-    learner.save(out_dir / "adapters")
     tracker.log_artifact(out_dir / "adapters", "adapters")
     return result

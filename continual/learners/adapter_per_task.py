@@ -41,10 +41,7 @@ class AdapterPerTask:
         self.dropout = nn.Dropout(head_dropout)
         self.tasks: list[Task] = []
         self.backbone.to(self.device)
-
-    @property
-    def pad_id(self) -> int:
-        return self.backbone.tokenizer.pad_token_id or 0
+        self.pad_id: int = backbone.tokenizer.pad_token_id or 0
 
     def _parameters(self, k: int) -> list[nn.Parameter]:
         return [*self.bank.adapters[k].parameters(), *self.heads[k].parameters()]

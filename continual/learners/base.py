@@ -9,7 +9,9 @@ from typing import Protocol
 
 import torch
 
+from continual.backbone import Backbone
 from continual.streams import Task
+from continual.training import TrainerConfig
 
 LossCallback = Callable[[int, float], None]  # (optimizer step within the task, loss)
 
@@ -32,7 +34,15 @@ class LearnReport:
 
 
 class Learner(Protocol):
-    """Learns tasks in sequence; task ``k`` is the k-th task passed to :meth:`learn`."""
+    """Learns tasks in sequence; task ``k`` is the k-th task passed to :meth:`learn`.
+
+    Evaluation tokenizes with ``backbone`` and batches by ``trainer`` settings on ``device``.
+    """
+
+    backbone: Backbone
+    trainer: TrainerConfig
+    device: torch.device
+    pad_id: int
 
     def learn(self, task: Task, on_loss: LossCallback | None = None) -> LearnReport: ...
 
