@@ -85,3 +85,11 @@ def test_missing_data_file_and_unknown_option(tmp_path, tiny_model_dir, demo_fil
     assert proc.returncode == 2 and f"file not found: {tmp_path / 'nope.csv'}" in proc.stderr
     proc = _run(tmp_path, tiny_model_dir, "router=psychic", conf=conf)
     assert proc.returncode != 0 and "psychic" in proc.stderr
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path, tiny_model_dir, demo_files):
+    conf = tmp_path / "my_conf"
+    _stream_yaml(conf, demo_files)
+    proc = _run(tmp_path, tiny_model_dir, "tracking.uri=http://127.0.0.1:9", conf=conf)
+    assert proc.returncode == 2
+    assert "no MLflow server answers at http://127.0.0.1:9" in proc.stderr and "Traceback" not in proc.stderr

@@ -43,6 +43,19 @@ def local_artifact_root(uri: str) -> str | None:
     return None
 
 
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when a tracking server does not answer, instead of after MLflow's long retries."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:
+            if reply.status != 200:
+                raise OSError(f"/health answered HTTP {reply.status}")
+    except (OSError, urllib.error.URLError) as exc:
+        raise OSError(f"no MLflow server answers at {uri} ({exc})") from exc
+
+
 class MLflowTracker:
     """Creates (or reuses) experiment ``experiment`` at ``uri`` and starts a run in it."""
 
@@ -52,8 +65,10 @@ class MLflowTracker:
 
         for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        self.uri = normalise_uri(uri, launch_dir or Path.cwd())
         try:
+            self.uri = normalise_uri(uri, launch_dir or Path.cwd())
+            if self.uri.startswith(("http://", "https://")):
+                check_server(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(
