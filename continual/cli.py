@@ -23,9 +23,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from continual.checkpoint import Checkpoint
 from continual.errors import ContinualError
 from continual.experiment import RunResult, format_matrix, run_stream
 from continual.streams import StreamSource, StreamSpec
+from continual.tracking import flatten
 
 log = logging.getLogger("continual")
 
@@ -109,6 +111,33 @@ def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Pat
     return "\n".join(lines)
 
 
+IGNORED_ON_RESUME = ("resume", "progress")  # keys that may differ between a run and its resumption
+
+
+def _check_resumable(cfg_plain: dict, out_dir: Path) -> Checkpoint | None:
+    """With ``resume=true``: the folder's checkpoint, after checking the config is the one it was made with.
+
+    Without it: refuse to write a new run over a folder that already holds one.
+    """
+    checkpoint = Checkpoint.load(out_dir)
+    if not cfg_plain.get("resume"):
+        if checkpoint is not None:
+            raise ContinualError(f"{out_dir} already holds a run; continue it with `continual resume {out_dir}` "
+                                 "(or resume=true) or choose another hydra.run.dir")
+        return None
+    saved_path = out_dir / "config.yaml"
+    if checkpoint is None or not saved_path.is_file():
+        return None  # killed before the first checkpoint: nothing to continue, start afresh here
+    saved = flatten({k: v for k, v in OmegaConf.to_container(OmegaConf.load(saved_path)).items()  # type: ignore[union-attr]
+                     if k not in IGNORED_ON_RESUME})
+    now = flatten({k: v for k, v in cfg_plain.items() if k not in IGNORED_ON_RESUME})
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise ContinualError(f"resume: config differs from the run in {out_dir} at '{key}': "
+                                 f"saved {saved.get(key)!r}, now {now.get(key)!r}")
+    return checkpoint
+
+
 def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str]) -> RunResult:
     """Validate config, open the tracker, load data, then train; any failure marks the run FAILED."""
     _quiet_libraries()
@@ -119,32 +148,38 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
     trainer = _make(cfg.trainer, "trainer")
     adapter = _make(cfg.adapter, "adapter")
     source = stream_source(cfg.stream)
+    checkpoint = _check_resumable(plain, out_dir)  # type: ignore[arg-type]
     tags = {k: str(choices.get(k, "")) for k in ("stream", "learner", "router", "adapter", "backbone")}
     tags.update(seed=str(cfg.seed), order=str(plain["stream"].get("order")))  # type: ignore[index,union-attr]
     run_name = cfg.run_name or f"{source.name}-{tags['learner']}-{tags['router']}-seed{cfg.seed}"
-    tracker = _make(cfg.tracking, "tracking", run_name=run_name, tags=tags, launch_dir=launch_dir)
+    tracker = _make(cfg.tracking, "tracking", run_name=run_name, tags=tags, launch_dir=launch_dir,
+                    run_id=checkpoint.run_id if checkpoint else None)
     try:
-        tracker.log_params(plain)  # type: ignore[arg-type]
         out_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-        tracker.log_artifact(out_dir / "config.yaml")
+        if checkpoint is None:
+            tracker.log_params(plain)  # type: ignore[arg-type]
+            OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+            tracker.log_artifact(out_dir / "config.yaml")
         stream = source.load(launch_dir)
         log.info("stream %s: %s", stream.name, ", ".join(
             f"{t.name} ({len(t.labels)} labels, {len(t.train)}/{len(t.validation)}/{len(t.test)})" for t in stream.tasks))
+        if checkpoint is None:  # written before any training so that even task 0 can be resumed into this run
+            checkpoint = Checkpoint(task_names=stream.task_names, run_id=tracker.run_id)
+            checkpoint.save(out_dir)
         seed_everything(cfg.seed)
         backbone = _make(cfg.backbone, "backbone")
         learner = _make(cfg.learner, "learner", backbone=backbone, adapter=adapter, trainer=trainer, seed=cfg.seed)
         router = _make(cfg.router, "router")
-        result = run_stream(stream, learner, router, tracker, out_dir, progress=cfg.progress)
+        result = run_stream(stream, learner, router, tracker, out_dir, progress=cfg.progress, checkpoint=checkpoint)
         text = summary_text(result, tracker.uri, tracker.run_id, out_dir)
         (out_dir / "summary.txt").write_text(text + "\n")
         tracker.log_artifact(out_dir / "summary.txt")
         tracker.finish("FINISHED")
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        partial = out_dir / "accuracy_matrix.csv"
+        if partial.is_file():  # the rows finished so far stay visible next to the failed run
+            tracker.log_artifact(partial)
+        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     print(text, flush=True)
     return result
@@ -161,8 +196,34 @@ def _app(cfg: DictConfig) -> float:
     return result.metrics["avg_acc"]  # lets Hydra sweepers optimise average accuracy
 
 
+def resume_argv(run_dir: Path, extra: list[str]) -> list[str]:
+    """Hydra arguments that re-run the job stored in ``run_dir`` into that same folder with resume on."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise ContinualError(f"continual resume: {run_dir} is not a run folder (no .hydra/overrides.yaml)")
+    overrides = [o for o in OmegaConf.load(overrides_file)  # type: ignore[union-attr]
+                 if not str(o).startswith(("hydra.run.dir=", "resume=", "hydra.sweep."))]
+    argv = [str(o) for o in overrides] + [f"hydra.run.dir={run_dir}", "resume=true", *extra]
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():  # a --config-dir of the original command is not among the overrides
+        sources = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.config_sources") or []
+        for source in sources:
+            if source.get("provider") == "command-line" and source.get("schema") == "file":
+                argv = ["--config-dir", str(source["path"]), *argv]
+    return argv
+
+
 def main() -> None:
-    """Console entry point: ``continual [overrides...]`` / ``continual -m ...``."""
+    """Console entry point: ``continual [overrides...]``, ``continual -m ...``, ``continual resume DIR``."""
+    if len(sys.argv) > 1 and sys.argv[1] == "resume":
+        if len(sys.argv) < 3:
+            print("usage: continual resume RUN_DIR [progress=false]", file=sys.stderr)
+            sys.exit(2)
+        try:
+            sys.argv = [sys.argv[0], *resume_argv(Path(sys.argv[2]).resolve(), sys.argv[3:])]
+        except ContinualError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
     _app()
 
 

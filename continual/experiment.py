@@ -11,6 +11,7 @@ Usable without Hydra::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import time
@@ -21,6 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from continual import metrics, plots
+from continual.checkpoint import Checkpoint
+from continual.errors import ContinualError
 from continual.evaluation import Evaluator
 from continual.learners import LearnReport, Learner
 from continual.routers.base import Router
@@ -76,32 +79,39 @@ def format_matrix(R: np.ndarray, names: list[str], width: int = 10) -> str:
 
 
 def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracker, out_dir: Path,
-               progress: bool = True, memoise: bool = True) -> RunResult:
+               progress: bool = True, memoise: bool = True, checkpoint: Checkpoint | None = None) -> RunResult:
     """Learn ``stream`` task by task with ``learner``; evaluate every seen task through ``router``.
 
-    ``memoise=False`` recomputes every prediction at every step (the plain, quadratic path).
+    After every task the adapters, ``accuracy_matrix.csv`` and ``checkpoint.json`` in ``out_dir`` are
+    brought up to date. Passing a ``checkpoint`` with completed tasks resumes after them: their
+    adapters are loaded from ``out_dir/adapters`` and their metrics are not logged again. Training
+    losses of a task are logged only once the task is done, so a killed task leaves no partial
+    history behind. ``memoise=False`` recomputes every prediction at every step (the plain path).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     names = stream.task_names
     T = len(names)
-    R = np.full((T, T), np.nan)
-    router_acc = np.full((T, T), np.nan)
+    checkpoint = checkpoint or Checkpoint(task_names=names)
+    if checkpoint.task_names != names:
+        raise ContinualError(f"{out_dir}: the checkpoint is for tasks {checkpoint.task_names}, this stream has {names}")
+    R, router_acc = checkpoint.matrices(T)
     result = RunResult(names, R, router_acc=router_acc)
-    backbone = learner.backbone
+    done = checkpoint.completed
+    if done:
+        learner.load(out_dir / "adapters", stream.tasks[:done])
+        result.reports.extend(LearnReport(**r) for r in checkpoint.reports)
+        log.info("resuming after task %d/%d (%s)", done, T, names[done - 1])
+    for i in range(done):
+        router.add_task(i, stream.tasks[i])
+    backbone_params = sum(p.numel() for p in learner.backbone.parameters())
     evaluator = Evaluator(learner, router, stream.tasks, memoise=memoise)
     start = time.perf_counter()
-    global_step = 0
-    tasks_bar = tqdm(stream.tasks, desc=f"stream {stream.name}", unit="task", disable=not progress)
-    for i, task in enumerate(tasks_bar):
+    tasks_bar = tqdm(range(done, T), desc=f"stream {stream.name}", unit="task", disable=not progress)
+    for i in tasks_bar:
+        task = stream.tasks[i]
         tasks_bar.set_postfix(task=f"{i + 1}/{T} {task.name}")
-        step_offset = global_step
-
-        def on_loss(step: int, loss: float, name: str = task.name, offset: int = step_offset) -> None:
-            tracker.log_metrics({f"train_loss/{name}": loss, "train_loss": loss}, step=offset + step)
-
-        report = learner.learn(task, on_loss)
-        global_step += report.steps
-        result.reports.append(report)
+        losses: list[tuple[int, float]] = []
+        report = learner.learn(task, lambda step, loss: losses.append((step, loss)))
         router.add_task(i, task)
         evaluator.new_step()
         eval_start = time.perf_counter()
@@ -114,15 +124,21 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
             "router_acc": float(np.mean(router_acc[i, : i + 1])),
             f"val_acc/{task.name}": report.val_acc,
             "trainable_params": report.trainable_params,
-            "trainable_share": report.trainable_params / sum(p.numel() for p in backbone.parameters()),
+            "trainable_share": report.trainable_params / backbone_params,
             "train_seconds": report.seconds,
             "train_samples_per_s": report.samples_per_second,
             "eval_seconds": time.perf_counter() - eval_start,
         })
-        tracker.log_metrics(row, step=i)
-        # Kept current after every task, so a crash later in the stream loses nothing learned so far.
-        write_matrix_csv(R, names, out_dir / "accuracy_matrix.csv")
         learner.save(out_dir / "adapters")
+        for step, loss in losses:
+            tracker.log_metrics({f"train_loss/{task.name}": loss, "train_loss": loss}, step=checkpoint.global_step + step)
+        tracker.log_metrics(row, step=i)
+        # The checkpoint is written last: a kill before this line redoes task i on resume (and can
+        # only repeat metrics logged in the instant between the two lines above and this one).
+        checkpoint.record(R, router_acc, checkpoint.global_step + report.steps, dataclasses.asdict(report))
+        checkpoint.save(out_dir)
+        write_matrix_csv(R, names, out_dir / "accuracy_matrix.csv")
+        result.reports.append(report)
         log.info("after task %d/%d %s: avg_acc=%.4f val_acc=%.4f %.1fs (%.0f samples/s)", i + 1, T, task.name,
                  row["avg_acc"], report.val_acc, report.seconds, report.samples_per_second)
     result.seconds = time.perf_counter() - start

@@ -10,10 +10,12 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -54,12 +56,21 @@ class AdapterPerTask:
             features = self.backbone(input_ids, attention_mask)
         return self.heads[k](self.dropout(features.float()))
 
-    def learn(self, task: Task, on_loss: LossCallback | None = None) -> LearnReport:
-        k = self.bank.add()
+    def _allocate(self, task: Task) -> int:
+        """A fresh adapter and head for ``task``, created from a seed of (run seed, task index)."""
+        k = len(self.tasks)
+        # Reseeding per task makes a task's initialisation, dropout masks and batches independent of
+        # what ran before it, so a resumed run draws exactly what an uninterrupted one would.
+        torch.manual_seed(int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]))
+        self.bank.add()
         self.heads.append(nn.Linear(self.backbone.hidden_size, len(task.labels)))
         self.tasks.append(task)
         self.bank.to(self.device)
         self.heads.to(self.device)
+        return k
+
+    def learn(self, task: Task, on_loss: LossCallback | None = None) -> LearnReport:
+        k = self._allocate(task)
         params = self._parameters(k)
         for p in self.bank.parameters():
             p.requires_grad_(False)
@@ -154,6 +165,39 @@ class AdapterPerTask:
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
+    def _metadata(self, k: int, task: Task) -> dict[str, str]:
+        return {"task": task.name, "index": str(k), "labels": json.dumps(list(task.labels)),
+                "backbone": self.backbone.name, "hidden_size": str(self.backbone.hidden_size),
+                "adapter": json.dumps(self.bank.config.__dict__)}
+
+    @staticmethod
+    def _file(directory: Path, k: int, task: Task) -> Path:
+        return directory / f"{k:02d}_{task.name}.safetensors"
+
+    def load(self, directory: Path, tasks: Sequence[Task]) -> None:
+        """Restore the adapters and heads of already learned ``tasks`` (in stream order) from :meth:`save`."""
+        for task in tasks:
+            k = len(self.tasks)
+            path = self._file(directory, k, task)
+            if not path.is_file():
+                raise ContinualError(f"{path}: missing, so task '{task.name}' cannot be restored")
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+            expected = self._metadata(k, task)
+            for key in ("backbone", "hidden_size", "adapter", "labels"):
+                if meta.get(key) != expected[key]:
+                    raise ContinualError(
+                        f"{path}: saved for {key}={meta.get(key)}, but this run has {key}={expected[key]}; "
+                        "adapters only load onto the backbone, adapter config and labels they were trained with"
+                    )
+            self._allocate(task)
+            self.bank.adapters[k].load_state_dict({n[len("adapter."):]: t for n, t in tensors.items()
+                                                   if n.startswith("adapter.")})
+            self.heads[k].load_state_dict({n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")})
+            for p in self._parameters(k):
+                p.requires_grad_(False)
+
     def save(self, directory: Path) -> list[Path]:
         """One safetensors file per task: its adapter (``adapter.*``) and head (``head.*``) + metadata."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -161,12 +205,9 @@ class AdapterPerTask:
         for k, task in enumerate(self.tasks):
             tensors = {f"adapter.{n}": t.detach().cpu().contiguous() for n, t in self.bank.adapters[k].state_dict().items()}
             tensors.update({f"head.{n}": t.detach().cpu().contiguous() for n, t in self.heads[k].state_dict().items()})
-            meta = {"task": task.name, "index": str(k), "labels": json.dumps(list(task.labels)),
-                    "backbone": self.backbone.name, "hidden_size": str(self.backbone.hidden_size),
-                    "adapter": json.dumps(self.bank.config.__dict__)}
-            path = directory / f"{k:02d}_{task.name}.safetensors"
+            path = self._file(directory, k, task)
             tmp = path.with_suffix(".tmp")
-            save_file(tensors, str(tmp), metadata=meta)
+            save_file(tensors, str(tmp), metadata=self._metadata(k, task))
             tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated adapter
             paths.append(path)
         return paths

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +52,10 @@ class Learner(Protocol):
 
     def fingerprint(self, k: int) -> str:
         """Digest of every tensor that task ``k``'s predictions depend on (equal digest = equal predictions)."""
+        ...
+
+    def load(self, directory: Path, tasks: Sequence[Task]) -> None:
+        """Restore the state of already learned ``tasks`` written by :meth:`save` (for resuming)."""
         ...
 
     def save(self, directory: Path) -> list[Path]:

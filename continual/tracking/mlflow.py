@@ -57,10 +57,14 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 
 class MLflowTracker:
-    """Creates (or reuses) experiment ``experiment`` at ``uri`` and starts a run in it."""
+    """Creates (or reuses) experiment ``experiment`` at ``uri`` and starts a run in it.
+
+    With ``run_id`` it reopens that run instead (resuming a killed run) and marks it RUNNING again.
+    """
 
     def __init__(self, uri: str, experiment: str, run_name: str | None = None,
-                 tags: Mapping[str, str] | None = None, launch_dir: Path | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, launch_dir: Path | None = None,
+                 run_id: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
@@ -73,7 +77,11 @@ class MLflowTracker:
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(
                 experiment, artifact_location=local_artifact_root(self.uri))
-            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+            if run_id is not None:
+                self.client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+            else:
+                self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ContinualError(f"tracking.uri={uri}: cannot open the MLflow store: {first}") from exc
