@@ -213,17 +213,38 @@ def resume_argv(run_dir: Path, extra: list[str]) -> list[str]:
     return argv
 
 
+def check_yaml(argv: list[str]) -> None:
+    """Parse every config file first: Hydra would answer a YAML syntax error with a long traceback."""
+    import yaml
+
+    dirs = [Path(_conf_dir())]
+    for k, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and k + 1 < len(argv):
+            dirs.append(Path(argv[k + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+    for directory in dirs:
+        for path in sorted(directory.rglob("*.yaml")) if directory.is_dir() else ():
+            try:
+                yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                raise ContinualError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+
+
 def main() -> None:
     """Console entry point: ``continual [overrides...]``, ``continual -m ...``, ``continual resume DIR``."""
-    if len(sys.argv) > 1 and sys.argv[1] == "resume":
-        if len(sys.argv) < 3:
-            print("usage: continual resume RUN_DIR [progress=false]", file=sys.stderr)
-            sys.exit(2)
-        try:
+    if sys.argv[1:] == ["resume"]:
+        print("usage: continual resume RUN_DIR [progress=false]", file=sys.stderr)
+        sys.exit(2)
+    try:
+        if len(sys.argv) > 2 and sys.argv[1] == "resume":
             sys.argv = [sys.argv[0], *resume_argv(Path(sys.argv[2]).resolve(), sys.argv[3:])]
-        except ContinualError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
+        check_yaml(sys.argv[1:])
+    except ContinualError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     _app()
 
 

@@ -60,3 +60,52 @@ def test_frozen_columns_give_zero_bwt_and_forgetting():
 def test_non_square_matrix_is_rejected(bad):
     with pytest.raises(ValueError, match="square"):
         metrics.average_accuracy(bad)
+
+
+# Property-based checks over random accuracy matrices (values in [0, 1], nan above the diagonal).
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@st.composite
+def matrices(draw, min_tasks=2):
+    T = draw(st.integers(min_tasks, 8))
+    values = draw(arrays(np.float64, (T, T), elements=st.floats(0.0, 1.0, allow_nan=False)))
+    return np.where(np.tril(np.ones((T, T))) > 0, values, np.nan)
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices())
+def test_metric_bounds(R):
+    # (Relabelling tasks cannot change a metric: the functions take positions only, never names.)
+    m = metrics.summary(R)
+    assert 0.0 <= m["avg_acc"] <= 1.0 and 0.0 <= m["learning_acc"] <= 1.0
+    assert -1.0 <= m["bwt"] <= 1.0 and -1.0 <= m["forgetting"] <= 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices())
+def test_forgetting_is_at_least_minus_bwt(R):
+    # max_l R[l, j] >= R[j, j], so each forgetting term >= the matching -BWT term
+    assert metrics.forgetting(R) >= -metrics.backward_transfer(R) - 1e-12
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices())
+def test_bwt_sign_follows_final_versus_just_learned(R):
+    T = R.shape[0]
+    final_drop = [R[T - 1, j] - R[j, j] for j in range(T - 1)]
+    if all(d <= 0 for d in final_drop):
+        assert metrics.backward_transfer(R) <= 0
+    if all(d >= 0 for d in final_drop):
+        assert metrics.backward_transfer(R) >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices(), st.floats(-0.5, 0.5, allow_nan=False))
+def test_shifting_every_accuracy_shifts_acc_and_keeps_transfer(R, c):
+    shifted = R + c
+    assert metrics.average_accuracy(shifted) == pytest.approx(metrics.average_accuracy(R) + c, abs=1e-9)
+    assert metrics.backward_transfer(shifted) == pytest.approx(metrics.backward_transfer(R), abs=1e-9)
+    assert metrics.forgetting(shifted) == pytest.approx(metrics.forgetting(R), abs=1e-9)

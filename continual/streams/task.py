@@ -164,6 +164,12 @@ def build_task(
     validation = _cap_per_class(validation, max_eval_per_class, rng)
     if not test:
         raise ContinualError(f"{where}: the test split has no examples (after filtering)")
+    untested = [lab for lab in label_names if lab not in {l for _, l in test}]
+    if untested:
+        raise ContinualError(
+            f"{where}: the test split has no examples of labels {untested[:10]}; their accuracy could not be "
+            "measured (drop them with field 'labels' or fix the test file)"
+        )
 
     index = {lab: k for k, lab in enumerate(label_names)}
     return Task(

@@ -1,0 +1,97 @@
+"""Bad inputs not covered next to their modules: each is one clear line, before any training."""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from transformers import BertConfig, BertModel
+
+from continual.backbone import Backbone
+from continual.errors import ContinualError
+from continual.streams import StreamSpec
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _stream(train, test):
+    return StreamSpec.from_dict({"name": "s", "tasks": [{"name": "t", "train": train, "test": test}]})
+
+
+ROWS = [{"text": f"sentence {k}", "label": "ab"[k % 2]} for k in range(20)]
+
+
+def test_non_string_text_is_rejected(tmp_path):
+    bad = _jsonl(tmp_path / "bad.jsonl", ROWS[:3] + [{"text": 12345, "label": "a"}])
+    good = _jsonl(tmp_path / "good.jsonl", ROWS)
+    with pytest.raises(ContinualError, match=r"text_field 'text' of .*bad.jsonl row 3 is int 12345, expected a string"):
+        _stream(bad, good).load()
+
+
+def test_null_and_blank_texts_are_dropped_and_counted(tmp_path, caplog):
+    train = _jsonl(tmp_path / "train.jsonl", ROWS + [{"text": None, "label": "a"}, {"text": "  ", "label": "b"}])
+    test = _jsonl(tmp_path / "test.jsonl", ROWS)
+    with caplog.at_level(logging.WARNING):
+        stream = _stream(train, test).load()
+    assert len(stream.tasks[0].train) + len(stream.tasks[0].validation) == 20
+    assert "dropped 2 empty or null texts" in caplog.text
+
+
+def test_test_split_without_some_label(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", ROWS + [{"text": "c text", "label": "c"}] * 3)
+    test = _jsonl(tmp_path / "test.jsonl", ROWS)
+    with pytest.raises(ContinualError, match=r"the test split has no examples of labels \['c'\]"):
+        _stream(train, test).load()
+
+
+def test_tokenizer_model_mismatch(tiny_model_dir, tmp_path):
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(tiny_model_dir, mismatched)
+    BertModel(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(mismatched)
+    with pytest.raises(ContinualError, match="tokenizer and model do not match"):
+        Backbone.load(str(mismatched))
+
+
+def _cli(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "continual", *args, "progress=false", f"hydra.run.dir={tmp_path}/run",
+                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def _one_error_line(proc):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return lines[0]
+
+
+def test_wrong_type_and_malformed_yaml(tmp_path):
+    assert "trainer.epochs must be a positive integer, got 'many'" in _one_error_line(_cli(tmp_path, "trainer.epochs=many"))
+    conf = tmp_path / "conf" / "stream"
+    conf.mkdir(parents=True)
+    (conf / "broken.yaml").write_text("name: broken\ntasks: [\n  - name: x\n")
+    line = _one_error_line(_cli(tmp_path, "--config-dir", str(tmp_path / "conf"), "stream=broken"))
+    assert "broken.yaml: malformed YAML at line 3, column 3" in line
+
+
+def test_divergence_names_task_epoch_step_and_fails_the_run(tmp_path, tiny_model_dir, demo_files):
+    conf = tmp_path / "conf" / "stream"
+    conf.mkdir(parents=True)
+    tasks = [{"name": n, "train": str(p["train"]), "test": str(p["test"])} for n, p in demo_files.items()]
+    (conf / "two.yaml").write_text(yaml.safe_dump({"name": "two", "tasks": tasks}))
+    proc = _cli(tmp_path, "--config-dir", str(tmp_path / "conf"), "stream=two", f"backbone.name={tiny_model_dir}",
+                "trainer.lr=1e30", "trainer.grad_clip=0", "trainer.epochs=1")
+    line = _one_error_line(proc)
+    assert "task 'banking': loss is" in line and "at epoch 1, step" in line
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("continual").experiment_id])
+    assert run.info.status == "FAILED"
+    assert not list((tmp_path / "run").glob("adapters/*.safetensors"))  # nothing half-learned is saved
