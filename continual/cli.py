@@ -1,7 +1,8 @@
 """The ``continual`` command: a Hydra app over ``conf/``. The only module that imports Hydra.
 
-``build`` turns the composed config into plain objects (stream source, backbone, learner, router,
-tracker); everything below it is ordinary Python. Config and data problems surface as one
+``run`` turns the composed config into plain objects (stream source, backbone, learner, router,
+tracker) with ``_target_`` + ``instantiate``; everything below it is ordinary Python. ``main`` adds
+``continual resume DIR`` and checks config files before Hydra sees them. Config and data problems surface as one
 ``error: ...`` line and exit status 2, before any model is loaded, and a tracking run that was
 already created is marked FAILED.
 """
@@ -58,7 +59,9 @@ def _make(node: DictConfig, group: str, **objects: Any) -> Any:
         if isinstance(cause, ContinualError):
             raise cause from None
         raise ContinualError(f"{group}: {str(cause or exc).strip().splitlines()[0]}") from exc
-    except TypeError as exc:  # unknown or missing fields of the target
+    except TypeError as exc:
+        if "argument" not in str(exc):  # only unknown/missing fields are config errors; keep real bugs loud
+            raise
         raise ContinualError(f"{group}: {exc}") from exc
 
 
@@ -213,24 +216,43 @@ def resume_argv(run_dir: Path, extra: list[str]) -> list[str]:
     return argv
 
 
-def check_yaml(argv: list[str]) -> None:
-    """Parse every config file first: Hydra would answer a YAML syntax error with a long traceback."""
-    import yaml
-
+def _config_dirs(argv: list[str]) -> list[Path]:
     dirs = [Path(_conf_dir())]
     for k, arg in enumerate(argv):
         if arg in ("--config-dir", "-cd") and k + 1 < len(argv):
             dirs.append(Path(argv[k + 1]))
         elif arg.startswith("--config-dir="):
             dirs.append(Path(arg.split("=", 1)[1]))
-    for directory in dirs:
-        for path in sorted(directory.rglob("*.yaml")) if directory.is_dir() else ():
-            try:
-                yaml.safe_load(path.read_text())
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                raise ContinualError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    return [d for d in dirs if d.is_dir()]
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Parse every config file and check ``group=option`` overrides before Hydra does.
+
+    Hydra answers a YAML syntax error with a long traceback and an unknown option with a
+    multi-line listing; these become one ``error:`` line each.
+    """
+    import yaml
+
+    dirs = _config_dirs(argv)
+    for path in (p for d in dirs for p in sorted(d.rglob("*.yaml"))):
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ContinualError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        if not sep or group.startswith(("-", "+", "~")) or "." in group or "/" in group:
+            continue
+        folders = [d / group for d in dirs if (d / group).is_dir()]
+        if not folders:
+            continue  # a plain key such as seed=1
+        options = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
+        for choice in value.split(","):  # a multirun sweeps comma-separated options
+            if choice and choice not in options and not choice.startswith(("choice(", "glob(")):
+                raise ContinualError(f"{group}={choice}: no such option; {group} options: {', '.join(options)}")
 
 
 def main() -> None:
@@ -241,7 +263,7 @@ def main() -> None:
     try:
         if len(sys.argv) > 2 and sys.argv[1] == "resume":
             sys.argv = [sys.argv[0], *resume_argv(Path(sys.argv[2]).resolve(), sys.argv[3:])]
-        check_yaml(sys.argv[1:])
+        check_config_files(sys.argv[1:])
     except ContinualError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

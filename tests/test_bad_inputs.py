@@ -95,3 +95,48 @@ def test_divergence_names_task_epoch_step_and_fails_the_run(tmp_path, tiny_model
     (run,) = client.search_runs([client.get_experiment_by_name("continual").experiment_id])
     assert run.info.status == "FAILED"
     assert not list((tmp_path / "run").glob("adapters/*.safetensors"))  # nothing half-learned is saved
+
+
+def test_divergence_in_a_later_task_keeps_earlier_rows_and_adapters(tiny_backbone, tmp_path):
+    import dataclasses
+
+    from continual.adapters import BottleneckConfig
+    from continual.checkpoint import Checkpoint
+    from continual.experiment import run_stream
+    from continual.learners import AdapterPerTask
+    from continual.routers import OracleRouter
+    from continual.streams import DemoStream
+    from continual.tracking import MemoryTracker
+    from continual.training import TrainerConfig
+
+    class DivergesOnTaskTwo(AdapterPerTask):
+        def learn(self, task, on_loss=None):
+            if len(self.tasks) == 1:
+                self.trainer = dataclasses.replace(self.trainer, lr=1e30, grad_clip=0.0)
+            return super().learn(task, on_loss)
+
+    learner = DivergesOnTaskTwo(tiny_backbone, BottleneckConfig(bottleneck_dim=4), TrainerConfig(epochs=1),
+                                progress=False)
+    with pytest.raises(ContinualError, match="task 'travel': loss is"):
+        run_stream(DemoStream(max_per_class=8).load(), learner, OracleRouter(), MemoryTracker(), tmp_path,
+                   progress=False)
+    assert Checkpoint.load(tmp_path).completed == 1
+    assert (tmp_path / "accuracy_matrix.csv").read_text().splitlines()[1].split(",")[0] != ""
+    assert [p.name for p in (tmp_path / "adapters").glob("*.safetensors")] == ["00_banking.safetensors"]
+
+
+def test_parallel_jobs_creating_one_new_store(tmp_path):
+    script = (
+        "import sys; from continual.tracking import MLflowTracker;"
+        f"t = MLflowTracker('sqlite:///{tmp_path}/store/mlflow.db', 'exp', run_name=sys.argv[1]);"
+        "t.log_metrics({'x': 1.0}, step=0); t.finish()"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"job{k}"], stderr=subprocess.PIPE, text=True)
+             for k in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/store/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["job0", "job1", "job2", "job3"]
+    assert all(r.info.status == "FINISHED" and r.data.metrics["x"] == 1.0 for r in runs)
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["mlflow.db"]  # no temp files left

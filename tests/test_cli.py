@@ -84,7 +84,7 @@ def test_missing_data_file_and_unknown_option(tmp_path, tiny_model_dir, demo_fil
     proc = _run(tmp_path, tiny_model_dir, conf=conf)
     assert proc.returncode == 2 and f"file not found: {tmp_path / 'nope.csv'}" in proc.stderr
     proc = _run(tmp_path, tiny_model_dir, "router=psychic", conf=conf)
-    assert proc.returncode != 0 and "psychic" in proc.stderr
+    assert proc.returncode == 2 and "error: router=psychic: no such option; router options: oracle" in proc.stderr
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path, tiny_model_dir, demo_files):

@@ -19,6 +19,6 @@ def test_default_experiment_learns_the_demo_stream(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("continual").experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["avg_acc"] > 0.85  # chance is 0.2; measured 0.945
+    assert run.data.metrics["avg_acc"] > 0.85  # chance is 0.2; measured 0.97
     assert run.data.metrics["bwt"] == 0.0
     assert run.data.params["backbone.name"] == "packaged:all-MiniLM-L6-v2"

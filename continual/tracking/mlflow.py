@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,31 @@ def normalise_uri(uri: str, launch_dir: Path) -> str:
         path = Path(uri) if Path(uri).is_absolute() else launch_dir / uri
         return path.as_uri()
     return uri
+
+
+def ensure_sqlite_store(uri: str) -> None:
+    """Create a new sqlite store atomically: build the schema in a private file, then link it into place.
+
+    MLflow builds a fresh store's schema in several migration steps; a process killed half-way, or two
+    processes creating the same new store at once, leave a database that no later run can open. A
+    hard link either publishes a complete store or fails because another process already did.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process published its store first; use that one
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def local_artifact_root(uri: str) -> str | None:
@@ -73,10 +99,9 @@ class MLflowTracker:
             self.uri = normalise_uri(uri, launch_dir or Path.cwd())
             if self.uri.startswith(("http://", "https://")):
                 check_server(self.uri)
+            ensure_sqlite_store(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri)
-            found = self.client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(
-                experiment, artifact_location=local_artifact_root(self.uri))
+            experiment_id = self._experiment_id(experiment)
             if run_id is not None:
                 self.client.update_run(run_id, status="RUNNING")
                 self.run_id = run_id
@@ -86,6 +111,21 @@ class MLflowTracker:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ContinualError(f"tracking.uri={uri}: cannot open the MLflow store: {first}") from exc
         self.experiment_id = experiment_id
+
+    def _experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it if needed (tolerating a parallel job that creates it first)."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=local_artifact_root(self.uri))
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
