@@ -2,9 +2,9 @@
 
 ``run`` turns the composed config into plain objects (stream source, backbone, learner, router,
 tracker) with ``_target_`` + ``instantiate``; everything below it is ordinary Python. ``main`` adds
-``continual resume DIR`` and checks config files before Hydra sees them. Config and data problems surface as one
-``error: ...`` line and exit status 2, before any model is loaded, and a tracking run that was
-already created is marked FAILED.
+``continual resume DIR`` and checks config files before Hydra sees them. Config and data problems
+surface as one ``error: ...`` line and exit status 2, before any model is loaded, and a tracking
+run that was already created is marked FAILED.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ learner's fingerprint of that adapter (a digest of every tensor its predictions 
 isolated adapter keeps its fingerprint, so its predictions on a fixed test set are computed once,
 and filling R costs O(T·N) adapter passes instead of O(T²·N). A learner that does change old
 parameters changes the fingerprint, and those cells are recomputed in full. Routing itself is
-re-run every time (cheap for the oracle; learned routers cache their own features).
+re-run at every evaluation (free for the oracle).
 """
 
 from __future__ import annotations
@@ -47,15 +47,15 @@ class Evaluator:
         self.batch_size, self.device, self.pad_id = trainer.eval_batch_size, learner.device, learner.pad_id
         self.tokens = [learner.backbone.tokenize(list(t.test.texts), trainer.max_length) for t in tasks]
         self._memo: dict[tuple[int, int], tuple[str, np.ndarray]] = {}
-        self._fingerprints: dict[int, str] = {}
+        self._fingerprints: list[str] | None = None
 
     def new_step(self) -> None:
         """Call after the learner changed (a task was learned): fingerprints are taken afresh."""
-        self._fingerprints.clear()
+        self._fingerprints = None
 
     def _fingerprint(self, k: int) -> str:
-        if k not in self._fingerprints:
-            self._fingerprints[k] = self.learner.fingerprint(k)
+        if self._fingerprints is None:  # one call per step: the learner hashes shared weights once
+            self._fingerprints = self.learner.fingerprints()
         return self._fingerprints[k]
 
     def _batches(self, tokens: list[list[int]], subset: np.ndarray):

@@ -50,8 +50,8 @@ class Learner(Protocol):
         """Label index (within each example's routed task) for every example."""
         ...
 
-    def fingerprint(self, k: int) -> str:
-        """Digest of every tensor that task ``k``'s predictions depend on (equal digest = equal predictions)."""
+    def fingerprints(self) -> list[str]:
+        """Per learned task, a digest of every tensor its predictions depend on (equal digest = equal predictions)."""
         ...
 
     def load(self, directory: Path, tasks: Sequence[Task]) -> None:
