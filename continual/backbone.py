@@ -122,11 +122,28 @@ class Backbone(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[batch, hidden]`` (with whatever adapters are currently routed in)."""
+        return self.encode(input_ids, attention_mask)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str | None = None,
+               layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
+        """Features pooled with ``pooling`` (default: the backbone's) from hidden-state ``layers``, concatenated.
+
+        Layer indices count as in ``output_hidden_states`` (0 = embeddings, -1 = last layer).
+        """
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             inputs["token_type_ids"] = torch.zeros_like(input_ids)
-        states = self.model(**inputs).last_hidden_state
-        if self.pooling == "cls":
-            return states[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if tuple(layers) == (-1,):
+            hidden = [self.model(**inputs).last_hidden_state]
+        else:
+            states = self.model(**inputs, output_hidden_states=True).hidden_states
+            hidden = [states[k] for k in layers]
+        return torch.cat([pool(h, attention_mask, pooling or self.pooling) for h in hidden], dim=-1)
+
+
+def pool(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``[batch, tokens, hidden]`` -> ``[batch, hidden]``: the first token (cls) or the mean over real tokens."""
+    if pooling == "cls":
+        return states[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)

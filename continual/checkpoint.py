@@ -18,7 +18,7 @@ import numpy as np
 from continual.errors import ContinualError
 
 FILENAME = "checkpoint.json"
-VERSION = 1
+VERSION = 2
 
 
 def _cells(matrix: np.ndarray) -> list[list[float | None]]:
@@ -39,19 +39,22 @@ class Checkpoint:
     global_step: int = 0
     R: list[list[float | None]] = field(default_factory=list)
     router_acc: list[list[float | None]] = field(default_factory=list)
+    oracle_acc: list[list[float | None]] = field(default_factory=list)
     reports: list[dict] = field(default_factory=list)
     version: int = VERSION
 
-    def record(self, R: np.ndarray, router_acc: np.ndarray, global_step: int, report: dict) -> None:
+    def record(self, R: np.ndarray, router_acc: np.ndarray, oracle_acc: np.ndarray, global_step: int,
+               report: dict) -> None:
         self.completed += 1
         self.global_step = global_step
-        self.R, self.router_acc = _cells(R), _cells(router_acc)
+        self.R, self.router_acc, self.oracle_acc = _cells(R), _cells(router_acc), _cells(oracle_acc)
         self.reports.append(report)
 
-    def matrices(self, T: int) -> tuple[np.ndarray, np.ndarray]:
+    def matrices(self, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """R, router accuracy and oracle-routed accuracy so far (``nan`` where not yet evaluated)."""
         if not self.R:
-            return np.full((T, T), np.nan), np.full((T, T), np.nan)
-        return _matrix(self.R), _matrix(self.router_acc)
+            return np.full((T, T), np.nan), np.full((T, T), np.nan), np.full((T, T), np.nan)
+        return _matrix(self.R), _matrix(self.router_acc), _matrix(self.oracle_acc)
 
     def save(self, directory: Path) -> Path:
         path = directory / FILENAME

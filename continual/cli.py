@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from continual.checkpoint import Checkpoint
 from continual.errors import ContinualError
 from continual.experiment import RunResult, format_matrix, run_stream
+from continual.routers import check_stream
 from continual.streams import StreamSource, StreamSpec
 from continual.tracking import flatten
 
@@ -90,7 +91,7 @@ def _quiet_libraries() -> None:
 
 def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Path) -> str:
     """The closing summary: the matrix, the metrics, where things are and how to look at them."""
-    m = result.metrics
+    m = {**result.final_metrics, **result.metrics}
 
     def pct(value: float) -> str:
         return f"{100 * value:.2f}" if np.isfinite(value) else "n/a (one task)"
@@ -104,6 +105,10 @@ def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Pat
         f"BWT                 {pct(m['bwt'])}",
         f"forgetting          {pct(m['forgetting'])}",
         f"learning accuracy   {pct(m['learning_acc'])}",
+        f"router accuracy     {pct(result.router_accuracy)}",
+        f"oracle-routed ACC   {pct(result.oracle_average)} (same adapters, true task given)",
+        *([f"OOS recall          {pct(m['oos_recall'])} (out-of-scope inputs rejected)"]
+          if "oos_recall" in m else []),
         f"train time          {result.train_seconds:.1f} s ({result.train_samples_per_second:.0f} samples/s); "
         f"total {result.seconds:.1f} s",
         f"outputs             {out_dir}",
@@ -150,6 +155,7 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
         raise ContinualError(str(exc).strip().splitlines()[0]) from exc
     trainer = _make(cfg.trainer, "trainer")
     adapter = _make(cfg.adapter, "adapter")
+    router = _make(cfg.router, "router")
     source = stream_source(cfg.stream)
     checkpoint = _check_resumable(plain, out_dir)  # type: ignore[arg-type]
     tags = {k: str(choices.get(k, "")) for k in ("stream", "learner", "router", "adapter", "backbone")}
@@ -166,13 +172,13 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
         stream = source.load(launch_dir)
         log.info("stream %s: %s", stream.name, ", ".join(
             f"{t.name} ({len(t.labels)} labels, {len(t.train)}/{len(t.validation)}/{len(t.test)})" for t in stream.tasks))
+        check_stream(router, stream.tasks)
         if checkpoint is None:  # written before any training so that even task 0 can be resumed into this run
             checkpoint = Checkpoint(task_names=stream.task_names, run_id=tracker.run_id)
             checkpoint.save(out_dir)
         seed_everything(cfg.seed)
         backbone = _make(cfg.backbone, "backbone")
         learner = _make(cfg.learner, "learner", backbone=backbone, adapter=adapter, trainer=trainer, seed=cfg.seed)
-        router = _make(cfg.router, "router")
         result = run_stream(stream, learner, router, tracker, out_dir, progress=cfg.progress, checkpoint=checkpoint)
         text = summary_text(result, tracker.uri, tracker.run_id, out_dir)
         (out_dir / "summary.txt").write_text(text + "\n")
@@ -255,8 +261,125 @@ def check_config_files(argv: list[str]) -> None:
                 raise ContinualError(f"{group}={choice}: no such option; {group} options: {', '.join(options)}")
 
 
+PREDICT_USAGE = """usage: continual predict RUN [--text TEXT ...] [--input FILE] [--output FILE] [--task NAME]
+                         [--text-field text] [--tracking-uri URI] [--no-progress] [key=value ...]
+
+RUN is a finished run's output folder, or an MLflow run id / runs:/<id> whose artifacts are read
+from --tracking-uri (default: the embedded store runs/mlflow.db). Texts come from --text (repeatable)
+or --input (.jsonl with a 'text' field and optional 'task', .csv/.tsv with a text column, .txt one per
+line). One JSON line per text goes to --output (default stdout): text, task (null = rejected), label,
+confidence, router scores per task, abstained. key=value overrides the saved config, e.g.
+trainer.device=cuda trainer.eval_batch_size=256."""
+
+
+def _predict_args(argv: list[str]):
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # one line, exit 2, like every other continual error
+            raise ContinualError(f"continual predict: {message} (see continual predict --help)")
+
+        def print_help(self, file=None):
+            print(PREDICT_USAGE, file=file)
+
+    parser = Parser(prog="continual predict", add_help=True)
+    parser.add_argument("run")
+    parser.add_argument("--text", action="append", default=[])
+    parser.add_argument("--input", type=Path)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--task")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
+    parser.add_argument("--no-progress", action="store_true")
+    args, rest = parser.parse_known_args(argv)  # key=value overrides may sit anywhere
+    bad = [o for o in rest if "=" not in o or o.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments {bad}; config overrides look like key=value")
+    args.overrides = rest
+    if not args.text and args.input is None:
+        parser.error("give texts with --text or --input")
+    return args
+
+
+def _run_folder(run: str, tracking_uri: str, scratch: Path) -> Path:
+    """A local folder holding the run's config.yaml, adapters/ and router.safetensors."""
+    folder = Path(run)
+    if folder.is_dir():
+        if not (folder / "config.yaml").is_file():
+            raise ContinualError(f"{folder}: not a run output folder (no config.yaml)")
+        return folder
+    run_id = run[len("runs:/"):].strip("/") if run.startswith("runs:/") else run
+    if not (len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id)):
+        raise ContinualError(f"continual predict: {run} is neither a run folder nor an MLflow run id")
+    from mlflow.artifacts import download_artifacts
+
+    from continual.tracking.mlflow import normalise_uri
+
+    uri = normalise_uri(tracking_uri, Path.cwd())
+    try:
+        for name in ("config.yaml", "adapters", "router.safetensors"):
+            download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(scratch), tracking_uri=uri)
+    except Exception as exc:  # MlflowException / OSError: missing run, artifact or store
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ContinualError(f"continual predict: cannot fetch artifacts of run {run_id} from {uri}: {first}") from exc
+    return scratch
+
+
+def predict_main(argv: list[str]) -> None:
+    """``continual predict``: everything is checked (inputs, run folder, router state) before the model loads."""
+    import json
+    import tempfile
+
+    from continual.learners import saved_tasks
+    from continual.predict import Predictor, Query, read_queries
+    from continual.routers.state import FILENAME as ROUTER_FILE, load_router
+
+    args = _predict_args(argv)
+    queries = [Query(t, args.task) for t in args.text]
+    if args.input is not None:
+        queries += [q if q.task or not args.task else Query(q.text, args.task)
+                    for q in read_queries(args.input, args.text_field)]
+    with tempfile.TemporaryDirectory(prefix="continual-predict-") as scratch:
+        folder = _run_folder(args.run, args.tracking_uri, Path(scratch))
+        cfg = OmegaConf.merge(OmegaConf.load(folder / "config.yaml"), OmegaConf.from_dotlist(args.overrides))
+        if not (folder / ROUTER_FILE).is_file():
+            raise ContinualError(f"{folder}: no router state ({ROUTER_FILE}); the run has not finished a task, or it "
+                                 "was made before routers were saved")
+        tasks = saved_tasks(folder / "adapters")
+        names = [t.name for t in tasks]
+        unknown = sorted({q.task for q in queries if q.task and q.task not in names})
+        if unknown:
+            raise ContinualError(f"continual predict: tasks {unknown} are not tasks of this run; tasks: {names}")
+        _quiet_libraries()
+        router = _make(cfg.router, "router")
+        if not getattr(router, "learned", False) and any(q.task is None for q in queries):
+            raise ContinualError("continual predict: this run used router=oracle, which cannot route new text; give "
+                                 "each text its task (--task NAME or a 'task' field) or train with a learned router")
+        trainer = _make(cfg.trainer, "trainer")
+        backbone = _make(cfg.backbone, "backbone")
+        learner = _make(cfg.learner, "learner", backbone=backbone, adapter=_make(cfg.adapter, "adapter"),
+                        trainer=trainer, seed=cfg.seed)
+        learner.load(folder / "adapters", tasks)
+        load_router(router, folder, names, backbone.name)
+        predictor = Predictor(learner, router, names, [t.labels for t in tasks], progress=not args.no_progress)
+        out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for record in predictor.predict(queries):
+                out.write(json.dumps(record) + "\n")
+        finally:
+            if args.output:
+                out.close()
+
+
 def main() -> None:
-    """Console entry point: ``continual [overrides...]``, ``continual -m ...``, ``continual resume DIR``."""
+    """Console entry point: ``continual [overrides...]``, ``-m ...``, ``resume DIR``, ``predict RUN ...``."""
+    if sys.argv[1:2] == ["predict"]:
+        try:
+            predict_main(sys.argv[2:])
+        except ContinualError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        return
     if sys.argv[1:] == ["resume"]:
         print("usage: continual resume RUN_DIR [progress=false]", file=sys.stderr)
         sys.exit(2)

@@ -1,12 +1,16 @@
 """Routed evaluation that fills the accuracy matrix without recomputing what cannot have changed.
 
 An example counts as correct only if the router sends it to its own task's adapter *and* that
-adapter predicts its label. Predictions are remembered per (test set, adapter) together with the
-learner's fingerprint of that adapter (a digest of every tensor its predictions depend on). A frozen,
-isolated adapter keeps its fingerprint, so its predictions on a fixed test set are computed once,
-and filling R costs O(T·N) adapter passes instead of O(T²·N). A learner that does change old
-parameters changes the fingerprint, and those cells are recomputed in full. Routing itself is
-re-run at every evaluation (free for the oracle).
+adapter predicts its label. Every cell also gets the oracle-routed accuracy of the same adapters, so
+the cost of routing is visible task by task.
+
+Adapter outputs are remembered per (test set, adapter) together with the learner's fingerprint of
+that adapter (a digest of every tensor its outputs depend on). A frozen, isolated adapter keeps its
+fingerprint, so its outputs on a fixed test set are computed once, and filling R costs O(T·N)
+adapter passes instead of O(T²·N), for the predictions and for the entropy router's certainties
+alike. Frozen features for feature routers are remembered per test set under the backbone's
+fingerprint. A learner that changes old parameters changes the fingerprint, and those cells are
+recomputed in full. Routing itself is re-run at every evaluation, from the remembered features.
 """
 
 from __future__ import annotations
@@ -17,74 +21,160 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from continual.learners.base import Learner
-from continual.routers.base import Router, RoutingBatch
+from continual.learners.base import Fingerprints, Learner
+from continual.routers.base import Router, RouterInputs
 from continual.streams import Task
 from continual.training import eval_batches, iter_padded
 
-UNKNOWN = -2  # prediction not computed yet (-1 is "abstained")
+UNKNOWN = -2  # output not computed yet (-1 is "abstained")
+OUT_OF_SCOPE = "out_of_scope"
+SetKey = int | str  # a task index (its test split) or OUT_OF_SCOPE
+
+
+@dataclass
+class _Outputs:
+    """One adapter's outputs on one test set; ``labels == UNKNOWN`` marks examples not run yet."""
+
+    fingerprint: str
+    labels: np.ndarray
+    confidence: np.ndarray
+    certainty: np.ndarray
+
+    @classmethod
+    def empty(cls, fingerprint: str, n: int) -> _Outputs:
+        return cls(fingerprint, np.full(n, UNKNOWN, np.int64), np.zeros(n, np.float32), np.zeros(n, np.float32))
 
 
 @dataclass(frozen=True)
 class TaskEval:
-    """Accuracy counts correct only if routed to the right task *and* labelled right."""
+    """Routed accuracy (right task *and* right label), router accuracy, and oracle-routed accuracy."""
 
     accuracy: float
     router_accuracy: float
+    oracle_accuracy: float
     examples: int
-    computed: int  # adapter predictions actually run (the rest came from the memo)
+    computed: int  # adapter passes actually run (the rest came from the memo)
+    routes: np.ndarray  # routed task per example (-1 = abstained)
+
+
+def _run_batches(learner: Learner, tokens: Sequence[Sequence[int]], subset: np.ndarray):
+    order = eval_batches([len(tokens[i]) for i in subset], learner.trainer.eval_batch_size)
+    return iter_padded(tokens, [subset[b] for b in order], learner.pad_id, learner.device)
+
+
+def features_of(learner: Learner, tokens: Sequence[Sequence[int]], pooling: str, layers: tuple[int, ...]) -> np.ndarray:
+    """Frozen, adapter-free pooled features of tokenized texts, ``[n, dim]`` float32."""
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    for idx, ids, mask in _run_batches(learner, tokens, np.arange(len(tokens))):
+        rows.append((idx, learner.features(ids, mask, pooling, layers).cpu().numpy()))
+    if not rows:
+        return np.zeros((0, 0), np.float32)
+    out = np.empty((len(tokens), rows[0][1].shape[1]), np.float32)
+    for idx, values in rows:
+        out[idx] = values
+    return out
+
+
+def run_adapter(learner: Learner, tokens: Sequence[Sequence[int]], k: int, outputs: _Outputs, todo: np.ndarray) -> None:
+    """Fill ``outputs`` at indices ``todo`` with adapter ``k``'s labels, confidence and certainty."""
+    for idx, ids, mask in _run_batches(learner, tokens, todo) if len(todo) else ():
+        got = learner.classify(ids, mask, torch.full((len(idx),), k, dtype=torch.long, device=learner.device))
+        outputs.labels[idx] = got.labels.cpu().numpy()
+        outputs.confidence[idx] = got.confidence.cpu().numpy()
+        outputs.certainty[idx] = got.certainty.cpu().numpy()
+
+
+def encode_texts(learner: Learner, texts: Sequence[str], task_ids: np.ndarray | None = None) -> RouterInputs:
+    """:class:`RouterInputs` over raw texts (no memo): what routers see when learning a task or predicting."""
+    tokens = learner.backbone.tokenize(list(texts), learner.trainer.max_length)
+
+    def certainty(k: int) -> np.ndarray:
+        outputs = _Outputs.empty("", len(tokens))
+        run_adapter(learner, tokens, k, outputs, np.arange(len(tokens)))
+        return outputs.certainty
+
+    return RouterInputs(len(tokens), lambda pooling, layers: features_of(learner, tokens, pooling, layers),
+                        certainty, task_ids)
 
 
 class Evaluator:
-    """Evaluates the test splits of ``tasks`` through ``router`` and ``learner``."""
+    """Evaluates the test splits of ``tasks`` (and optional ``out_of_scope`` texts) through ``router``."""
 
-    def __init__(self, learner: Learner, router: Router, tasks: Sequence[Task], memoise: bool = True) -> None:
+    def __init__(self, learner: Learner, router: Router, tasks: Sequence[Task], memoise: bool = True,
+                 out_of_scope: Sequence[str] = ()) -> None:
         self.learner = learner
         self.router = router
         self.tasks = tasks
         self.memoise = memoise
-        trainer = learner.trainer
-        self.batch_size, self.device, self.pad_id = trainer.eval_batch_size, learner.device, learner.pad_id
-        self.tokens = [learner.backbone.tokenize(list(t.test.texts), trainer.max_length) for t in tasks]
-        self._memo: dict[tuple[int, int], tuple[str, np.ndarray]] = {}
-        self._fingerprints: list[str] | None = None
+        max_length = learner.trainer.max_length
+        self.tokens: dict[SetKey, list[list[int]]] = {
+            j: learner.backbone.tokenize(list(t.test.texts), max_length) for j, t in enumerate(tasks)}
+        if len(out_of_scope):
+            self.tokens[OUT_OF_SCOPE] = learner.backbone.tokenize(list(out_of_scope), max_length)
+        self._outputs: dict[tuple[SetKey, int], _Outputs] = {}
+        self._features: dict[tuple[SetKey, str, tuple[int, ...]], tuple[str, np.ndarray]] = {}
+        self._fingerprints: Fingerprints | None = None
+        self.computed = 0
+
+    @property
+    def has_out_of_scope(self) -> bool:
+        return OUT_OF_SCOPE in self.tokens
 
     def new_step(self) -> None:
         """Call after the learner changed (a task was learned): fingerprints are taken afresh."""
         self._fingerprints = None
 
-    def _fingerprint(self, k: int) -> str:
+    def _fingerprint(self) -> Fingerprints:
         if self._fingerprints is None:  # one call per step: the learner hashes shared weights once
             self._fingerprints = self.learner.fingerprints()
-        return self._fingerprints[k]
+        return self._fingerprints
 
-    def _batches(self, tokens: list[list[int]], subset: np.ndarray):
-        order = eval_batches([len(tokens[i]) for i in subset], self.batch_size)
-        return iter_padded(tokens, [subset[b] for b in order], self.pad_id, self.device)
+    def _adapter(self, key: SetKey, k: int, needed: np.ndarray) -> _Outputs:
+        """Adapter ``k``'s outputs on set ``key``, computed where ``needed`` and not yet known."""
+        tokens = self.tokens[key]
+        fingerprint = self._fingerprint().tasks[k]
+        outputs = self._outputs.get((key, k))
+        if outputs is None or outputs.fingerprint != fingerprint:
+            outputs = self._outputs[(key, k)] = _Outputs.empty(fingerprint, len(tokens))
+        todo = np.flatnonzero(needed & (outputs.labels == UNKNOWN))
+        run_adapter(self.learner, tokens, k, outputs, todo)
+        self.computed += len(todo)
+        return outputs
+
+    def _frozen_features(self, key: SetKey, pooling: str, layers: tuple[int, ...]) -> np.ndarray:
+        fingerprint = self._fingerprint().backbone
+        cached = self._features.get((key, pooling, layers))
+        if cached is None or cached[0] != fingerprint:
+            cached = self._features[(key, pooling, layers)] = (
+                fingerprint, features_of(self.learner, self.tokens[key], pooling, layers))
+        return cached[1]
+
+    def inputs(self, key: SetKey) -> RouterInputs:
+        n = len(self.tokens[key])
+        truth = np.full(n, key, np.int64) if isinstance(key, int) else None
+        return RouterInputs(n, lambda pooling, layers: self._frozen_features(key, pooling, layers),
+                            lambda k: self._adapter(key, k, np.ones(n, bool)).certainty, truth)
 
     @torch.no_grad()
     def evaluate(self, j: int) -> TaskEval:
         """Accuracy of task ``j``'s test split as things stand now."""
-        tokens, labels = self.tokens[j], self.tasks[j].test.labels
-        n = len(tokens)
-        routes = np.empty(n, dtype=np.int64)
-        for idx, ids, mask in self._batches(tokens, np.arange(n)):
-            truth = torch.full((len(idx),), j, dtype=torch.long, device=self.device)
-            routes[idx] = self.router.route(RoutingBatch(ids, mask, truth)).cpu().numpy()
-        preds = np.full(n, -1, dtype=np.int64)
-        computed = 0
+        if not self.memoise:  # the plain path: nothing survives from one evaluation to the next
+            self._outputs.clear()
+            self._features.clear()
+            self._fingerprints = None
+        before = self.computed
+        labels = self.tasks[j].test.labels
+        routes = self.router.route(self.inputs(j)).tasks
+        preds = np.full(len(labels), -1, dtype=np.int64)
         for k in np.unique(routes[routes >= 0]).tolist():
             mine = routes == k
-            fingerprint = self._fingerprint(k) if self.memoise else ""
-            cached = self._memo.get((j, k))
-            known = cached[1] if cached is not None and cached[0] == fingerprint else np.full(n, UNKNOWN, np.int64)
-            todo = np.flatnonzero(mine & (known == UNKNOWN))
-            for idx, ids, mask in self._batches(tokens, todo) if len(todo) else ():
-                adapters = torch.full((len(idx),), k, dtype=torch.long, device=self.device)
-                known[idx] = self.learner.predict(ids, mask, adapters).cpu().numpy()
-            computed += len(todo)
-            if self.memoise:
-                self._memo[(j, k)] = (fingerprint, known)
-            preds[mine] = known[mine]
+            preds[mine] = self._adapter(j, k, mine).labels[mine]
+        oracle = self._adapter(j, j, np.ones(len(labels), bool)).labels
         right_task = routes == j
-        return TaskEval(float(np.mean(right_task & (preds == labels))), float(np.mean(right_task)), n, computed)
+        return TaskEval(float(np.mean(right_task & (preds == labels))), float(np.mean(right_task)),
+                        float(np.mean(oracle == labels)), len(labels), self.computed - before, routes)
+
+    @torch.no_grad()
+    def rejection_rate(self) -> float:
+        """Share of the out-of-scope texts that the router rejects (routes to no task): OOS recall."""
+        return float(np.mean(self.router.route(self.inputs(OUT_OF_SCOPE)).tasks < 0))

@@ -55,3 +55,28 @@ def curves(R: np.ndarray, names: list[str], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def confusion(counts: np.ndarray, names: list[str], path: Path) -> Path:
+    """Router confusion: row = true task, column = routed task (last column: rejected), as row shares."""
+    plt = _pyplot()
+    shares = counts / np.clip(counts.sum(1, keepdims=True), 1, None)
+    columns = [*names, "rejected"]
+    size = max(4.0, 0.6 * len(columns) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(shares * 100, vmin=0, vmax=100, cmap="Blues")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(shares.shape[0]):
+        for j in range(shares.shape[1]):
+            if counts[i, j]:
+                ax.text(j, i, f"{100 * shares[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xlabel("routed to")
+    ax.set_ylabel("true task")
+    ax.set_title("router confusion (% of each task's test inputs)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

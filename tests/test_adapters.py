@@ -114,6 +114,12 @@ def test_predict_routes_per_example(tiny_backbone):
     singles = torch.cat([learner.predict(*_batch(tiny_backbone, [t]), routes[i : i + 1]) for i, t in enumerate(texts)])
     assert torch.equal(mixed, singles)
     assert learner.predict(ids[:2], mask[:2], torch.tensor([-1, 0]))[0] == -1  # abstained: no label
+    both = learner.classify(ids, mask, routes)
+    alone = [learner.classify(*_batch(tiny_backbone, [t]), routes[i : i + 1]) for i, t in enumerate(texts)]
+    for field in ("confidence", "certainty"):
+        torch.testing.assert_close(getattr(both, field), torch.cat([getattr(a, field) for a in alone]),
+                                   atol=1e-5, rtol=1e-5)
+    assert torch.all((both.certainty >= 0) & (both.certainty <= 1)) and torch.all(both.confidence >= 1 / 5)
 
 
 VOCAB = 120

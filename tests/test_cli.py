@@ -84,7 +84,7 @@ def test_missing_data_file_and_unknown_option(tmp_path, tiny_model_dir, demo_fil
     proc = _run(tmp_path, tiny_model_dir, conf=conf)
     assert proc.returncode == 2 and f"file not found: {tmp_path / 'nope.csv'}" in proc.stderr
     proc = _run(tmp_path, tiny_model_dir, "router=psychic", conf=conf)
-    assert proc.returncode == 2 and "error: router=psychic: no such option; router options: oracle" in proc.stderr
+    assert proc.returncode == 2 and "error: router=psychic: no such option; router options: classifier, entropy, oracle, prototype" in proc.stderr
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path, tiny_model_dir, demo_files):
@@ -93,3 +93,81 @@ def test_unreachable_tracking_server_fails_fast(tmp_path, tiny_model_dir, demo_f
     proc = _run(tmp_path, tiny_model_dir, "tracking.uri=http://127.0.0.1:9", conf=conf)
     assert proc.returncode == 2
     assert "no MLflow server answers at http://127.0.0.1:9" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _predict(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "continual", "predict", *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_predict_with_a_learned_router_from_the_folder_and_from_mlflow(tmp_path, tiny_model_dir, demo_files):
+    import json
+
+    conf = tmp_path / "my_conf"
+    _stream_yaml(conf, demo_files, max_per_class=20)
+    proc = _run(tmp_path, tiny_model_dir, "router=prototype", "router.accept_rate=0.9", conf=conf)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "router accuracy" in proc.stdout and "oracle-routed ACC" in proc.stdout
+    run_dir = tmp_path / "run"
+    assert (run_dir / "router.safetensors").is_file() and (run_dir / "router_confusion.csv").is_file()
+
+    texts = ["what is my account balance", "book a flight to paris", "zq zq zq"]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[1:])
+                                       + json.dumps({"text": texts[0], "task": "banking"}) + "\n")
+    proc = _predict(tmp_path, run_dir, "--text", texts[0], "--input", tmp_path / "in.jsonl",
+                    "--output", tmp_path / "out.jsonl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == [texts[0], texts[1], texts[2], texts[0]]
+    for row in rows:
+        assert set(row) == {"text", "task", "label", "confidence", "scores", "abstained", "routed"}
+        assert row["abstained"] == (row["task"] is None)
+        if row["routed"]:
+            assert set(row["scores"]) == {"banking", "travel"}
+    assert rows[3]["task"] == "banking" and rows[3]["routed"] is False and rows[3]["scores"] is None
+
+    _, runs = _runs(tmp_path)  # the same run, read back from its MLflow artifacts
+    proc = _predict(tmp_path, runs[0].info.run_id, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                    "--text", texts[0])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(proc.stdout.splitlines()[0])  # alone in its batch now: equal up to float noise
+    assert (again["task"], again["label"]) == (rows[0]["task"], rows[0]["label"])
+    assert again["scores"] == pytest.approx(rows[0]["scores"], rel=1e-4)
+
+    # errors, each one line: an incompatible backbone, a folder without router state, bad arguments
+    other = tmp_path / "other-bert"
+    _wider_model(tiny_model_dir, other)
+    proc = _predict(tmp_path, run_dir, "--text", "hi", f"backbone.name={other}")
+    assert proc.returncode == 2 and "adapters only load onto the backbone" in proc.stderr, proc.stderr[-2000:]
+    (run_dir / "router.safetensors").unlink()
+    proc = _predict(tmp_path, run_dir, "--text", "hi")
+    assert proc.returncode == 2 and "no router state" in proc.stderr
+    proc = _predict(tmp_path, run_dir)
+    assert proc.returncode == 2 and "give texts with --text or --input" in proc.stderr
+    for p in (proc,):
+        assert "Traceback" not in p.stderr
+
+
+def _wider_model(tiny_model_dir, path):
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    config = BertConfig.from_pretrained(tiny_model_dir)
+    config.hidden_size, config.intermediate_size = 48, 96
+    BertModel(config).save_pretrained(path)
+    BertTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+
+
+def test_predict_needs_tasks_for_an_oracle_run_and_a_learned_router_needs_two_tasks(tmp_path, tiny_model_dir,
+                                                                                   demo_files):
+    import json
+
+    conf = tmp_path / "my_conf"
+    _stream_yaml(conf, {"banking": demo_files["banking"]}, max_per_class=10)
+    proc = _run(tmp_path, tiny_model_dir, "router=entropy", conf=conf)
+    assert proc.returncode == 2 and "a learned router needs a stream of at least 2 tasks" in proc.stderr
+    proc = _run(tmp_path, tiny_model_dir, "hydra.run.dir=" + str(tmp_path / "oracle"), conf=conf)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _predict(tmp_path, tmp_path / "oracle", "--text", "what is my balance")
+    assert proc.returncode == 2 and "router=oracle, which cannot route new text" in proc.stderr
+    proc = _predict(tmp_path, tmp_path / "oracle", "--text", "what is my balance", "--task", "banking")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["task"] == "banking"

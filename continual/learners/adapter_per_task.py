@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from continual.adapters import AdapterBank, BottleneckConfig, segments_for
 from continual.backbone import Backbone
 from continual.errors import ContinualError
-from continual.learners.base import LearnReport, LossCallback
-from continual.streams import Task
+from continual.learners.base import Classified, Fingerprints, LearnReport, LossCallback
+from continual.streams import Split, Task
 from continual.training import TrainerConfig, eval_batches, iter_padded, linear_schedule, train_batches
 
 
@@ -136,19 +136,35 @@ class AdapterPerTask:
                            self.trainable_parameters(k))
 
     @torch.no_grad()
-    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """Sort the batch by routed task, run every adapter once on its slice, unsort the predictions."""
+    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
+        """Sort the batch by routed task, run every adapter once on its slice, unsort the outputs."""
         order, segments = segments_for(task_ids.to(self.device))
         ids, mask = input_ids[order], attention_mask[order]
         with self.bank.routed(segments), self.trainer.autocast(self.device):
             features = self.backbone(ids, mask).float()
-        preds = torch.full((ids.shape[0],), -1, dtype=torch.long, device=self.device)
+        n = ids.shape[0]
+        labels = torch.full((n,), -1, dtype=torch.long, device=self.device)
+        confidence = torch.zeros(n, device=self.device)
+        certainty = torch.zeros(n, device=self.device)
         for k, start, stop in segments:
-            if k is not None:  # a negative task id means "no task" (abstained): no prediction
-                preds[start:stop] = self.heads[k](features[start:stop]).argmax(-1)
-        out = torch.empty_like(preds)
-        out[order] = preds
-        return out
+            if k is None:  # a negative task id means "no task" (abstained): no prediction
+                continue
+            probs = self.heads[k](features[start:stop]).softmax(-1)
+            confidence[start:stop], labels[start:stop] = probs.max(-1)
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+            certainty[start:stop] = 1.0 - entropy / math.log(probs.shape[-1])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(n, device=order.device)
+        return Classified(labels[inverse], confidence[inverse], certainty[inverse])
+
+    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        return self.classify(input_ids, attention_mask, task_ids).labels
+
+    @torch.no_grad()
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean",
+                 layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
+        with self.bank.routed(()), self.trainer.autocast(self.device):  # no segments: the plain backbone
+            return self.backbone.encode(input_ids, attention_mask, pooling, layers).float()
 
     def accuracy(self, k: int, texts, labels: np.ndarray) -> float:
         """Accuracy of task ``k``'s own adapter and head on labelled texts (oracle routing)."""
@@ -162,14 +178,15 @@ class AdapterPerTask:
             correct += int((self.predict(ids, mask, task_ids).cpu().numpy() == labels[idx]).sum())
         return correct / len(texts)
 
-    def fingerprints(self) -> list[str]:
-        """Per learned task, a digest of its adapter, its head and the backbone: all its predictions depend on.
+    def fingerprints(self) -> Fingerprints:
+        """Digests of the backbone and, per learned task, of its adapter and head (prefixed by the backbone's).
 
         The backbone is frozen by construction, but it is hashed anyway (about 0.2 s for MiniLM, once
         per call, shared by all tasks) so that a memoised prediction can never outlive a change to it.
         """
         shared = _digest(self.backbone)
-        return [_digest(self.bank.adapters[k], self.heads[k], prefix=shared) for k in range(len(self.tasks))]
+        return Fingerprints(shared, [_digest(self.bank.adapters[k], self.heads[k], prefix=shared)
+                                     for k in range(len(self.tasks))])
 
     def _metadata(self, k: int, task: Task) -> dict[str, str]:
         return {"task": task.name, "index": str(k), "labels": json.dumps(list(task.labels)),
@@ -217,3 +234,19 @@ class AdapterPerTask:
             tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated adapter
             paths.append(path)
         return paths
+
+
+def saved_tasks(directory: Path) -> list[Task]:
+    """The tasks (names and labels, no data) whose adapters :meth:`AdapterPerTask.save` wrote to ``directory``."""
+    paths = sorted(directory.glob("[0-9][0-9]_*.safetensors")) if directory.is_dir() else []
+    if not paths:
+        raise ContinualError(f"{directory}: no saved adapters (NN_<task>.safetensors)")
+    empty = Split((), np.zeros(0, dtype=np.int64))
+    tasks = []
+    for k, path in enumerate(paths):
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("index") != str(k) or "labels" not in meta or "task" not in meta:
+            raise ContinualError(f"{path}: not adapter {k} of a run (metadata index={meta.get('index')!r})")
+        tasks.append(Task(meta["task"], tuple(json.loads(meta["labels"])), empty, empty, empty))
+    return tasks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -33,6 +33,22 @@ class LearnReport:
         return self.examples / self.seconds if self.seconds > 0 else float("nan")
 
 
+class Classified(NamedTuple):
+    """Per-example outputs of the routed heads; ``labels`` is -1 where an example went to no adapter."""
+
+    labels: torch.Tensor
+    confidence: torch.Tensor  # softmax probability of the predicted label
+    certainty: torch.Tensor  # 1 - entropy / log(number of labels): 1 = one-hot, 0 = uniform
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """Digests of the shared (backbone) tensors and, per learned task, of everything its predictions use."""
+
+    backbone: str
+    tasks: list[str]
+
+
 class Learner(Protocol):
     """Learns tasks in sequence; task ``k`` is the k-th task passed to :meth:`learn`.
 
@@ -50,8 +66,17 @@ class Learner(Protocol):
         """Label index (within each example's routed task) for every example."""
         ...
 
-    def fingerprints(self) -> list[str]:
-        """Per learned task, a digest of every tensor its predictions depend on (equal digest = equal predictions)."""
+    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
+        """Labels and their confidence, each example through the adapter and head of its ``task_ids`` entry."""
+        ...
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean",
+                 layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
+        """Pooled features of the backbone *without* any adapter: what learned routers look at."""
+        ...
+
+    def fingerprints(self) -> Fingerprints:
+        """Digests of every tensor predictions depend on (equal digest = equal predictions)."""
         ...
 
     def load(self, directory: Path, tasks: Sequence[Task]) -> None:

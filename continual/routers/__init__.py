@@ -1,6 +1,10 @@
-"""Routers: which task's adapter handles each input."""
+"""Routers: which task's adapter handles each input (or none: abstain)."""
 
-from continual.routers.base import Router, RoutingBatch
+from continual.routers.base import ABSTAIN, Router, RouterInputs, Routing, check_stream
+from continual.routers.classifier import ClassifierRouter
+from continual.routers.entropy import EntropyRouter
 from continual.routers.oracle import OracleRouter
+from continual.routers.prototype import PrototypeRouter
 
-__all__ = ["OracleRouter", "Router", "RoutingBatch"]
+__all__ = ["ABSTAIN", "ClassifierRouter", "EntropyRouter", "OracleRouter", "PrototypeRouter", "Router",
+           "RouterInputs", "Routing", "check_stream"]

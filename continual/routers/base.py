@@ -1,31 +1,111 @@
-"""The router protocol: per-example task decisions for a batch."""
+"""The router protocol: per-example task decisions over a set of inputs.
+
+A router sees a :class:`RouterInputs`: lazy views of N texts (frozen-backbone features, the
+certainty of any learned task's head) that the caller computes on first use and may cache. It
+answers with a :class:`Routing`: a task index per input (``-1`` = abstain: the input belongs to no
+learned task) and a score per (input, task), higher = more likely.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
+import numpy as np
 
+from continual.errors import ContinualError
 from continual.streams import Task
 
+ABSTAIN = -1
 
-@dataclass(frozen=True, eq=False)
-class RoutingBatch:
-    """What a router may look at. ``task_ids`` is the ground truth, known only in evaluation."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    task_ids: torch.Tensor | None = None
+class RouterInputs:
+    """What a router may look at for ``size`` inputs; each view is computed once, on first use.
+
+    ``features(pooling, layers)`` are backbone features *without* adapters, ``[size, dim]``;
+    ``certainty(k)`` is task ``k``'s head certainty (1 - normalised entropy) per input; ``task_ids``
+    is the ground truth, known only in evaluation.
+    """
+
+    def __init__(self, size: int, features: Callable[[str, tuple[int, ...]], np.ndarray],
+                 certainty: Callable[[int], np.ndarray], task_ids: np.ndarray | None = None) -> None:
+        self.size = size
+        self.task_ids = task_ids
+        self._features_fn, self._certainty_fn = features, certainty
+        self._features: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._certainty: dict[int, np.ndarray] = {}
+
+    def features(self, pooling: str = "mean", layers: Sequence[int] = (-1,)) -> np.ndarray:
+        key = (pooling, tuple(layers))
+        if key not in self._features:
+            self._features[key] = self._features_fn(*key)
+        return self._features[key]
+
+    def certainty(self, k: int) -> np.ndarray:
+        if k not in self._certainty:
+            self._certainty[k] = self._certainty_fn(k)
+        return self._certainty[k]
+
+
+@dataclass(frozen=True)
+class Routing:
+    """``tasks[n]``: the chosen task of input n, or -1; ``scores[n, k]``: the router's score of task k."""
+
+    tasks: np.ndarray
+    scores: np.ndarray | None = None
+
+
+Encode = Callable[[Sequence[str]], RouterInputs]  # texts -> their RouterInputs (used when learning a task)
 
 
 class Router(Protocol):
-    """Maps each input to the index of a learned task (its adapter); -1 means "abstain"."""
+    """Maps each input to a learned task (its adapter); ``learned`` routers need at least two tasks."""
 
-    def add_task(self, index: int, task: Task) -> None:
-        """Update the router after task ``index`` has been learned."""
+    learned: bool
+
+    def add_task(self, index: int, task: Task, encode: Encode) -> None:
+        """Update the router after task ``index`` has been learned (``encode`` turns texts into inputs)."""
         ...
 
-    def route(self, batch: RoutingBatch) -> torch.Tensor:
-        """Task index per example, shape ``[batch]``, dtype long."""
+    def route(self, inputs: RouterInputs) -> Routing:
         ...
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything :meth:`route` needs, as named arrays (saved as safetensors next to the adapters)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        ...
+
+
+def check_accept_rate(accept_rate: float | None, where: str) -> None:
+    if accept_rate is not None and (isinstance(accept_rate, bool) or not 0.0 < float(accept_rate) <= 1.0):
+        raise ContinualError(f"{where}.accept_rate must be in (0, 1] (the share of in-scope validation inputs "
+                             f"to accept) or null to never abstain, got {accept_rate!r}")
+
+
+def rejection_threshold(validation_scores: np.ndarray, accept_rate: float | None) -> float:
+    """The score below which an input is rejected: ``accept_rate`` of in-scope validation inputs pass it."""
+    if accept_rate is None or len(validation_scores) == 0:
+        return -np.inf
+    return float(np.quantile(validation_scores, 1.0 - accept_rate, method="lower"))
+
+
+def decide(scores: np.ndarray, threshold: float, support: np.ndarray | None = None) -> Routing:
+    """Route each input to its best-scoring task; abstain where ``support`` (default: that best score) < ``threshold``."""
+    tasks = scores.argmax(1)
+    tasks[(scores.max(1) if support is None else support) < threshold] = ABSTAIN
+    return Routing(tasks.astype(np.int64), scores)
+
+
+def check_stream(router: Router, tasks: Sequence[Task], where: str = "router") -> None:
+    """Problems that would only surface after training: a learned router needs 2+ tasks, rejection needs validation."""
+    if getattr(router, "learned", False) and len(tasks) < 2:
+        raise ContinualError(f"{where}: a learned router needs a stream of at least 2 tasks (this one has "
+                             f"{len(tasks)}); with one task there is nothing to route, use router=oracle")
+    if getattr(router, "accept_rate", None) is not None:
+        empty = [t.name for t in tasks if len(t.validation) == 0]
+        if empty:
+            raise ContinualError(f"{where}.accept_rate: calibrating rejection needs validation examples, but "
+                                 f"tasks {empty} have none")

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from continual.errors import ContinualError
-from continual.routers.base import RoutingBatch
+from continual.routers.base import Encode, RouterInputs, Routing
 from continual.streams import Task
 
 
 class OracleRouter:
     """Returns the ground-truth task id; needs it, so it cannot serve task-agnostic prediction."""
 
+    learned = False
+    accept_rate = None
+
     def __init__(self) -> None:
         self.num_tasks = 0
 
-    def add_task(self, index: int, task: Task) -> None:
+    def add_task(self, index: int, task: Task, encode: Encode | None = None) -> None:
         self.num_tasks = index + 1
 
-    def route(self, batch: RoutingBatch) -> torch.Tensor:
-        if batch.task_ids is None:
-            raise ContinualError("router=oracle needs the true task of every input; use a learned router to predict")
-        return batch.task_ids
+    def route(self, inputs: RouterInputs) -> Routing:
+        if inputs.task_ids is None:
+            raise ContinualError("router=oracle needs the true task of every input; it cannot route new text. "
+                                 "Train with a learned router (router=prototype, classifier or entropy) to predict")
+        return Routing(np.asarray(inputs.task_ids, dtype=np.int64))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"num_tasks": np.array([self.num_tasks])}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.num_tasks = int(state["num_tasks"][0])

@@ -1,9 +1,11 @@
 """CLINC150 split by domain: 10 tasks of 15 intents each (a domain-incremental stream).
 
 With ``data_dir`` the stream reads ``data_full.json`` (``{"train": [[text, intent], ...], "val": ...,
-"test": ...}``) and ``domains.json`` (``{domain: [intent, ...]}``) as published in clinc/oos-eval.
+"test": ..., "oos_test": ...}``) and ``domains.json`` (``{domain: [intent, ...]}``) as published in clinc/oos-eval.
 Without it, texts come from the Hub dataset ``clinc_oos`` (config ``plus``) and the domain map from
 ``domains_file`` (the same ``domains.json``), since the Hub copy does not carry domains.
+With ``out_of_scope`` (default) the out-of-scope test queries (``oos_test``; intent ``oos`` on the
+Hub) come along as the stream's ``out_of_scope`` texts, for evaluating routers that can reject.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from continual.streams.task import Pairs, Stream, apply_order, build_task
 
 HUB_ID, HUB_CONFIG = "clinc_oos", "plus"
 SPLITS = {"train": "train", "validation": "val", "test": "test"}  # our name -> data_full.json key
+OOS = "oos"  # the out-of-scope intent
 
 
 def _read_json(path: Path, where: str):
@@ -43,6 +46,7 @@ class Clinc150Domains:
     max_per_class: int | None = None
     max_eval_per_class: int | None = None
     split_seed: int = 0
+    out_of_scope: bool = True
 
     def _resolve(self, value: str, launch_dir: Path) -> Path:
         path = Path(value).expanduser()
@@ -53,12 +57,16 @@ class Clinc150Domains:
         if self.data_dir:
             data = _read_json(self._resolve(self.data_dir, launch_dir) / "data_full.json", f"{where} field 'data_dir'")
             try:
-                return {ours: [(str(t), str(lab)) for t, lab in data[key]] for ours, key in SPLITS.items()}
+                splits = {ours: [(str(t), str(lab)) for t, lab in data[key]] for ours, key in SPLITS.items()}
+                splits[OOS] = [(str(t), OOS) for t, _ in data.get("oos_test", [])]
+                return splits
             except (KeyError, TypeError, ValueError) as exc:
                 raise ContinualError(
                     f"{where}: data_full.json must map train/val/test to [text, intent] pairs ({exc!r})"
                 ) from exc
-        return {ours: read_hub(HUB_ID, HUB_CONFIG, ours, "text", "intent", where) for ours in SPLITS}
+        splits = {ours: read_hub(HUB_ID, HUB_CONFIG, ours, "text", "intent", where) for ours in SPLITS}
+        splits[OOS] = [p for p in splits["test"] if p[1] == OOS]
+        return splits
 
     def _domain_map(self, launch_dir: Path) -> dict[str, list[str]]:
         where = f"stream '{self.name}'"
@@ -89,7 +97,7 @@ class Clinc150Domains:
         tasks = []
         for domain in names:
             intents = set(domain_map[domain])
-            part = {k: [p for p in pairs if p[1] in intents] for k, pairs in splits.items()}
+            part = {k: [p for p in pairs if p[1] in intents] for k, pairs in splits.items() if k != OOS}
             tasks.append(
                 build_task(
                     domain, part["train"], part["test"], part["validation"],
@@ -98,7 +106,8 @@ class Clinc150Domains:
                     where=f"stream '{self.name}' domain '{domain}'",
                 )
             )
-        return Stream(self.name, tuple(tasks))
+        out_of_scope = tuple(t for t, _ in splits[OOS]) if self.out_of_scope else ()
+        return Stream(self.name, tuple(tasks), out_of_scope)
 
 
 @dataclass(frozen=True)

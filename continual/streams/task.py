@@ -47,10 +47,15 @@ class Task:
 
 @dataclass(frozen=True, eq=False)
 class Stream:
-    """A named, ordered sequence of tasks; task ``i`` is learned at step ``i``."""
+    """A named, ordered sequence of tasks; task ``i`` is learned at step ``i``.
+
+    ``out_of_scope`` holds test texts that belong to no task (e.g. CLINC150's ``oos_test``): a router
+    that can reject inputs is scored on how many of them it rejects.
+    """
 
     name: str
     tasks: tuple[Task, ...]
+    out_of_scope: tuple[str, ...] = ()
 
     @property
     def task_names(self) -> list[str]:
