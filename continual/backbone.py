@@ -136,6 +136,11 @@ class Backbone(nn.Module):
         if tuple(layers) == (-1,):
             hidden = [self.model(**inputs).last_hidden_state]
         else:
+            depth = len(self.layers)
+            wrong = [k for k in layers if not -(depth + 1) <= k <= depth]
+            if wrong:
+                raise ContinualError(f"router.layers: {wrong} out of range; backbone '{self.name}' has hidden states "
+                                     f"0..{depth} (0 = embeddings) or -1..-{depth + 1}")
             states = self.model(**inputs, output_hidden_states=True).hidden_states
             hidden = [states[k] for k in layers]
         return torch.cat([pool(h, attention_mask, pooling or self.pooling) for h in hidden], dim=-1)

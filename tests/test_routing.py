@@ -68,3 +68,13 @@ def test_entropy_router_memo_equals_plain_and_runs_each_adapter_once_per_test_se
     # every (test set, adapter) pair ran once: T * N passes, where recomputing would be O(T^2 * N) more
     assert memo.computed == len(stream.tasks) * sum(len(t.test) for t in stream.tasks)
     assert plain.computed > memo.computed
+
+
+def test_router_layers_out_of_range_is_a_clear_error(tiny_backbone):
+    from continual.errors import ContinualError
+
+    learner = _learner(tiny_backbone)
+    inputs = encode_texts(learner, ["check my balance"])
+    assert inputs.features("mean", (0, 1, 2)).shape == (1, 3 * 32)  # embeddings + both layers of the tiny BERT
+    with pytest.raises(ContinualError, match=r"router.layers: \[5\] out of range"):
+        inputs.features("mean", (-1, 5))

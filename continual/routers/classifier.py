@@ -61,7 +61,7 @@ class ClassifierRouter(FeatureRouter):
         classes = len(self.stats.means)
         parts, labels = [], []
         if n:
-            root = np.linalg.cholesky(self.stats.covariance)
+            root = self.stats.covariance_root()
             noise = rng.standard_normal((classes, n, root.shape[0])) @ root.T
             parts.append((self.stats.means[:, None, :] + noise).reshape(classes * n, -1))
             labels.append(np.repeat(np.arange(classes), n))

@@ -29,7 +29,7 @@ class ClassStatistics:
         self.class_task = np.zeros(0, dtype=np.int64)
         self.scatter = np.zeros((0, 0))
         self.count = 0
-        self._precision_root: np.ndarray | None = None
+        self._eig: tuple[np.ndarray, np.ndarray] | None = None
 
     def add(self, task_index: int, features: np.ndarray, labels: np.ndarray, num_labels: int) -> None:
         x = features.astype(np.float64)
@@ -44,7 +44,7 @@ class ClassStatistics:
         self.count += len(x)
         self.means = np.concatenate([self.means, means])
         self.class_task = np.concatenate([self.class_task, np.full(num_labels, task_index, dtype=np.int64)])
-        self._precision_root = None
+        self._eig = None
 
     @property
     def covariance(self) -> np.ndarray:
@@ -54,11 +54,26 @@ class ClassStatistics:
         scale = np.trace(cov) / len(cov)
         return (1.0 - self.shrinkage) * cov + self.shrinkage * scale * np.eye(len(cov))
 
+    def _eigen(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._eig is None:
+            values, vectors = np.linalg.eigh(self.covariance)
+            self._eig = np.clip(values, 0.0, None), vectors
+        return self._eig
+
     def precision_root(self) -> np.ndarray:
-        """``L`` with ``L @ L.T`` = inverse covariance, so that Mahalanobis distance = Euclidean after ``x @ L``."""
-        if self._precision_root is None:
-            self._precision_root = np.linalg.cholesky(np.linalg.inv(self.covariance))
-        return self._precision_root
+        """``L`` with ``L @ L.T`` = (pseudo-)inverse covariance: Mahalanobis distance = Euclidean after ``x @ L``.
+
+        Directions with (numerically) zero variance are dropped rather than inverted, so a singular
+        covariance (fewer examples than dimensions, ``shrinkage=0``) still gives finite distances.
+        """
+        values, vectors = self._eigen()
+        keep = values > values.max() * 1e-10
+        return vectors[:, keep] / np.sqrt(values[keep])
+
+    def covariance_root(self) -> np.ndarray:
+        """``A`` with ``A @ A.T`` = covariance: ``z @ A.T`` for standard normal ``z`` samples the shared Gaussian."""
+        values, vectors = self._eigen()
+        return vectors * np.sqrt(values)
 
     def class_scores(self, features: np.ndarray, metric: str) -> np.ndarray:
         """``[inputs, classes]``, higher = closer: minus squared distance, or cosine similarity."""
@@ -83,7 +98,7 @@ class ClassStatistics:
     def load_state_dict(self, state: dict[str, np.ndarray], prefix: str = "") -> None:
         self.means, self.class_task = state[f"{prefix}means"], state[f"{prefix}class_task"].astype(np.int64)
         self.scatter, self.count = state[f"{prefix}scatter"], int(state[f"{prefix}count"][0])
-        self._precision_root = None
+        self._eig = None
 
 
 class CalibrationMemory:
