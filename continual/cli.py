@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -119,7 +122,14 @@ def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Pat
     return "\n".join(lines)
 
 
-IGNORED_ON_RESUME = ("resume", "progress")  # keys that may differ between a run and its resumption
+def _attach_log(tracker: Any, log_file: Path | None) -> None:
+    if log_file is not None and log_file.is_file():
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        tracker.log_artifact(log_file)
+
+
+IGNORED_ON_RESUME = ("resume", "progress", "threads")  # keys that may differ between a run and its resumption
 
 
 def _check_resumable(cfg_plain: dict, out_dir: Path) -> Checkpoint | None:
@@ -146,8 +156,13 @@ def _check_resumable(cfg_plain: dict, out_dir: Path) -> Checkpoint | None:
     return checkpoint
 
 
-def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str]) -> RunResult:
-    """Validate config, open the tracker, load data, then train; any failure marks the run FAILED."""
+def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str], job: int | None = None,
+        log_file: Path | None = None) -> RunResult:
+    """Validate config, open the tracker, load data, then train; any failure marks the run FAILED.
+
+    ``job`` is the index of this run in a multirun (its child run then joins the sweep's parent run);
+    ``log_file``, if it exists at the end, is attached to the MLflow run.
+    """
     _quiet_libraries()
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -160,6 +175,11 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
     checkpoint = _check_resumable(plain, out_dir)  # type: ignore[arg-type]
     tags = {k: str(choices.get(k, "")) for k in ("stream", "learner", "router", "adapter", "backbone")}
     tags.update(seed=str(cfg.seed), order=str(plain["stream"].get("order")))  # type: ignore[index,union-attr]
+    parent = _sweep_parent(out_dir) if job is not None else None
+    if parent is not None:
+        tags.update({"mlflow.parentRunId": parent["run_id"], "sweep": str(out_dir.parent), "job": str(job)})
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     run_name = cfg.run_name or f"{source.name}-{tags['learner']}-{tags['router']}-seed{cfg.seed}"
     tracker = _make(cfg.tracking, "tracking", run_name=run_name, tags=tags, launch_dir=launch_dir,
                     run_id=checkpoint.run_id if checkpoint else None)
@@ -179,27 +199,101 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
         seed_everything(cfg.seed)
         backbone = _make(cfg.backbone, "backbone")
         learner = _make(cfg.learner, "learner", backbone=backbone, adapter=adapter, trainer=trainer, seed=cfg.seed)
-        result = run_stream(stream, learner, router, tracker, out_dir, progress=cfg.progress, checkpoint=checkpoint)
+        result = run_stream(stream, learner, router, tracker, out_dir, progress=cfg.progress, checkpoint=checkpoint,
+                            label="" if job is None else f"job {job} ")
         text = summary_text(result, tracker.uri, tracker.run_id, out_dir)
         (out_dir / "summary.txt").write_text(text + "\n")
         tracker.log_artifact(out_dir / "summary.txt")
+        _attach_log(tracker, log_file)
         tracker.finish("FINISHED")
     except BaseException as exc:
         partial = out_dir / "accuracy_matrix.csv"
         if partial.is_file():  # the rows finished so far stay visible next to the failed run
             tracker.log_artifact(partial)
+        if isinstance(exc, ContinualError):
+            log.error("%s", exc)  # into the job's log file, which is attached next
+        _attach_log(tracker, log_file)
         tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     print(text, flush=True)
     return result
 
 
+SWEEP_FILE = "sweep_run.json"  # in a multirun's sweep folder: the parent MLflow run of its jobs
+
+
+def _sweep_parent(output_dir: Path) -> dict | None:
+    """The parent run record of the multirun that ``output_dir`` (a job's folder) belongs to, if any."""
+    import json
+
+    path = output_dir.parent / SWEEP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class SweepTracking(Callback):
+    """Creates a multirun's parent MLflow run *before* any job starts, and closes it after the last.
+
+    Creating it first also creates a fresh sqlite store and the experiment in this one process, so
+    parallel jobs never race to build the schema. Jobs find the parent in ``sweep_run.json`` in the
+    sweep folder and become its child runs; the parent ends FINISHED only if every job did.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import json
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        overrides = list(config.hydra.overrides.task)
+        try:
+            _quiet_libraries()
+            tracker = _make(config.tracking, "tracking", run_name=f"sweep {sweep_dir.name}",
+                            tags={"sweep": str(sweep_dir), "sweep_overrides": " ".join(overrides)[:5000],
+                                  "launcher": str(config.hydra.runtime.choices.get("hydra/launcher", "basic"))},
+                            launch_dir=Path.cwd())
+        except ContinualError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        record = {"run_id": tracker.run_id, "uri": tracker.uri, "started": time.time()}
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(record))
+        log.info("sweep %s: parent MLflow run %s in %s", sweep_dir, tracker.run_id, tracker.uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        record = _sweep_parent(sweep_dir / "_")
+        if record is None:
+            return
+        # this sweep's job folders (a reused sweep folder may also hold an earlier sweep's jobs)
+        jobs = sum(1 for d in sweep_dir.iterdir()
+                   if (d / ".hydra").is_dir() and (d / ".hydra").stat().st_mtime >= record["started"] - 1)
+        client = MlflowClient(tracking_uri=record["uri"])
+        parent = client.get_run(record["run_id"])
+        children = client.search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{record['run_id']}'")
+        finished = sum(c.info.status == "FINISHED" for c in children)
+        now = int(time.time() * 1000)
+        client.log_batch(record["run_id"], metrics=[Metric("jobs", jobs, now, 0), Metric("jobs_finished", finished, now, 0)])
+        ok = jobs > 0 and finished == jobs
+        client.set_terminated(record["run_id"], "FINISHED" if ok else "FAILED")
+        if not ok:
+            print(f"error: {jobs - finished} of {jobs} jobs of the sweep in {sweep_dir} failed; their folders hold "
+                  "the logs (parent MLflow run marked FAILED)", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
 def _app(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        result = run(cfg, Path.cwd(), Path(hc.runtime.output_dir), dict(hc.runtime.choices))
+        result = run(cfg, Path.cwd(), Path(hc.runtime.output_dir), dict(hc.runtime.choices),
+                     job=hc.job.num if multirun else None, log_file=Path(hc.runtime.output_dir) / f"{hc.job.name}.log")
     except ContinualError as exc:
+        if multirun:  # one bad job does not stop the sweep; the sweep reports it and exits 2 at the end
+            print(f"error: job {hc.job.num}: {exc}", file=sys.stderr, flush=True)
+            return float("nan")
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     return result.metrics["avg_acc"]  # lets Hydra sweepers optimise average accuracy
@@ -232,6 +326,25 @@ def _config_dirs(argv: list[str]) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
+LAUNCHER_PLUGINS = {  # hydra/launcher option -> (plugin module, pip extra of continual)
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+}
+
+
+def _check_launcher(choice: str) -> None:
+    """A launcher whose Hydra plugin is not installed: name the extra to install, not a Hydra traceback."""
+    import importlib.util
+
+    if choice in LAUNCHER_PLUGINS:
+        module, extra = LAUNCHER_PLUGINS[choice]
+        if importlib.util.find_spec(module) is None:
+            raise ContinualError(f"hydra/launcher={choice} needs its Hydra plugin, which is not installed: "
+                                 f"pip install 'continual[{extra}]'")
+
+
 def check_config_files(argv: list[str]) -> None:
     """Parse every config file and check ``group=option`` overrides before Hydra does.
 
@@ -250,6 +363,10 @@ def check_config_files(argv: list[str]) -> None:
             raise ContinualError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
     for arg in argv:
         group, sep, value = arg.partition("=")
+        if group == "hydra/launcher":
+            for choice in value.split(","):
+                _check_launcher(choice)
+            continue
         if not sep or group.startswith(("-", "+", "~")) or "." in group or "/" in group:
             continue
         folders = [d / group for d in dirs if (d / group).is_dir()]
@@ -371,6 +488,14 @@ def predict_main(argv: list[str]) -> None:
                 out.close()
 
 
+def _quiet_schema_matching() -> None:
+    """conf/hydra/launcher/*.yaml deliberately share their names with the plugins' schemas, which Hydra
+    then validates them against; it also warns that this "automatic schema matching" is deprecated."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema", category=UserWarning)
+
+
 def main() -> None:
     """Console entry point: ``continual [overrides...]``, ``-m ...``, ``resume DIR``, ``predict RUN ...``."""
     if sys.argv[1:2] == ["predict"]:
@@ -387,6 +512,7 @@ def main() -> None:
         if len(sys.argv) > 2 and sys.argv[1] == "resume":
             sys.argv = [sys.argv[0], *resume_argv(Path(sys.argv[2]).resolve(), sys.argv[3:])]
         check_config_files(sys.argv[1:])
+        _quiet_schema_matching()
     except ContinualError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -110,7 +110,8 @@ def write_confusion_csv(counts: np.ndarray, names: list[str], path: Path) -> Pat
 
 
 def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracker, out_dir: Path,
-               progress: bool = True, memoise: bool = True, checkpoint: Checkpoint | None = None) -> RunResult:
+               progress: bool = True, memoise: bool = True, checkpoint: Checkpoint | None = None,
+               label: str = "") -> RunResult:
     """Learn ``stream`` task by task with ``learner``; evaluate every seen task through ``router``.
 
     After every task the adapters, the router state, ``accuracy_matrix.csv`` and ``checkpoint.json``
@@ -119,7 +120,8 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
     metrics are not logged again. Training losses of a task are logged only once the task is done,
     so a killed task leaves no partial history behind. ``memoise=False`` recomputes every prediction
     at every step (the plain path). With a router that can reject (``accept_rate``) and a stream
-    with out-of-scope texts, the share of them rejected is logged as ``oos_recall``.
+    with out-of-scope texts, the share of them rejected is logged as ``oos_recall``. ``label``
+    prefixes progress bars and log lines (a multirun's job index).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     names = stream.task_names
@@ -147,7 +149,7 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
                           out_of_scope=stream.out_of_scope if rejects else ())
     routes: list[np.ndarray] = []
     start = time.perf_counter()
-    tasks_bar = tqdm(range(done, T), desc=f"stream {stream.name}", unit="task", disable=not progress)
+    tasks_bar = tqdm(range(done, T), desc=f"{label}stream {stream.name}", unit="task", disable=not progress)
     for i in tasks_bar:
         task = stream.tasks[i]
         tasks_bar.set_postfix(task=f"{i + 1}/{T} {task.name}")
@@ -194,8 +196,8 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
         write_matrix_csv(R, names, out_dir / "accuracy_matrix.csv")
         result.reports.append(report)
         result.final_metrics = row
-        log.info("after task %d/%d %s: avg_acc=%.4f router_acc=%.4f val_acc=%.4f %.1fs (%.0f samples/s)", i + 1, T,
-                 task.name, row["avg_acc"], row["router_acc"], report.val_acc, report.seconds, report.samples_per_second)
+        log.info("%safter task %d/%d %s: avg_acc=%.4f router_acc=%.4f val_acc=%.4f %.1fs (%.0f samples/s)", label,
+                 i + 1, T, task.name, row["avg_acc"], row["router_acc"], report.val_acc, report.seconds, report.samples_per_second)
     result.seconds = time.perf_counter() - start
 
     if len(routes) != T:  # everything was already done (resumed after the last task): route once more
