@@ -186,8 +186,8 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
         row["eval_seconds"] = time.perf_counter() - eval_start
         learner.save(out_dir / "adapters")
         save_router(router, out_dir, names[: i + 1], learner.backbone.name)
-        for step, loss in losses:
-            tracker.log_metrics({f"train_loss/{task.name}": loss, "train_loss": loss}, step=checkpoint.global_step + step)
+        tracker.log_history([({f"train_loss/{task.name}": loss, "train_loss": loss}, checkpoint.global_step + step)
+                             for step, loss in losses])
         tracker.log_metrics(row, step=i)
         # The checkpoint is written last: a kill before this line redoes task i on resume (and can
         # only repeat metrics logged in the instant between the two lines above and this one).

@@ -32,9 +32,11 @@ def replay(tracker: MLflowTracker, tasks: int, folder: Path) -> None:
     rng = np.random.default_rng(0)
     step = 0
     for i in range(tasks):
-        for _ in range(40):  # training losses, every log_every steps
+        losses = []
+        for _ in range(40):  # training losses, every log_every steps, logged together once the task is done
             step += 10
-            tracker.log_metrics({f"train_loss/t{i}": float(rng.random()), "train_loss": float(rng.random())}, step)
+            losses.append(({f"train_loss/t{i}": float(rng.random()), "train_loss": float(rng.random())}, step))
+        tracker.log_history(losses)
         row = {f"{kind}/t{j}": float(rng.random()) for j in range(i + 1) for kind in ("acc", "router_acc", "oracle_acc")}
         row.update(avg_acc=0.9, bwt=0.0, forgetting=0.0, learning_acc=0.9, router_acc=1.0, oracle_avg_acc=0.9,
                    train_seconds=10.0, eval_seconds=1.0)

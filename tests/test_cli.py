@@ -163,7 +163,7 @@ def test_predict_needs_tasks_for_an_oracle_run_and_a_learned_router_needs_two_ta
 
     conf = tmp_path / "my_conf"
     _stream_yaml(conf, {"banking": demo_files["banking"]}, max_per_class=10)
-    proc = _run(tmp_path, tiny_model_dir, "router=entropy", conf=conf)
+    proc = _run(tmp_path, tiny_model_dir, "router=entropy", conf=conf)  # fails before any model loads
     assert proc.returncode == 2 and "a learned router needs a stream of at least 2 tasks" in proc.stderr
     proc = _run(tmp_path, tiny_model_dir, "hydra.run.dir=" + str(tmp_path / "oracle"), conf=conf)
     assert proc.returncode == 0, proc.stderr[-3000:]

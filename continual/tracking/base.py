@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +35,10 @@ class Tracker(Protocol):
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_history(self, rows: Sequence[tuple[Mapping[str, float], int]]) -> None:
+        """Many ``(metrics, step)`` rows at once (a task's training losses): one round trip, not one per row."""
+        ...
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Attach a file, or a folder's contents, under ``artifact_path``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,10 @@ class MemoryTracker:
         for key, value in metrics.items():
             if math.isfinite(value):
                 self.metrics.setdefault(metric_key(key), []).append((step, float(value)))
+
+    def log_history(self, rows: Sequence[tuple[Mapping[str, float], int]]) -> None:
+        for metrics, step in rows:
+            self.log_metrics(metrics, step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))

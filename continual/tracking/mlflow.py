@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,10 +135,14 @@ class MLflowTracker:
             self.client.log_batch(self.run_id, params=items[start : start + BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.log_history([(metrics, step)])
+
+    def log_history(self, rows: Sequence[tuple[Mapping[str, float], int]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+        items = [Metric(metric_key(k), float(v), now, step) for metrics, step in rows for k, v in metrics.items()
+                 if math.isfinite(v)]
         for start in range(0, len(items), 10 * BATCH):
             self.client.log_batch(self.run_id, metrics=items[start : start + 10 * BATCH])
 
