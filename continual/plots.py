@@ -18,23 +18,35 @@ def _pyplot():
 
 def heatmap(R: np.ndarray, names: list[str], path: Path) -> Path:
     """R as a heatmap: rows = after training task i, columns = evaluated task j."""
-    plt = _pyplot()
-    size = max(4.0, 0.6 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(np.ma.masked_invalid(R * 100), vmin=0, vmax=100, cmap="viridis")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), [f"after {n}" for n in names])
-    for i in range(R.shape[0]):
-        for j in range(R.shape[1]):
-            if np.isfinite(R[i, j]):
-                ax.text(j, i, f"{100 * R[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if R[i, j] < 0.6 else "black")
+    fig, ax = _percent_grid(R, names, [f"after {n}" for n in names], "viridis", dark_below=0.6)
     ax.set_xlabel("evaluated task")
     ax.set_title("accuracy matrix R[i, j] (%)")
+    return _save(fig, path)
+
+
+def _percent_grid(values: np.ndarray, columns: list[str], rows: list[str], cmap: str, dark_below: float = 2.0,
+                  dark_above: float = 2.0):
+    """A labelled grid of shares in percent (``nan`` cells blank); text turns white on dark cells."""
+    plt = _pyplot()
+    size = max(4.0, 0.6 * len(columns) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(np.ma.masked_invalid(values * 100), vmin=0, vmax=100, cmap=cmap)
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                dark = values[i, j] < dark_below or values[i, j] > dark_above
+                ax.text(j, i, f"{100 * values[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
     fig.colorbar(image, ax=ax, fraction=0.046)
+    return fig, ax
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -59,24 +71,10 @@ def curves(R: np.ndarray, names: list[str], path: Path) -> Path:
 
 def confusion(counts: np.ndarray, names: list[str], path: Path) -> Path:
     """Router confusion: row = true task, column = routed task (last column: rejected), as row shares."""
-    plt = _pyplot()
     shares = counts / np.clip(counts.sum(1, keepdims=True), 1, None)
-    columns = [*names, "rejected"]
-    size = max(4.0, 0.6 * len(columns) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(shares * 100, vmin=0, vmax=100, cmap="Blues")
-    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i in range(shares.shape[0]):
-        for j in range(shares.shape[1]):
-            if counts[i, j]:
-                ax.text(j, i, f"{100 * shares[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.6 else "black")
+    shares = np.where(counts > 0, shares, np.nan)  # empty cells stay blank
+    fig, ax = _percent_grid(shares, [*names, "rejected"], names, "Blues", dark_above=0.6)
     ax.set_xlabel("routed to")
     ax.set_ylabel("true task")
     ax.set_title("router confusion (% of each task's test inputs)")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
