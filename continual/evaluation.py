@@ -37,12 +37,11 @@ class _Outputs:
 
     fingerprint: str
     labels: np.ndarray
-    confidence: np.ndarray
     certainty: np.ndarray
 
     @classmethod
     def empty(cls, fingerprint: str, n: int) -> _Outputs:
-        return cls(fingerprint, np.full(n, UNKNOWN, np.int64), np.zeros(n, np.float32), np.zeros(n, np.float32))
+        return cls(fingerprint, np.full(n, UNKNOWN, np.int64), np.zeros(n, np.float32))
 
 
 @dataclass(frozen=True)
@@ -76,11 +75,10 @@ def features_of(learner: Learner, tokens: Sequence[Sequence[int]], pooling: str,
 
 
 def run_adapter(learner: Learner, tokens: Sequence[Sequence[int]], k: int, outputs: _Outputs, todo: np.ndarray) -> None:
-    """Fill ``outputs`` at indices ``todo`` with adapter ``k``'s labels, confidence and certainty."""
+    """Fill ``outputs`` at indices ``todo`` with adapter ``k``'s labels and certainty."""
     for idx, ids, mask in _run_batches(learner, tokens, todo) if len(todo) else ():
         got = learner.classify(ids, mask, torch.full((len(idx),), k, dtype=torch.long, device=learner.device))
         outputs.labels[idx] = got.labels.cpu().numpy()
-        outputs.confidence[idx] = got.confidence.cpu().numpy()
         outputs.certainty[idx] = got.certainty.cpu().numpy()
 
 

@@ -12,6 +12,7 @@ per run for each and their ratio; the runs alternate so that machine noise hits 
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +61,9 @@ def main() -> None:
         (folder / "accuracy_matrix.csv").write_text("a,b\n0.9,\n0.9,0.8\n")
         (folder / "accuracy_matrix.png").write_bytes(np.random.bytes(60_000))
 
-        port = 5617
+        with socket.socket() as sock:  # a free loopback port
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
                                    str(port), "--workers", "2", "--backend-store-uri", f"sqlite:///{root}/server.db",
                                    "--artifacts-destination", str(root / "server-artifacts")],
