@@ -9,6 +9,8 @@ needs a layout entry (or the three ``backbone.layout`` overrides), not new code.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
@@ -87,6 +89,7 @@ class Backbone(nn.Module):
             raise ContinualError(f"backbone '{name}': layout {self.layout} does not fit this model: {exc}") from exc
         self.hidden_size = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim)
         self.input_names = tuple(tokenizer.model_input_names)
+        self._capture_ready = False
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -111,11 +114,6 @@ class Backbone(nn.Module):
             )
         return cls(model, tokenizer, name, pooling, layout)
 
-    def sites(self, placement: tuple[str, ...]) -> dict[str, nn.Linear]:
-        """The modules an adapter hooks, keyed ``'<layer>_<attention|ffn>'``, for the given placements."""
-        paths = {"attention": self.layout.attention_output, "ffn": self.layout.ffn_output}
-        return {f"{i}_{where}": _get(layer, paths[where]) for i, layer in enumerate(self.layers) for where in placement}
-
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids without padding; batches are padded later to their own longest member."""
         return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
@@ -124,26 +122,79 @@ class Backbone(nn.Module):
         """Pooled features ``[batch, hidden]`` (with whatever adapters are currently routed in)."""
         return self.encode(input_ids, attention_mask)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str | None = None,
-               layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
-        """Features pooled with ``pooling`` (default: the backbone's) from hidden-state ``layers``, concatenated.
-
-        Layer indices count as in ``output_hidden_states`` (0 = embeddings, -1 = last layer).
-        """
+    def _inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             inputs["token_type_ids"] = torch.zeros_like(input_ids)
-        if tuple(layers) == (-1,):
-            hidden = [self.model(**inputs).last_hidden_state]
-        else:
-            depth = len(self.layers)
-            wrong = [k for k in layers if not -(depth + 1) <= k <= depth]
-            if wrong:
-                raise ContinualError(f"router.layers: {wrong} out of range; backbone '{self.name}' has hidden states "
-                                     f"0..{depth} (0 = embeddings) or -1..-{depth + 1}")
-            states = self.model(**inputs, output_hidden_states=True).hidden_states
-            hidden = [states[k] for k in layers]
-        return torch.cat([pool(h, attention_mask, pooling or self.pooling) for h in hidden], dim=-1)
+        return inputs
+
+    @contextmanager
+    def _layer_slice(self, start: int, stop: int, hidden: torch.Tensor | None = None) -> Iterator[None]:
+        """Run only layers ``start:stop``; with ``hidden``, those states replace what enters the first of them.
+
+        The model is otherwise used as is (embeddings, attention-mask handling, output classes), so
+        this works for any encoder whose layout names its layer list: the list is swapped for the
+        slice, and a pre-hook on the module that owns it substitutes its input hidden states.
+        """
+        if not self._capture_ready:
+            # transformers installs its hidden-state capture hooks on the first call that asks for them,
+            # on the layers present at that moment: make that call on the full model (without drawing
+            # dropout masks from the global generator, which would shift a seeded training run).
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                ids = torch.ones(1, 2, dtype=torch.long, device=next(self.model.parameters()).device)
+                self.model(**self._inputs(ids, torch.ones_like(ids)), output_hidden_states=True)
+            self._capture_ready = True
+        parent_path, _, attr = self.layout.layers.rpartition(".")
+        parent = _get(self.model, parent_path) if parent_path else self.model
+        full = getattr(parent, attr)
+        handle = None
+        if hidden is not None:
+            def substitute(module, args, kwargs):
+                if args:
+                    return (hidden, *args[1:]), kwargs
+                key = next(k for k in ("hidden_states", "x", "hidden_state") if k in kwargs)
+                return args, {**kwargs, key: hidden}
+
+            handle = parent.register_forward_pre_hook(substitute, with_kwargs=True)
+        setattr(parent, attr, nn.ModuleList(self.layers[start:stop]))
+        try:
+            yield
+        finally:
+            setattr(parent, attr, full)
+            if handle is not None:
+                handle.remove()
+
+    def hidden_after(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """Token states ``[batch, tokens, hidden]`` after the lowest ``layer`` layers (for the frozen-prefix cache)."""
+        with self._layer_slice(0, layer):
+            return self.model(**self._inputs(input_ids, attention_mask)).last_hidden_state
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str | None = None,
+               layers: tuple[int, ...] = (-1,), start: int = 0, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Features pooled with ``pooling`` (default: the backbone's) from hidden-state ``layers``, concatenated.
+
+        Layer indices count as in ``output_hidden_states`` (0 = embeddings, -1 = last layer). With
+        ``hidden`` (the states after the lowest ``start`` layers, from :meth:`hidden_after`) only the
+        layers from ``start`` up run; every requested layer must then be ``>= start``.
+        """
+        depth = len(self.layers)
+        wrong = [k for k in layers if not -(depth + 1) <= k <= depth]
+        if wrong:
+            raise ContinualError(f"router.layers: {wrong} out of range; backbone '{self.name}' has hidden states "
+                                 f"0..{depth} (0 = embeddings) or -1..-{depth + 1}")
+        absolute = [k % (depth + 1) for k in layers]
+        if hidden is None:
+            start = 0
+        elif min(absolute) < start:
+            raise ValueError(f"layers {list(layers)} lie below the cached layer {start}")
+        inputs = self._inputs(input_ids, attention_mask)
+        with self._layer_slice(start, depth, hidden) if hidden is not None else nullcontext():
+            if absolute == [depth]:
+                states = [self.model(**inputs).last_hidden_state]
+            else:
+                every = self.model(**inputs, output_hidden_states=True).hidden_states
+                states = [every[k - start] for k in absolute]
+        return torch.cat([pool(h, attention_mask, pooling or self.pooling) for h in states], dim=-1)
 
 
 def pool(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

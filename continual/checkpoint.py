@@ -44,8 +44,9 @@ class Checkpoint:
     version: int = VERSION
 
     def record(self, R: np.ndarray, router_acc: np.ndarray, oracle_acc: np.ndarray, global_step: int,
-               report: dict) -> None:
-        self.completed += 1
+               report: dict, tasks: int = 1) -> None:
+        """One step done: usually one task; a joint learner's single step completes ``tasks`` at once."""
+        self.completed += tasks
         self.global_step = global_step
         self.R, self.router_acc, self.oracle_acc = _cells(R), _cells(router_acc), _cells(oracle_acc)
         self.reports.append(report)

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from continual.checkpoint import Checkpoint
 from continual.errors import ContinualError
 from continual.experiment import RunResult, format_matrix, run_stream
+from continual.learners import check_router
 from continual.routers import check_stream
 from continual.streams import StreamSource, StreamSpec
 from continual.tracking import flatten
@@ -97,7 +98,7 @@ def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Pat
     m = {**result.final_metrics, **result.metrics}
 
     def pct(value: float) -> str:
-        return f"{100 * value:.2f}" if np.isfinite(value) else "n/a (one task)"
+        return f"{100 * value:.2f}" if np.isfinite(value) else "n/a (one row of R)"
 
     lines = [
         "",
@@ -173,7 +174,7 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
     router = _make(cfg.router, "router")
     source = stream_source(cfg.stream)
     checkpoint = _check_resumable(plain, out_dir)  # type: ignore[arg-type]
-    tags = {k: str(choices.get(k, "")) for k in ("stream", "learner", "router", "adapter", "backbone")}
+    tags = {k: str(choices.get(k, "")) for k in ("stream", "learner", "router", "adapter", "backbone", "method")}
     tags.update(seed=str(cfg.seed), order=str(plain["stream"].get("order")))  # type: ignore[index,union-attr]
     parent = _sweep_parent(out_dir) if job is not None else None
     if parent is not None:
@@ -199,6 +200,7 @@ def run(cfg: DictConfig, launch_dir: Path, out_dir: Path, choices: dict[str, str
         seed_everything(cfg.seed)
         backbone = _make(cfg.backbone, "backbone")
         learner = _make(cfg.learner, "learner", backbone=backbone, adapter=adapter, trainer=trainer, seed=cfg.seed)
+        check_router(learner, router, f"learner={tags['learner']}")  # e.g. a learned router on joint: before training
         result = run_stream(stream, learner, router, tracker, out_dir, progress=cfg.progress, checkpoint=checkpoint,
                             label="" if job is None else f"job {job} ")
         text = summary_text(result, tracker.uri, tracker.run_id, out_dir)
@@ -390,16 +392,7 @@ trainer.device=cuda trainer.eval_batch_size=256."""
 
 
 def _predict_args(argv: list[str]):
-    import argparse
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # one line, exit 2, like every other continual error
-            raise ContinualError(f"continual predict: {message} (see continual predict --help)")
-
-        def print_help(self, file=None):
-            print(PREDICT_USAGE, file=file)
-
-    parser = Parser(prog="continual predict", add_help=True)
+    parser = _subcommand_parser("predict", PREDICT_USAGE)
     parser.add_argument("run")
     parser.add_argument("--text", action="append", default=[])
     parser.add_argument("--input", type=Path)
@@ -440,6 +433,20 @@ def _run_folder(run: str, tracking_uri: str, scratch: Path) -> Path:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ContinualError(f"continual predict: cannot fetch artifacts of run {run_id} from {uri}: {first}") from exc
     return scratch
+
+
+def _subcommand_parser(name: str, usage: str):
+    """An argparse parser whose errors are one ``error:`` line (exit 2) and whose help is ``usage``."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):
+            raise ContinualError(f"continual {name}: {message} (see continual {name} --help)")
+
+        def print_help(self, file=None):
+            print(usage, file=file)
+
+    return Parser(prog=f"continual {name}", add_help=True)
 
 
 def predict_main(argv: list[str]) -> None:
@@ -488,6 +495,38 @@ def predict_main(argv: list[str]) -> None:
                 out.close()
 
 
+REPORT_USAGE = """usage: continual report EXPERIMENT [--tracking-uri URI] [--parent RUN_ID] [--filter MLFLOW_FILTER]
+                        [--group-by stream,method,learner,router,adapter] [--output DIR] [--format markdown|csv]
+
+A results table over the FINISHED runs of an MLflow experiment: one row per group of runs that share
+the --group-by keys (run tags, or params.<key> for config values), mean ± sample std over the rest
+(seeds, orders) of the final ACC, BWT, forgetting, router accuracy, trainable params and train time.
+--parent keeps only one multirun's child runs. The table goes to stdout; --output DIR also writes
+results.md, results.csv and results.png there. Default store: sqlite:///runs/mlflow.db (launch folder)."""
+
+
+def report_main(argv: list[str]) -> None:
+    """``continual report``: a Markdown/CSV results table (and a plot) over an experiment's finished runs."""
+    from continual import report
+
+    parser = _subcommand_parser("report", REPORT_USAGE)
+    parser.add_argument("experiment")
+    parser.add_argument("--tracking-uri", default=report.DEFAULT_URI)
+    parser.add_argument("--parent")
+    parser.add_argument("--filter", default="")
+    parser.add_argument("--group-by", default=",".join(report.DEFAULT_GROUP_BY))
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    args = parser.parse_args(argv)
+    client = report.open_store(args.tracking_uri, Path.cwd())
+    result = report.build_report(client, args.experiment, args.group_by.split(","), args.parent, args.filter)
+    print(report.to_markdown(result) if args.format == "markdown" else report.to_csv(result).rstrip("\n"), flush=True)
+    print(result.note(), file=sys.stderr, flush=True)
+    if args.output is not None:
+        for path in report.write_outputs(result, args.output):
+            print(f"wrote {path}", file=sys.stderr, flush=True)
+
+
 def _quiet_schema_matching() -> None:
     """conf/hydra/launcher/*.yaml deliberately share their names with the plugins' schemas, which Hydra
     then validates them against; it also warns that this "automatic schema matching" is deprecated."""
@@ -497,10 +536,10 @@ def _quiet_schema_matching() -> None:
 
 
 def main() -> None:
-    """Console entry point: ``continual [overrides...]``, ``-m ...``, ``resume DIR``, ``predict RUN ...``."""
-    if sys.argv[1:2] == ["predict"]:
+    """Console entry point: ``continual [overrides...]``, ``-m``, ``resume DIR``, ``predict RUN``, ``report``."""
+    if sys.argv[1:2] in (["predict"], ["report"]):
         try:
-            predict_main(sys.argv[2:])
+            (predict_main if sys.argv[1] == "predict" else report_main)(sys.argv[2:])
         except ContinualError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             sys.exit(2)

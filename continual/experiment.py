@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from continual import metrics, plots
 from continual.checkpoint import Checkpoint
 from continual.errors import ContinualError
 from continual.evaluation import Evaluator, encode_texts
-from continual.learners import LearnReport, Learner
+from continual.learners import LearnReport, Learner, check_router
 from continual.routers.base import Router, check_stream
 from continual.routers.state import save_router
 from continual.streams import Stream
@@ -122,11 +123,17 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
     at every step (the plain path). With a router that can reject (``accept_rate``) and a stream
     with out-of-scope texts, the share of them rejected is logged as ``oos_recall``. ``label``
     prefixes progress bars and log lines (a multirun's job index).
+
+    A joint learner (``learner.joint``: multi-task training, the upper bound) has no stream: it learns
+    every task at once at the last step (``learn_all``), so only the final row of R is filled and
+    logged; BWT and forgetting are undefined (``nan``, not logged).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     names = stream.task_names
     T = len(names)
     check_stream(router, stream.tasks)
+    check_router(learner, router, f"learner {type(learner).__name__}")
+    joint = bool(getattr(learner, "joint", False))
     checkpoint = checkpoint or Checkpoint(task_names=names)
     if checkpoint.task_names != names:
         raise ContinualError(f"{out_dir}: the checkpoint is for tasks {checkpoint.task_names}, this stream has {names}")
@@ -144,19 +151,23 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
     for i in range(done):  # routers are rebuilt from the data, exactly as they were built the first time
         router.add_task(i, stream.tasks[i], encode)
     backbone_params = sum(p.numel() for p in learner.backbone.parameters())
+    saved_bytes = sum(p.stat().st_size for p in (out_dir / "adapters").glob("*.safetensors")) if done else 0
     rejects = getattr(router, "accept_rate", None) is not None
     evaluator = Evaluator(learner, router, stream.tasks, memoise=memoise,
                           out_of_scope=stream.out_of_scope if rejects else ())
     routes: list[np.ndarray] = []
     start = time.perf_counter()
-    tasks_bar = tqdm(range(done, T), desc=f"{label}stream {stream.name}", unit="task", disable=not progress)
+    first = max(done, T - 1) if joint else done  # a joint learner has one step: the last
+    tasks_bar = tqdm(range(first, T), desc=f"{label}stream {stream.name}", unit="task", disable=not progress)
     for i in tasks_bar:
         task = stream.tasks[i]
         tasks_bar.set_postfix(task=f"{i + 1}/{T} {task.name}")
         losses: list[tuple[int, float]] = []
-        report = learner.learn(task, lambda step, loss: losses.append((step, loss)))
+        learn = partial(learner.learn_all, stream.tasks) if joint else partial(learner.learn, task)  # type: ignore[attr-defined]
+        report = learn(lambda step, loss: losses.append((step, loss)))
         router_start = time.perf_counter()
-        router.add_task(i, task, encode)
+        for j in range(0 if joint else i, i + 1):  # joint: every task became known at this one step
+            router.add_task(j, stream.tasks[j], encode)
         router_seconds = time.perf_counter() - router_start
         evaluator.new_step()
         eval_start = time.perf_counter()
@@ -172,7 +183,7 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
         row.update({
             "router_acc": float(np.mean(router_acc[i, : i + 1])),
             "oracle_avg_acc": float(np.mean(oracle_acc[i, : i + 1])),
-            f"val_acc/{task.name}": report.val_acc,
+            f"val_acc/{report.task}": report.val_acc,
             "trainable_params": report.trainable_params,
             "trainable_share": report.trainable_params / backbone_params,
             "train_seconds": report.seconds,
@@ -184,21 +195,29 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
             if evaluator.has_out_of_scope:
                 row["oos_recall"] = evaluator.rejection_rate()
         row["eval_seconds"] = time.perf_counter() - eval_start
-        learner.save(out_dir / "adapters")
+        saved = learner.save(out_dir / "adapters")
+        # bytes of everything a reload needs, and what this step added (a per-task adapter: its file)
+        row["artifact_bytes"] = sum(p.stat().st_size for p in saved)
+        row["task_artifact_bytes"] = row["artifact_bytes"] - saved_bytes
+        saved_bytes = row["artifact_bytes"]
         save_router(router, out_dir, names[: i + 1], learner.backbone.name)
-        tracker.log_history([({f"train_loss/{task.name}": loss, "train_loss": loss}, checkpoint.global_step + step)
+        tracker.log_history([({f"train_loss/{report.task}": loss, "train_loss": loss}, checkpoint.global_step + step)
                              for step, loss in losses])
         tracker.log_metrics(row, step=i)
         # The checkpoint is written last: a kill before this line redoes task i on resume (and can
         # only repeat metrics logged in the instant between the two lines above and this one).
-        checkpoint.record(R, router_acc, oracle_acc, checkpoint.global_step + report.steps, dataclasses.asdict(report))
+        checkpoint.record(R, router_acc, oracle_acc, checkpoint.global_step + report.steps, dataclasses.asdict(report),
+                          tasks=T if joint else 1)
         checkpoint.save(out_dir)
         write_matrix_csv(R, names, out_dir / "accuracy_matrix.csv")
         result.reports.append(report)
         result.final_metrics = row
         log.info("%safter task %d/%d %s: avg_acc=%.4f router_acc=%.4f val_acc=%.4f %.1fs (%.0f samples/s)", label,
-                 i + 1, T, task.name, row["avg_acc"], row["router_acc"], report.val_acc, report.seconds, report.samples_per_second)
+                 i + 1, T, report.task, row["avg_acc"], row["router_acc"], report.val_acc, report.seconds, report.samples_per_second)
     result.seconds = time.perf_counter() - start
+    # run-level totals for `continual report` (the per-step trainable_params/train_seconds are one task's)
+    tracker.log_metrics({"total_trainable_params": learner.trained_parameters(),
+                         "total_train_seconds": result.train_seconds}, step=T - 1)
 
     if len(routes) != T:  # everything was already done (resumed after the last task): route once more
         evaluator.new_step()
@@ -214,7 +233,8 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
     ]
     summary = {"task_names": names, "R": [[None if not np.isfinite(v) else v for v in r] for r in R],
                "oracle_R": [[None if not np.isfinite(v) else v for v in r] for r in oracle_acc],
-               **result.metrics, "router_acc": result.router_accuracy, "oracle_avg_acc": result.oracle_average,
+               **{k: v if np.isfinite(v) else None for k, v in result.metrics.items()},  # nan is not JSON
+               "router_acc": result.router_accuracy, "oracle_avg_acc": result.oracle_average,
                "train_seconds": result.train_seconds,
                "train_samples_per_s": result.train_samples_per_second, "seconds": result.seconds}
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))

@@ -19,6 +19,7 @@ __all__ = [
     "average_accuracy",
     "backward_transfer",
     "forgetting",
+    "forward_transfer",
     "learning_accuracy",
     "prefix",
     "summary",
@@ -73,6 +74,23 @@ def forgetting(R: np.ndarray) -> float:
     if T == 1:
         return float("nan")
     return float(np.mean([np.max(R[j : T - 1, j]) - R[T - 1, j] for j in range(T - 1)]))
+
+
+def forward_transfer(R: np.ndarray, reference: np.ndarray) -> float:
+    """FWT against a reference run: mean_j (R[j, j] - R_ref[j, j]) over the tasks after the first.
+
+    GEM's FWT (Lopez-Paz & Ranzato 2017) scores a task *before* it is trained, which a new adapter per
+    task cannot do. Here the reference ``b_j`` is the accuracy of an independently initialised adapter
+    on task ``j`` just after learning it (a run with ``learner.transfer=none``, same seed and order):
+    positive FWT means that what earlier tasks learned made the new one learn better. Task 0 has no
+    earlier task to gain from and is left out.
+    """
+    R, reference = _square(R), _square(reference)
+    if R.shape != reference.shape:
+        raise ValueError(f"R is {R.shape}, the reference {reference.shape}: runs of the same stream are needed")
+    if len(R) < 2:
+        return float("nan")
+    return float(np.mean(np.diag(R)[1:] - np.diag(reference)[1:]))
 
 
 def summary(R: np.ndarray) -> dict[str, float]:

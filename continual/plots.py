@@ -1,4 +1,4 @@
-"""Matplotlib figures of an accuracy matrix: a heatmap and per-task accuracy curves."""
+"""Matplotlib figures: an accuracy matrix as heatmap and per-task curves, router confusion, report bars."""
 
 from __future__ import annotations
 
@@ -77,4 +77,23 @@ def confusion(counts: np.ndarray, names: list[str], path: Path) -> Path:
     ax.set_xlabel("routed to")
     ax.set_ylabel("true task")
     ax.set_title("router confusion (% of each task's test inputs)")
+    return _save(fig, path)
+
+
+def bars(labels: list[str], means: list[float], errors: list[float], path: Path, xlabel: str, title: str,
+         limit: float = 100.0) -> Path:
+    """Horizontal bars with error bars on a 0..``limit`` axis, one per label, top to bottom (``nan`` = no bar)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(labels) + 1.2)))
+    rows = np.arange(len(labels))
+    ax.barh(rows, np.nan_to_num(means), xerr=errors, color="tab:blue", alpha=0.8, capsize=4)
+    ax.set_yticks(rows, labels, fontsize=8)
+    ax.invert_yaxis()  # first group on top, as in the table
+    for row, mean in zip(rows, means):
+        if np.isfinite(mean):
+            ax.text(0.01 * limit, row, f"{mean:.2f}", va="center", fontsize=7, color="white")
+    ax.set_xlim(0, limit)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)

@@ -8,12 +8,16 @@ most padding work. Evaluation sorts the whole split by length; results do not de
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm.auto import tqdm
 
 from continual.errors import ContinualError
 
@@ -35,6 +39,7 @@ class TrainerConfig:
     precision: str = "fp32"
     device: str = "auto"
     log_every: int = 10
+    cache_mb: float = 1024
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "log_every"):
@@ -45,6 +50,8 @@ class TrainerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
                 raise ContinualError(f"trainer.{name} must be a non-negative number, got {value!r}")
+        if isinstance(self.cache_mb, bool) or not isinstance(self.cache_mb, (int, float)) or not self.cache_mb >= 0:
+            raise ContinualError(f"trainer.cache_mb must be a non-negative number of megabytes, got {self.cache_mb!r}")
         if self.lr == 0:
             raise ContinualError("trainer.lr must be > 0")
         if self.warmup_ratio >= 1:
@@ -115,3 +122,72 @@ def iter_padded(tokens: Sequence[Sequence[int]], batches: list[np.ndarray], pad_
     for idx in batches:
         ids, mask = pad([tokens[k] for k in idx], pad_id, device)
         yield idx, ids, mask
+
+
+Batch = TypeVar("Batch")
+ParamGroups = Sequence[nn.Parameter] | Sequence[dict[str, Any]]  # what torch optimizers accept
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What one call of :func:`fit` did: optimizer steps, the last loss, wall-clock seconds."""
+
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def _flat(params: ParamGroups) -> list[nn.Parameter]:
+    return [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+
+
+def fit(params: ParamGroups, epochs: Sequence[Sequence[Batch]], loss_of: Callable[[Batch], torch.Tensor],
+        cfg: TrainerConfig, name: str, modules: Iterable[nn.Module] = (), progress: bool = True,
+        on_loss: Callable[[int, float], None] | None = None) -> Fitted:
+    """AdamW + linear warm-up/decay over ``epochs`` (lists of batches), minimising ``loss_of(batch)``.
+
+    ``params`` (parameters, or param groups with their own ``lr``) require grad during the loop and
+    are frozen again afterwards; ``modules`` are in train mode (dropout on) during the loop and in
+    eval mode afterwards. Every ``cfg.log_every`` steps (and at the last) ``on_loss(step, loss)`` is
+    called. A non-finite loss stops training with one line naming task ``name``.
+    """
+    flat = _flat(params)
+    total = sum(len(e) for e in epochs)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = linear_schedule(optimizer, total, cfg.warmup_ratio)
+    modules = list(modules)
+    for p in flat:
+        p.requires_grad_(True)
+    for module in modules:
+        module.train()
+    step, loss_value, start = 0, float("nan"), time.perf_counter()
+    bar = tqdm(total=total, desc=f"train {name}", unit="batch", disable=not progress, leave=False)
+    try:
+        for epoch, batches in enumerate(epochs):
+            for batch in batches:
+                loss = loss_of(batch)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise ContinualError(
+                        f"task '{name}': loss is {loss_value} at epoch {epoch + 1}, step {step}; "
+                        "lower trainer.lr or use trainer.precision=fp32"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(flat, cfg.grad_clip)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                bar.update()
+                if step % cfg.log_every == 0 or step == total:
+                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.3f}")
+                    if on_loss is not None:
+                        on_loss(step, loss_value)
+    finally:
+        bar.close()
+        for module in modules:
+            module.eval()
+        for p in flat:
+            p.requires_grad_(False)
+    return Fitted(step, loss_value, time.perf_counter() - start)

@@ -1,10 +1,15 @@
-"""A bank of per-task adapters hooked into a frozen backbone, routable per example.
+"""A bank of per-task adapters attached to a frozen backbone, routable per example.
 
 Routing is data, not model surgery: before a forward pass the caller sets *segments*, contiguous
-slices of the batch that each belong to one adapter (``[(adapter, start, stop), ...]``). Every hooked
-projection then runs each adapter once on its own slice. A batch that mixes many tasks therefore
-costs one backbone pass plus one small matmul pair per adapter and site, not one pass per adapter.
+slices of the batch that each belong to one adapter (``[(adapter, start, stop), ...]``). Every
+adapted module then runs each adapter once on its own slice. A batch that mixes many tasks therefore
+costs one backbone pass plus one small computation per adapter and site, not one pass per adapter.
 Without segments (or with adapter ``None``) the backbone runs plain, which routers use for features.
+
+Any adapter kind fits (see :data:`AdapterConfig`): its config names the modules it attaches to
+(``sites``) and builds one task's modules per site (``make``). Output adapters (bottleneck, LoRA,
+BitFit) map ``(site input, site output) -> new output`` through a forward hook; prefix tuning
+replaces the attention computation of its sites while attached.
 """
 
 from __future__ import annotations
@@ -15,46 +20,80 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from continual.adapters.bottleneck import BottleneckConfig, TaskAdapter
-from continual.backbone import Backbone
+from continual.adapters.bitfit import BitFitConfig
+from continual.adapters.bottleneck import BottleneckConfig
+from continual.adapters.lora import LoRAConfig
+from continual.adapters.prefix import PrefixAttention, PrefixConfig
+from continual.adapters.sites import layer_of
+from continual.errors import ContinualError
 
+AdapterConfig = BottleneckConfig | LoRAConfig | PrefixConfig | BitFitConfig
 Segment = tuple[int | None, int, int]
 
 
 class AdapterBank(nn.Module):
-    """Per-task :class:`TaskAdapter` modules plus the hooks that apply the routed one(s)."""
+    """Per-task adapter modules (one :class:`nn.ModuleDict` of sites per task) and what applies the routed ones."""
 
-    def __init__(self, backbone: Backbone, config: BottleneckConfig) -> None:
+    def __init__(self, backbone, config: AdapterConfig) -> None:
         super().__init__()
         self.config = config
         self.hidden_size = backbone.hidden_size
         self.adapters = nn.ModuleList()
+        # AdapterFusion-style mixtures: fusion[str(k)][site] = logits over adapters 0..k (task k's own last)
+        self.fusion = nn.ModuleDict()
         self._segments: Sequence[Segment] = ()
-        self._site_names = list(backbone.sites(config.sites))
-        self._handles = [
-            module.register_forward_hook(self._hook(name)) for name, module in backbone.sites(config.sites).items()
-        ]
+        sites = config.sites(backbone)
+        self._site_modules = sites
+        self.first_layer = min(layer_of(name) for name in sites)  # layers below it never see an adapter
+        if getattr(config, "hook", "output") == "attention":
+            self._handles = [PrefixAttention(module, name, self._routed_sites) for name, module in sites.items()]
+        else:
+            self._handles = [module.register_forward_hook(self._hook(name)) for name, module in sites.items()]
+
+    def _routed_sites(self, site: str) -> list[tuple[nn.Module | None, int, int]]:
+        return [(None if a is None else self.adapters[a][site], start, stop) for a, start, stop in self._segments]
+
+    def _run(self, k: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Adapter ``k`` at ``site``; a fused adapter adds the softmax-weighted updates of adapters 0..k."""
+        fusion = self.fusion[str(k)] if str(k) in self.fusion else None
+        if fusion is None:
+            return self.adapters[k][site](x, out)
+        weights = fusion[site].softmax(0)
+        return out + sum(w * (self.adapters[j][site](x, out) - out) for j, w in enumerate(weights))
 
     def _hook(self, site: str):
         def apply(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:
             segments = self._segments
             if not segments:
                 return None
+            x = inputs[0]
             if len(segments) == 1:
                 adapter = segments[0][0]
-                return None if adapter is None else self.adapters[adapter][site](out)
+                return None if adapter is None else self._run(adapter, site, x, out)
             pieces = [
-                out[start:stop] if adapter is None else self.adapters[adapter][site](out[start:stop])
+                out[start:stop] if adapter is None else self._run(adapter, site, x[start:stop], out[start:stop])
                 for adapter, start, stop in segments
             ]
             return torch.cat(pieces, dim=0)
 
         return apply
 
-    def add(self) -> int:
-        """Allocate a fresh adapter (identity at start) and return its index."""
-        self.adapters.append(TaskAdapter(self._site_names, self.hidden_size, self.config))
-        return len(self.adapters) - 1
+    def add(self, fuse: bool = False) -> int:
+        """Allocate a fresh adapter and return its index; ``fuse`` mixes in every earlier adapter (zero logits)."""
+        k = len(self.adapters)
+        if fuse and getattr(self.config, "hook", "output") != "output":
+            raise ContinualError("learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
+                                 "use transfer=similar or none with adapter=prefix")
+        self.adapters.append(self.config.make(self._site_modules, self.hidden_size))
+        if fuse and k > 0:
+            self.fusion[str(k)] = nn.ParameterDict({site: nn.Parameter(torch.zeros(k + 1)) for site in self._site_modules})
+        return k
+
+    def task_modules(self, k: int) -> list[nn.Module]:
+        """What adapter ``k``'s outputs depend on: itself, plus its fusion weights and the adapters they mix."""
+        if str(k) not in self.fusion:
+            return [self.adapters[k]]
+        return [self.fusion[str(k)], *self.adapters[: k + 1]]
 
     @contextmanager
     def routed(self, segments: Sequence[Segment]) -> Iterator[None]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from continual.adapters.sites import check_skip_layers, layer_sites
 from continual.errors import ContinualError
 
 PLACEMENTS = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}
@@ -15,17 +16,20 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tan
 
 @dataclass(frozen=True)
 class BottleneckConfig:
-    """Where adapters go and how wide they are.
+    """Where bottleneck adapters go and how wide they are.
 
     ``placement``: ``houlsby`` = after the attention output projection and after the feed-forward
     output projection of every layer; ``pfeiffer`` = after the feed-forward one only.
     Width: ``bottleneck_dim`` if set, else ``hidden_size // reduction_factor``.
+    ``skip_layers=k`` leaves the lowest k layers without adapters (AdapterDrop, Rücklé et al. 2021):
+    fewer parameters, no backward pass through those layers, and their outputs can be cached.
     """
 
     placement: str = "pfeiffer"
     reduction_factor: float = 16
     bottleneck_dim: int | None = None
     non_linearity: str = "relu"
+    skip_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
@@ -38,17 +42,24 @@ class BottleneckConfig:
                 raise ContinualError(f"adapter.reduction_factor must be a positive number, got {self.reduction_factor!r}")
         elif isinstance(self.bottleneck_dim, bool) or not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 1:
             raise ContinualError(f"adapter.bottleneck_dim must be a positive integer, got {self.bottleneck_dim!r}")
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return PLACEMENTS[self.placement]
+        check_skip_layers(self.skip_layers)
 
     def width(self, hidden_size: int) -> int:
         return self.bottleneck_dim or max(1, int(hidden_size // self.reduction_factor))
 
+    def sites(self, backbone) -> dict[str, nn.Module]:
+        """The output projections to hook, keyed ``'<layer>_<attention|ffn>'``."""
+        paths = {"attention": backbone.layout.attention_output, "ffn": backbone.layout.ffn_output}
+        return layer_sites(backbone, self.skip_layers, "adapter", {where: paths[where] for where in PLACEMENTS[self.placement]})
+
+    def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
+        """One task's adapters: a :class:`Bottleneck` per site."""
+        width = self.width(hidden_size)
+        return nn.ModuleDict({name: Bottleneck(hidden_size, width, self.non_linearity) for name in sites})
+
 
 class Bottleneck(nn.Module):
-    """h + up(act(down(h))); ``up`` starts at zero so a new adapter begins as the identity."""
+    """out + up(act(down(out))); ``up`` starts at zero so a new adapter begins as the identity."""
 
     def __init__(self, hidden_size: int, width: int, non_linearity: str = "relu") -> None:
         super().__init__()
@@ -58,13 +69,5 @@ class Bottleneck(nn.Module):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(self.act(self.down(h)))
-
-
-class TaskAdapter(nn.ModuleDict):
-    """One task's adapters: a :class:`Bottleneck` per hooked site (``'<layer>_<attention|ffn>'``)."""
-
-    def __init__(self, site_names: list[str], hidden_size: int, config: BottleneckConfig) -> None:
-        width = config.width(hidden_size)
-        super().__init__({name: Bottleneck(hidden_size, width, config.non_linearity) for name in site_names})
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out + self.up(self.act(self.down(out)))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
+from torch import nn
 
 from continual.backbone import Backbone
+from continual.errors import ContinualError
 from continual.streams import Task
 from continual.training import TrainerConfig
 
@@ -75,6 +79,10 @@ class Learner(Protocol):
         """Pooled features of the backbone *without* any adapter: what learned routers look at."""
         ...
 
+    def trained_parameters(self) -> int:
+        """Distinct parameters trained so far, each counted once (shared weights are not summed per task)."""
+        ...
+
     def fingerprints(self) -> Fingerprints:
         """Digests of every tensor predictions depend on (equal digest = equal predictions)."""
         ...
@@ -86,3 +94,24 @@ class Learner(Protocol):
     def save(self, directory: Path) -> list[Path]:
         """Write the learned state (one file per task where possible) and return the files."""
         ...
+
+
+def check_router(learner: Any, router: Any, where: str = "learner") -> None:
+    """Refuse a learned router on a learner that declares, in ``router_limit``, why it cannot serve one.
+
+    A learner without ``router_limit`` (or with None) serves every router. ``where`` names the learner
+    in the one-line error, e.g. ``learner=joint``.
+    """
+    limit = getattr(learner, "router_limit", None)
+    if limit and getattr(router, "learned", False):
+        raise ContinualError(f"{where} {limit}: use router=oracle")
+
+
+def digest(*modules: nn.Module, prefix: str = "") -> str:
+    """blake2b over the names and raw bytes of every tensor in ``modules``."""
+    hashed = hashlib.blake2b(prefix.encode(), digest_size=16)
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            hashed.update(name.encode())
+            hashed.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return hashed.hexdigest()

@@ -1,0 +1,60 @@
+"""LoRA (Hu et al. 2022): a low-rank update ``x -> B A x * alpha / rank`` added to chosen linear projections."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from continual.adapters.sites import check_skip_layers, named_sites
+from continual.errors import ContinualError
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank updates on the linear modules named in ``targets`` (last attribute name, e.g. query/value).
+
+    ``B`` starts at zero, so a new adapter begins as the identity; ``skip_layers`` as for bottlenecks.
+    """
+
+    rank: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("query", "value")
+    skip_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ContinualError(f"adapter.rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ContinualError(f"adapter.alpha must be a positive number, got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ContinualError(f"adapter.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.targets, str) or not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise ContinualError(f"adapter.targets must be a non-empty list of module names, got {self.targets!r}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        check_skip_layers(self.skip_layers)
+
+    def sites(self, backbone) -> dict[str, nn.Module]:
+        return named_sites(backbone, self.skip_layers, "adapter.targets", self.targets, (nn.Linear,))
+
+    def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
+        return nn.ModuleDict({name: LoRA(m.in_features, m.out_features, self.rank, self.alpha, self.dropout)
+                              for name, m in sites.items()})
+
+
+class LoRA(nn.Module):
+    """out + dropout(x) Aᵀ Bᵀ · alpha/rank, with A Kaiming-uniform and B zero."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out + (self.dropout(x) @ self.A.T @ self.B.T) * self.scale

@@ -1,0 +1,298 @@
+"""Results tables over many runs: read finished MLflow runs, group them, aggregate over seeds and orders.
+
+Plain functions, no Hydra; ``continual report`` (in ``cli.py``) is a thin wrapper::
+
+    client = open_store("sqlite:///runs/mlflow.db")
+    report = build_report(client, "continual", group_by=("stream", "router"))
+    print(to_markdown(report))
+
+Every number is the *final* value of a run's metric (MLflow's latest value: the last step), then the
+mean ± sample standard deviation (ddof=1) over the runs of a group; ``n`` says how many runs that is.
+A group is all runs that agree on the ``group_by`` keys (run tags, or ``params.<key>`` for a config
+value), so the runs it averages over differ in what is left out: by default the seed and the order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from continual.errors import ContinualError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+DEFAULT_URI = "sqlite:///runs/mlflow.db"  # conf/tracking/sqlite.yaml; relative to the launch directory
+DEFAULT_GROUP_BY = ("stream", "method", "learner", "router", "adapter")
+OPTIONAL_KEYS = ("method",)  # tags only some runs have (conf/method/): dropped when none of the runs does
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One aggregated metric: its MLflow key, table title, and how its values are shown."""
+
+    metric: str
+    title: str
+    kind: str  # "percent" (a share, shown x100), "count" or "seconds"
+    fallback: str | None = None  # per-step metric summed over steps when ``metric`` was not logged
+
+
+COLUMNS = (
+    Column("avg_acc", "ACC", "percent"),
+    Column("bwt", "BWT", "percent"),
+    Column("forgetting", "forgetting", "percent"),
+    Column("learning_acc", "learning acc", "percent"),  # mean of R[j, j]: compare methods' for forward transfer
+    Column("router_acc", "router acc", "percent"),
+    # run-level totals logged by run_stream; runs made before they existed are summed from the per-task values
+    Column("total_trainable_params", "trainable params", "count", fallback="trainable_params"),
+    Column("total_train_seconds", "train time (s)", "seconds", fallback="train_seconds"),
+)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation of ``n`` runs' values (``std`` is ``nan`` for one run)."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat | None:
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else math.nan
+        return cls(statistics.fmean(values), std, len(values))
+
+
+@dataclass(frozen=True)
+class Group:
+    """The runs that share one value of every group-by key, and their aggregated metrics."""
+
+    key: tuple[str, ...]
+    run_ids: tuple[str, ...]
+    stats: dict[str, Stat | None]
+
+    @property
+    def n(self) -> int:
+        return len(self.run_ids)
+
+
+@dataclass
+class Report:
+    """A results table: groups in key order, plus what was left out and why."""
+
+    experiment: str
+    group_by: tuple[str, ...]
+    groups: list[Group]
+    columns: tuple[Column, ...] = COLUMNS
+    skipped: dict[str, int] = field(default_factory=dict)  # reason (a run status, ...) -> count of runs
+
+    @property
+    def runs(self) -> int:
+        return sum(g.n for g in self.groups)
+
+    def note(self) -> str:
+        """One line saying what the table covers: runs, groups, and the runs skipped and why."""
+        text = f"{self.runs} finished runs of experiment '{self.experiment}' in {len(self.groups)} groups"
+        if self.skipped:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
+            text += f"; skipped {sum(self.skipped.values())} runs ({reasons})"
+        return text
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line, cut short: MLflow and SQLAlchemy messages run to many lines."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def open_store(uri: str, launch_dir: Path | None = None) -> MlflowClient:
+    """An MLflow client for ``uri``; a relative sqlite path resolves against ``launch_dir`` and must exist."""
+    from mlflow.tracking import MlflowClient
+
+    from continual.tracking.mlflow import check_server
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        path = path if path.is_absolute() else (launch_dir or Path.cwd()) / path
+        if not path.is_file():  # MLflow would silently create an empty store here
+            raise ContinualError(f"no MLflow store at {path} (give the store with --tracking-uri)")
+        uri = f"sqlite:///{path}"
+    try:
+        if uri.startswith(("http://", "https://")):
+            check_server(uri)
+        return MlflowClient(tracking_uri=uri)
+    except Exception as exc:
+        raise ContinualError(f"cannot open the MLflow store {uri}: {_first_line(exc)}") from exc
+
+
+def collect_runs(client: MlflowClient, experiment: str, parent: str | None = None,
+                 filter_string: str = "") -> tuple[list[Run], dict[str, int]]:
+    """The experiment's finished stream runs, and counts of the runs skipped, by reason.
+
+    ``parent`` keeps only the child runs of one multirun's parent run; ``filter_string`` is an MLflow
+    search filter (``params.trainer.epochs = '1'``). Runs that are not FINISHED are skipped, and so are
+    finished runs without ``avg_acc`` (a multirun's parent run logs only job counts).
+    """
+    try:
+        found = client.get_experiment_by_name(experiment)
+        names = sorted(e.name for e in client.search_experiments()) if found is None else []
+    except Exception as exc:  # MlflowException, sqlalchemy errors: a store that cannot be read
+        raise ContinualError(f"cannot read the MLflow store {client.tracking_uri}: {_first_line(exc)}") from exc
+    if found is None:
+        raise ContinualError(f"no experiment named '{experiment}'; experiments: {', '.join(names) or '(none)'}")
+    filters = [filter_string] if filter_string.strip() else []
+    if parent is not None:
+        filters.append(f"tags.mlflow.parentRunId = '{parent}'")
+    runs: list[Run] = []
+    token = None
+    try:
+        while True:
+            page = client.search_runs([found.experiment_id], " and ".join(filters), max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    except Exception as exc:  # MlflowException: a malformed filter
+        raise ContinualError(f"cannot search runs of '{experiment}': {_first_line(exc)}") from exc
+    skipped: Counter[str] = Counter()
+    kept = []
+    for run in runs:
+        if run.info.status != "FINISHED":
+            skipped[run.info.status] += 1
+        elif "avg_acc" not in run.data.metrics:
+            skipped["without avg_acc (sweep parents)"] += 1
+        else:
+            kept.append(run)
+    if not kept:
+        scope = f"experiment '{experiment}'" + (f", children of run {parent}" if parent else "")
+        scope += f", filter {filter_string!r}" if filters and filter_string.strip() else ""
+        detail = f" ({', '.join(f'{c} {r}' for r, c in sorted(skipped.items()))})" if skipped else ""
+        raise ContinualError(f"no finished runs in {scope}: {len(runs)} runs found{detail}")
+    return kept, dict(skipped)
+
+
+def group_value(run: Run, key: str) -> str | None:
+    """A run's value for a group-by key: ``params.<name>``, ``tags.<name>``, or a bare tag name."""
+    if key.startswith("params."):
+        return run.data.params.get(key[len("params."):])
+    return run.data.tags.get(key[len("tags."):] if key.startswith("tags.") else key)
+
+
+def check_group_by(runs: Sequence[Run], group_by: Sequence[str]) -> None:
+    """Every key must belong to at least one run; otherwise name the tags there are."""
+    for key in group_by:
+        if not any(group_value(run, key) is not None for run in runs):
+            tags = sorted({t for run in runs for t in run.data.tags if not t.startswith("mlflow.")})
+            raise ContinualError(f"group-by key '{key}' is neither a tag nor a param of these runs; tags: "
+                                 f"{', '.join(tags)} (config values: params.<key>, e.g. params.trainer.epochs)")
+
+
+def final_values(client: MlflowClient, run: Run, columns: Sequence[Column] = COLUMNS) -> dict[str, float]:
+    """The last logged value of each column's metric; a missing total is summed from its per-step metric."""
+    values: dict[str, float] = {}
+    for column in columns:
+        if column.metric in run.data.metrics:
+            values[column.metric] = run.data.metrics[column.metric]
+        elif column.fallback and column.fallback in run.data.metrics:
+            # one value per step: a step logged twice (a resumed run's repeated step) counts once
+            per_step = {m.step: m.value for m in client.get_metric_history(run.info.run_id, column.fallback)}
+            values[column.metric] = float(sum(per_step.values()))
+    return {k: v for k, v in values.items() if math.isfinite(v)}
+
+
+def build_report(client: MlflowClient, experiment: str, group_by: Sequence[str] = DEFAULT_GROUP_BY,
+                 parent: str | None = None, filter_string: str = "",
+                 columns: Sequence[Column] = COLUMNS) -> Report:
+    """Collect, group and aggregate the finished runs of ``experiment`` into a :class:`Report`."""
+    group_by = tuple(k.strip() for k in group_by if k.strip())
+    runs, skipped = collect_runs(client, experiment, parent, filter_string)
+    group_by = tuple(k for k in group_by if k not in OPTIONAL_KEYS or any(group_value(run, k) for run in runs))
+    check_group_by(runs, group_by)
+    members: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        key = tuple(group_value(run, k) or MISSING for k in group_by)
+        members.setdefault(key, []).append(run)
+    groups = []
+    for key in sorted(members):
+        values = [final_values(client, run, columns) for run in members[key]]
+        stats = {c.metric: Stat.of([v[c.metric] for v in values if c.metric in v]) for c in columns}
+        groups.append(Group(key, tuple(r.info.run_id for r in members[key]), stats))
+    return Report(experiment, group_by, groups, tuple(columns), skipped)
+
+
+def format_stat(stat: Stat | None, column: Column, n: int) -> str:
+    """``mean ± std`` in the column's unit; ``—`` when no run logged it; ``(n=k)`` when only some did."""
+    if stat is None:
+        return MISSING
+    scale, digits, sep = {"percent": (100.0, 2, ""), "count": (1.0, 0, ","), "seconds": (1.0, 1, "")}[column.kind]
+    text = f"{stat.mean * scale:{sep}.{digits}f}"
+    if stat.n > 1:
+        text += f" ± {stat.std * scale:{sep}.{digits}f}"
+    if stat.n < n:
+        text += f" (n={stat.n})"
+    return text
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(report: Report) -> str:
+    """A Markdown table: one row per group; accuracies in percent, mean ± sample std over ``n`` runs."""
+    header = [*report.group_by, "n", *(c.title for c in report.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in report.groups:
+        cells = [*group.key, str(group.n), *(format_stat(group.stats[c.metric], c, group.n) for c in report.columns)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def to_csv(report: Report) -> str:
+    """CSV with the raw logged units (shares, not percent): ``<metric>_mean``, ``_std``, ``_n`` per metric."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*report.group_by, "n", *(f"{c.metric}_{s}" for c in report.columns for s in ("mean", "std", "n"))])
+    for group in report.groups:
+        row: list[object] = [*(v if v != MISSING else "" for v in group.key), group.n]
+        for column in report.columns:
+            stat = group.stats[column.metric]
+            if stat is None:
+                row += ["", "", 0]
+            else:
+                row += [repr(stat.mean), "" if math.isnan(stat.std) else repr(stat.std), stat.n]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def plot(report: Report, path: Path) -> Path:
+    """Bar chart of the final average accuracy per group, with sample-std error bars."""
+    from continual import plots
+
+    labels, means, stds = [], [], []
+    for group in report.groups:
+        stat = group.stats.get("avg_acc")
+        labels.append(" / ".join(group.key) + f" (n={group.n})")
+        means.append(100 * stat.mean if stat else math.nan)
+        stds.append(100 * stat.std if stat and stat.n > 1 else math.nan)  # one run: no error bar, not a zero one
+    return plots.bars(labels, means, stds, path, xlabel="final average accuracy (%)",
+                      title=f"{report.experiment}: ACC, mean ± std over runs")
+
+
+def write_outputs(report: Report, out_dir: Path) -> list[Path]:
+    """``results.md`` (table + a line on what it covers), ``results.csv`` and ``results.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "results.md"
+    md.write_text(to_markdown(report) + "\n\n" + report.note() + "\n", encoding="utf-8")
+    table = out_dir / "results.csv"
+    table.write_text(to_csv(report), encoding="utf-8")
+    return [md, table, plot(report, out_dir / "results.png")]

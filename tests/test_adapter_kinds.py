@@ -1,0 +1,154 @@
+"""Every adapter kind through the same bank: identity at start, per-example routing, AdapterDrop, errors."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertTokenizer, DistilBertConfig, DistilBertModel
+
+from continual.adapters import AdapterBank, BitFitConfig, BottleneckConfig, LoRAConfig, PrefixConfig, segments_for
+from continual.adapters.lora import LoRA
+from continual.backbone import Backbone
+from continual.errors import ContinualError
+from continual.training import pad
+from test_adapters import _batch, _randomise  # tests/ is on pytest's path
+
+H = 32  # the tiny BERT: 2 layers, hidden 32, intermediate 64
+KINDS = {
+    "houlsby": (BottleneckConfig(placement="houlsby", bottleneck_dim=4), 2 * 2 * (H * 4 + 4 + 4 * H + H)),
+    "pfeiffer": (BottleneckConfig(bottleneck_dim=4), 2 * (H * 4 + 4 + 4 * H + H)),
+    "lora": (LoRAConfig(rank=2), 2 * 2 * (2 * H + H * 2)),
+    "prefix": (PrefixConfig(length=3), 2 * 2 * 3 * H),
+    # q, k, v, attention dense, intermediate (64), output dense + the two LayerNorms, per layer
+    "bitfit": (BitFitConfig(), 2 * (3 * H + H + 64 + H + 2 * H)),
+}
+TEXTS = ["check my balance", "book a hotel in paris for two nights", "how long to boil eggs",
+         "transfer money to savings", "is a visa needed", "plain backbone please"]
+
+
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_parameter_count_and_start(tiny_backbone, kind):
+    config, params = KINDS[kind]
+    bank = AdapterBank(tiny_backbone, config)
+    bank.add()
+    assert sum(p.numel() for p in bank.adapters[0].parameters()) == params
+    tiny_backbone.eval()
+    ids, mask = _batch(tiny_backbone, TEXTS[:2])
+    plain = tiny_backbone(ids, mask)
+    with bank.routed([(0, 0, 2)]):
+        adapted = tiny_backbone(ids, mask)
+    if kind == "prefix":  # attending to extra (random) positions changes the output from the start
+        assert not torch.allclose(plain, adapted)
+    else:  # zero-initialised updates: a new adapter is the identity
+        assert torch.equal(plain, adapted)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mixed_batch_equals_each_example_alone(tiny_backbone, kind):
+    bank = AdapterBank(tiny_backbone, KINDS[kind][0])
+    for _ in range(3):
+        bank.add()
+    _randomise(bank)
+    tiny_backbone.eval()
+    routes = torch.tensor([2, 0, 1, 2, 0, -1])
+    ids, mask = _batch(tiny_backbone, TEXTS)
+    order, segments = segments_for(routes)
+    with bank.routed(segments):
+        mixed = tiny_backbone(ids[order], mask[order])[torch.argsort(order)]
+    plain = tiny_backbone(ids, mask)
+    for row, text in enumerate(TEXTS):
+        adapter = int(routes[row])
+        with bank.routed([(None if adapter < 0 else adapter, 0, 1)]):
+            alone = tiny_backbone(*_batch(tiny_backbone, [text]))
+        torch.testing.assert_close(mixed[row], alone[0], rtol=1e-5, atol=1e-5)
+        # the adapters do act, and an example routed to no adapter (-1) is left untouched
+        assert torch.allclose(mixed[row], plain[row], atol=1e-5) == (adapter < 0)
+
+
+def test_lora_adds_the_low_rank_update(tiny_backbone):
+    bank = AdapterBank(tiny_backbone, LoRAConfig(rank=2, alpha=4, targets=("value",)))
+    bank.add()
+    _randomise(bank)
+    value = tiny_backbone.layers[1].attention.self.value
+    lora: LoRA = bank.adapters[0]["1_attention_self_value"]
+    x = torch.randn(3, 5, H)
+    with bank.routed([(0, 0, 3)]):
+        got = value(x)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, value.weight, value.bias)
+                               + x @ lora.A.T @ lora.B.T * 2.0)
+
+
+@pytest.mark.parametrize("kind", ["pfeiffer", "lora", "prefix", "bitfit"])
+def test_skip_layers_leaves_the_lowest_layers_alone(tiny_backbone, kind):
+    config = KINDS[kind][0].__class__(**{**KINDS[kind][0].__dict__, "skip_layers": 1})
+    bank = AdapterBank(tiny_backbone, config)
+    bank.add()
+    assert bank.first_layer == 1 and all(name.startswith("1_") for name in bank.adapters[0])
+    assert sum(p.numel() for p in bank.adapters[0].parameters()) == KINDS[kind][1] // 2
+
+
+@pytest.mark.parametrize("config, message", [
+    (LoRAConfig(targets=("query", "nope")), r"adapter.targets: \['nope'\] name no Linear module in layer 0"),
+    (BottleneckConfig(skip_layers=2), "adapter.skip_layers=2 leaves no layer to adapt"),
+    (BitFitConfig(targets=("querry",)), r"adapter.targets: \['querry'\]"),
+])
+def test_bad_sites_are_clear_errors(tiny_backbone, config, message):
+    with pytest.raises(ContinualError, match=message):
+        AdapterBank(tiny_backbone, config)
+
+
+def test_prefix_needs_bert_style_attention(tiny_model_dir):
+    model = DistilBertModel(DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=2, hidden_dim=64))
+    backbone = Backbone(model, BertTokenizer.from_pretrained(str(tiny_model_dir)), "tiny-distilbert")
+    with pytest.raises(ContinualError, match="adapter=prefix: backbone 'tiny-distilbert' \\(distilbert\\) has no BERT-style"):
+        AdapterBank(backbone, PrefixConfig())
+    bank = AdapterBank(backbone, LoRAConfig(targets=("q_lin", "v_lin")))  # LoRA fits it by module names
+    assert len(bank._site_modules) == 4
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: LoRAConfig(rank=0), "adapter.rank"),
+    (lambda: LoRAConfig(dropout=1.0), "adapter.dropout"),
+    (lambda: LoRAConfig(targets=()), "adapter.targets"),
+    (lambda: PrefixConfig(length=0), "adapter.length"),
+    (lambda: BitFitConfig(skip_layers=-1), "adapter.skip_layers"),
+])
+def test_bad_configs(make, message):
+    with pytest.raises(ContinualError, match=message):
+        make()
+
+
+def test_removing_hooks_restores_the_backbone(tiny_backbone):
+    tiny_backbone.eval()
+    ids, mask = _batch(tiny_backbone, TEXTS[:2])
+    plain = tiny_backbone(ids, mask)
+    bank = AdapterBank(tiny_backbone, PrefixConfig(length=2))
+    bank.add()
+    bank.remove_hooks()
+    with bank.routed([(0, 0, 2)]):
+        assert torch.equal(tiny_backbone(ids, mask), plain)
+
+
+@pytest.mark.parametrize("kind", ["houlsby", "lora", "prefix", "bitfit"])
+def test_every_kind_learns_saves_and_reloads(tiny_backbone, kind, tmp_path):
+    from continual.experiment import run_stream
+    from continual.learners import AdapterPerTask
+    from continual.routers import OracleRouter
+    from continual.streams import DemoStream, Stream
+    from continual.tracking import MemoryTracker
+    from continual.training import TrainerConfig
+
+    demo = DemoStream(max_per_class=8).load()
+    stream = Stream("two", demo.tasks[:2])
+    cfg = TrainerConfig(epochs=2, batch_size=16, lr=1e-2)
+    learner = AdapterPerTask(tiny_backbone, KINDS[kind][0], cfg, progress=False)
+    tracker = MemoryTracker()
+    result = run_stream(stream, learner, OracleRouter(), tracker, tmp_path, progress=False)
+    assert np.isfinite(result.R[1]).all() and result.metrics["bwt"] == 0.0
+    assert tracker.metrics["trainable_params"][-1][1] == KINDS[kind][1] + 32 * 5 + 5  # adapter + head
+    assert tracker.metrics["artifact_bytes"][-1][1] > 0
+    learner.bank.remove_hooks()
+    restored = AdapterPerTask(tiny_backbone, KINDS[kind][0], cfg, progress=False)
+    restored.load(tmp_path / "adapters", stream.tasks)
+    assert restored.fingerprints() == learner.fingerprints()
