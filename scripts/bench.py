@@ -67,16 +67,24 @@ def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[s
 def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, object]:
     print(f"\n## 1. end to end: {len(stream.tasks)} tasks, {sum(len(t.train.texts) for t in stream.tasks)} train / "
           f"{sum(len(t.test.texts) for t in stream.tasks)} test examples, {trainer.epochs} epoch(s)")
-    torch.manual_seed(0)
-    learner = AdapterPerTask(Backbone.load(), BottleneckConfig(placement=args.placement), trainer, progress=False)
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        ours = run_stream(stream, learner, OracleRouter(), MemoryTracker(), Path(out), progress=False)
-        ours_seconds = time.perf_counter() - start
-    train = sum(r.seconds for r in ours.reports)
-    ours_acc = float(np.mean(ours.R[-1])) * 100
-    print(f"continual ({args.placement})  ACC {ours_acc:.2f}  {ours_seconds:.1f} s (train {train:.1f} s, "
-          f"rest {ours_seconds - train:.1f} s)  peak RSS {peak_rss_mb():.0f} MB")
+    ours = {}
+    learner = None
+    for skip in args.ours_skip_layers:  # the first variant's learner is kept for parts 2 and 3
+        torch.manual_seed(0)
+        variant = AdapterPerTask(Backbone.load(), BottleneckConfig(placement=args.placement, skip_layers=skip), trainer,
+                                 progress=False)
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            result = run_stream(stream, variant, OracleRouter(), MemoryTracker(), Path(out), progress=False)
+            seconds = time.perf_counter() - start
+        train = sum(r.seconds for r in result.reports)
+        ours[skip] = (seconds, float(np.mean(result.R[-1])) * 100)
+        print(f"continual ({args.placement}, skip_layers={skip})  ACC {ours[skip][1]:.2f}  {seconds:.1f} s "
+              f"(train {train:.1f} s, rest {seconds - train:.1f} s)  peak RSS {peak_rss_mb():.0f} MB")
+        if learner is None:
+            learner = variant
+        else:
+            variant.bank.remove_hooks()
     if args.skip_peft:
         return learner, None
     from peft_reference import run_peft_stream
@@ -85,8 +93,9 @@ def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, ob
                            trainer.eval_batch_size, args.peft_lr, trainer.warmup_ratio, trainer.max_length)
     print(f"peft LoRA reference     ACC {peft.acc * 100:.2f}  {peft.seconds:.1f} s (train {peft.train_seconds:.1f} s, "
           f"eval {peft.eval_seconds:.1f} s)  peak RSS {peak_rss_mb():.0f} MB")
-    print(f"**throughput ratio {peft.seconds / ours_seconds:.2f}x** (same examples; ACC difference "
-          f"{ours_acc - peft.acc * 100:+.2f} points)")
+    for skip, (seconds, acc) in ours.items():
+        print(f"skip_layers={skip}: **throughput ratio {peft.seconds / seconds:.2f}x** (same examples; ACC difference "
+              f"{acc - peft.acc * 100:+.2f} points)")
     return learner, peft
 
 
@@ -176,6 +185,8 @@ def main() -> None:
     parser.add_argument("--max-per-class", type=int, default=None, help="cap train examples per intent")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--placement", default="pfeiffer", help="our bottleneck placement: pfeiffer | houlsby")
+    parser.add_argument("--ours-skip-layers", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                        help="AdapterDrop variants of ours in part 1, e.g. 0,2 (the first feeds parts 2 and 3)")
     parser.add_argument("--peft-lr", type=float, default=5e-3, help="learning rate of the peft LoRA reference")
     parser.add_argument("--batch-size", type=int, default=128, help="inference batch (part 3)")
     parser.add_argument("--repeats", type=int, default=15, help="repeats of the inference benchmark")

@@ -224,3 +224,16 @@ def test_report_over_a_real_tiny_run(store, tmp_path, tiny_model_dir, demo_files
     assert row[10] == f"{int(sum(m.value for m in per_task)):,}"
     assert run.data.metrics["total_train_seconds"] == pytest.approx(results["train_seconds"])
     assert (tmp_path / "report" / "results.png").is_file()
+
+
+def test_runs_of_the_methods_suite_are_grouped_by_method(store):
+    client = store["client"]
+    exp = client.create_experiment("methods")
+    for method, acc in [("adapters_oracle", 0.9), ("adapters_similar", 0.8), ("adapters_similar", 0.7)]:
+        run_id = _log_run(client, exp, router="oracle", seed=0, metrics={"avg_acc": [acc]}, status="RUNNING")
+        client.set_tag(run_id, "method", method)  # same learner and router: only the method tells them apart
+        client.set_terminated(run_id, "FINISHED")
+    rep = report.build_report(client, "methods")
+    assert rep.group_by == report.DEFAULT_GROUP_BY
+    assert [(g.key[1], g.n, round(g.stats["avg_acc"].mean, 4)) for g in rep.groups] == [
+        ("adapters_oracle", 1, 0.9), ("adapters_similar", 2, 0.75)]
