@@ -497,12 +497,15 @@ def predict_main(argv: list[str]) -> None:
 
 REPORT_USAGE = """usage: continual report EXPERIMENT [--tracking-uri URI] [--parent RUN_ID] [--filter MLFLOW_FILTER]
                         [--group-by stream,method,learner,router,adapter] [--output DIR] [--format markdown|csv]
+                        [--fwt-reference KEY=VALUE]
 
 A results table over the FINISHED runs of an MLflow experiment: one row per group of runs that share
 the --group-by keys (run tags, or params.<key> for config values), mean ± sample std over the rest
 (seeds, orders) of the final ACC, BWT, forgetting, router accuracy, trainable params and train time.
 --parent keeps only one multirun's child runs. The table goes to stdout; --output DIR also writes
-results.md, results.csv and results.png there. Default store: sqlite:///runs/mlflow.db (launch folder)."""
+results.md, results.csv and results.png there. --fwt-reference method=adapters_oracle adds forward
+transfer: each run's R[j, j] minus that of the reference run with the same stream, seed and order,
+averaged over the tasks after the first. Default store: sqlite:///runs/mlflow.db (launch folder)."""
 
 
 def report_main(argv: list[str]) -> None:
@@ -517,9 +520,11 @@ def report_main(argv: list[str]) -> None:
     parser.add_argument("--group-by", default=",".join(report.DEFAULT_GROUP_BY))
     parser.add_argument("--output", type=Path)
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    parser.add_argument("--fwt-reference")
     args = parser.parse_args(argv)
     client = report.open_store(args.tracking_uri, Path.cwd())
-    result = report.build_report(client, args.experiment, args.group_by.split(","), args.parent, args.filter)
+    result = report.build_report(client, args.experiment, args.group_by.split(","), args.parent, args.filter,
+                                 fwt_reference=args.fwt_reference)
     print(report.to_markdown(result) if args.format == "markdown" else report.to_csv(result).rstrip("\n"), flush=True)
     print(result.note(), file=sys.stderr, flush=True)
     if args.output is not None:

@@ -210,14 +210,59 @@ def final_values(client: MlflowClient, run: Run, columns: Sequence[Column] = COL
     return {k: v for k, v in values.items() if math.isfinite(v)}
 
 
+FWT = Column("fwt", "FWT", "percent")
+PAIRED_BY = ("stream", "seed", "order")  # a run and its FWT reference run agree on these tags
+
+
+def learning_diagonal(client: MlflowClient, run: Run) -> dict[str, tuple[int, float]]:
+    """R[j, j] per task j: the value of ``acc/<task>`` at the first step it was logged, and that step."""
+    diagonal = {}
+    for key in run.data.metrics:
+        if key.startswith("acc/"):
+            first = min(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            diagonal[key[len("acc/"):]] = (first.step, first.value)
+    return diagonal
+
+
+def forward_transfer(client: MlflowClient, run: Run, reference: Run) -> float | None:
+    """mean_j (R[j, j] - R_ref[j, j]) over the tasks after the first (:func:`continual.metrics.forward_transfer`).
+
+    None for runs that did not learn task after task (a joint run logs every task at one step).
+    """
+    mine, ref = learning_diagonal(client, run), learning_diagonal(client, reference)
+    steps = sorted(step for step, _ in mine.values())
+    if len(set(steps)) != len(steps):
+        return None
+    later = [task for task, (step, _) in mine.items() if step > steps[0] and task in ref]
+    return statistics.fmean(mine[t][1] - ref[t][1] for t in later) if later else None
+
+
+def _fwt_references(runs: Sequence[Run], reference: str) -> dict[tuple[str | None, ...], Run]:
+    """The reference runs (``key=value``, e.g. ``method=adapters_oracle``) by their (stream, seed, order)."""
+    key, sep, value = reference.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise ContinualError(f"--fwt-reference must be KEY=VALUE (e.g. method=adapters_oracle), got {reference!r}")
+    found = {tuple(group_value(r, k) for k in PAIRED_BY): r for r in runs if group_value(r, key.strip()) == value.strip()}
+    if not found:
+        raise ContinualError(f"--fwt-reference {reference}: no finished run has {key.strip()}={value.strip()}")
+    return found
+
+
 def build_report(client: MlflowClient, experiment: str, group_by: Sequence[str] = DEFAULT_GROUP_BY,
                  parent: str | None = None, filter_string: str = "",
-                 columns: Sequence[Column] = COLUMNS) -> Report:
-    """Collect, group and aggregate the finished runs of ``experiment`` into a :class:`Report`."""
+                 columns: Sequence[Column] = COLUMNS, fwt_reference: str | None = None) -> Report:
+    """Collect, group and aggregate the finished runs of ``experiment`` into a :class:`Report`.
+
+    With ``fwt_reference`` (``KEY=VALUE``) an FWT column compares every run's learning accuracy per
+    task with that of the reference run of the same stream, seed and order (e.g. the independently
+    initialised adapters, ``method=adapters_oracle``).
+    """
     group_by = tuple(k.strip() for k in group_by if k.strip())
     runs, skipped = collect_runs(client, experiment, parent, filter_string)
     group_by = tuple(k for k in group_by if k not in OPTIONAL_KEYS or any(group_value(run, k) for run in runs))
     check_group_by(runs, group_by)
+    references = _fwt_references(runs, fwt_reference) if fwt_reference else None
+    columns = (*columns, FWT) if references is not None else tuple(columns)
     members: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         key = tuple(group_value(run, k) or MISSING for k in group_by)
@@ -225,6 +270,12 @@ def build_report(client: MlflowClient, experiment: str, group_by: Sequence[str] 
     groups = []
     for key in sorted(members):
         values = [final_values(client, run, columns) for run in members[key]]
+        if references is not None:
+            for run, row in zip(members[key], values):
+                reference = references.get(tuple(group_value(run, k) for k in PAIRED_BY))
+                fwt = forward_transfer(client, run, reference) if reference is not None else None
+                if fwt is not None:
+                    row[FWT.metric] = fwt
         stats = {c.metric: Stat.of([v[c.metric] for v in values if c.metric in v]) for c in columns}
         groups.append(Group(key, tuple(r.info.run_id for r in members[key]), stats))
     return Report(experiment, group_by, groups, tuple(columns), skipped)

@@ -237,3 +237,33 @@ def test_runs_of_the_methods_suite_are_grouped_by_method(store):
     assert rep.group_by == report.DEFAULT_GROUP_BY
     assert [(g.key[1], g.n, round(g.stats["avg_acc"].mean, 4)) for g in rep.groups] == [
         ("adapters_oracle", 1, 0.9), ("adapters_similar", 2, 0.75)]
+
+
+def test_forward_transfer_against_the_reference_method(store):
+    client = store["client"]
+    exp = client.create_experiment("transfer")
+
+    def stream_run(method: str, seed: int, diagonal: list[float], same_step: bool = False) -> None:
+        run_id = client.create_run(exp, tags={**GROUP_TAGS, "stream": "s", "router": "oracle", "method": method,
+                                              "seed": str(seed), "order": "None"}).info.run_id
+        now = int(time.time() * 1000)
+        # R[j, j] is acc/t<j> at the step it first appears; a later step's value must not count
+        metrics = [Metric(f"acc/t{j}", v, now, len(diagonal) - 1 if same_step else j) for j, v in enumerate(diagonal)]
+        metrics += [Metric(f"acc/t{j}", 0.0, now, len(diagonal)) for j in range(len(diagonal))]
+        client.log_batch(run_id, metrics=[*metrics, Metric("avg_acc", 0.5, now, 0)])
+        client.set_terminated(run_id, "FINISHED")
+
+    for seed in (0, 1):
+        stream_run("adapters_oracle", seed, [0.8, 0.7, 0.6])
+    stream_run("adapters_similar", 0, [0.9, 0.8, 0.7])   # +0.10 on tasks 1 and 2 (task 0 does not count)
+    stream_run("adapters_similar", 1, [0.1, 0.7, 0.8])   # 0 and +0.20: also 0.10 (task 0 still left out)
+    stream_run("joint", 0, [0.9, 0.9, 0.9], same_step=True)  # not a task-after-task run: no FWT
+    rep = report.build_report(client, "transfer", fwt_reference="method=adapters_oracle")
+    fwt = {g.key[1]: g.stats["fwt"] for g in rep.groups}
+    assert fwt["adapters_oracle"].mean == 0.0
+    assert fwt["adapters_similar"].mean == pytest.approx(0.1) and fwt["adapters_similar"].n == 2
+    assert fwt["joint"] is None and rep.columns[-1].title == "FWT"
+    with pytest.raises(ContinualError, match="no finished run has method=nope"):
+        report.build_report(client, "transfer", fwt_reference="method=nope")
+    with pytest.raises(ContinualError, match="must be KEY=VALUE"):
+        report.build_report(client, "transfer", fwt_reference="adapters_oracle")
