@@ -60,6 +60,7 @@ def test_four_parallel_joblib_jobs_into_a_brand_new_sqlite_store(tmp_path, tiny_
     assert sorted(c.data.tags["seed"] for c in children) == ["0", "1", "2", "3"]
 
 
+@pytest.mark.slow  # ~35 s; the basic and joblib launchers stay in the default suite
 def test_submitit_local_launcher(tmp_path, tiny_model_dir, sweep_conf):
     uri = f"sqlite:///{tmp_path}/submitit.db"
     proc = _multirun(tmp_path, tiny_model_dir, sweep_conf, uri, "hydra/launcher=submitit_local", "seed=0,1")
