@@ -9,7 +9,6 @@ from continual.adapters import AdapterBank, BitFitConfig, BottleneckConfig, LoRA
 from continual.adapters.lora import LoRA
 from continual.backbone import Backbone
 from continual.errors import ContinualError
-from continual.training import pad
 from test_adapters import _batch, _randomise  # tests/ is on pytest's path
 
 H = 32  # the tiny BERT: 2 layers, hidden 32, intermediate 64

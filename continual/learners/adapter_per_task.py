@@ -34,7 +34,7 @@ from continual.adapters import AdapterBank, AdapterConfig, segments_for
 from continual.backbone import Backbone
 from continual.cache import PrefixCache
 from continual.errors import ContinualError
-from continual.learners.base import Classified, Fingerprints, LearnReport, LossCallback, digest
+from continual.learners.base import Classified, Fingerprints, LearnReport, LossCallback, digest, oracle_accuracy
 from continual.streams import Split, Task
 from continual.training import TrainerConfig, eval_batches, fit, iter_padded, pad, train_batches
 
@@ -199,15 +199,7 @@ class AdapterPerTask:
 
     def accuracy(self, k: int, texts, labels: np.ndarray) -> float:
         """Accuracy of task ``k``'s own adapter and head on labelled texts (oracle routing)."""
-        if len(texts) == 0:
-            return float("nan")
-        tokens = self.backbone.tokenize(list(texts), self.trainer.max_length)
-        correct = 0
-        batches = eval_batches([len(t) for t in tokens], self.trainer.eval_batch_size)
-        for idx, ids, mask in iter_padded(tokens, batches, self.pad_id, self.device):
-            task_ids = torch.full((len(idx),), k, dtype=torch.long, device=self.device)
-            correct += int((self.predict(ids, mask, task_ids).cpu().numpy() == labels[idx]).sum())
-        return correct / len(texts)
+        return oracle_accuracy(self, k, texts, labels)
 
     def fingerprints(self) -> Fingerprints:
         """Digests of the backbone and, per learned task, of its adapter and head (prefixed by the backbone's).

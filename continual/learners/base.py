@@ -15,7 +15,7 @@ from torch import nn
 from continual.backbone import Backbone
 from continual.errors import ContinualError
 from continual.streams import Task
-from continual.training import TrainerConfig
+from continual.training import TrainerConfig, eval_batches, iter_padded
 
 LossCallback = Callable[[int, float], None]  # (optimizer step within the task, loss)
 
@@ -115,3 +115,16 @@ def digest(*modules: nn.Module, prefix: str = "") -> str:
             hashed.update(name.encode())
             hashed.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return hashed.hexdigest()
+
+
+def oracle_accuracy(learner: Learner, k: int, texts: Sequence[str], labels) -> float:
+    """Accuracy of task ``k``'s prediction path on labelled texts, every text given task ``k`` (``nan`` without texts)."""
+    if len(texts) == 0:
+        return float("nan")
+    tokens = learner.backbone.tokenize(list(texts), learner.trainer.max_length)
+    correct = 0
+    batches = eval_batches([len(t) for t in tokens], learner.trainer.eval_batch_size)
+    for idx, ids, mask in iter_padded(tokens, batches, learner.pad_id, learner.device):
+        task_ids = torch.full((len(idx),), k, dtype=torch.long, device=learner.device)
+        correct += int((learner.predict(ids, mask, task_ids).cpu().numpy() == labels[idx]).sum())
+    return correct / len(texts)

@@ -31,11 +31,11 @@ from continual.adapters import AdapterBank, AdapterConfig
 from continual.backbone import Backbone
 from continual.errors import ContinualError
 from continual.learners import shared_state
-from continual.learners.base import Classified, Fingerprints, LearnReport, LossCallback, digest
+from continual.learners.base import Classified, Fingerprints, LearnReport, LossCallback, digest, oracle_accuracy
 from continual.learners.ewc import EWC, EWCConfig
 from continual.learners.memory import EpisodicMemory, MemoryConfig
 from continual.streams import Task
-from continual.training import Fitted, TrainerConfig, eval_batches, fit, iter_padded, pad, train_batches
+from continual.training import Fitted, TrainerConfig, fit, pad, train_batches
 
 BASES = ("adapter", "finetune")
 # feature routers read the backbone's features, which fine-tuning moves after every task
@@ -232,15 +232,7 @@ class SequentialLearner:
 
     def accuracy(self, k: int, texts: Sequence[str], labels: np.ndarray) -> float:
         """Accuracy of task ``k``'s head on labelled texts (oracle routing); ``nan`` without texts."""
-        if len(texts) == 0:
-            return float("nan")
-        tokens = self.backbone.tokenize(list(texts), self.trainer.max_length)
-        correct = 0
-        for idx, ids, mask in iter_padded(tokens, eval_batches([len(t) for t in tokens], self.trainer.eval_batch_size),
-                                          self.pad_id, self.device):
-            task_ids = torch.full((len(idx),), k, dtype=torch.long, device=self.device)
-            correct += int((self.predict(ids, mask, task_ids).cpu().numpy() == labels[idx]).sum())
-        return correct / len(texts)
+        return oracle_accuracy(self, k, texts, labels)
 
     def fingerprints(self) -> Fingerprints:
         """Every task's digest covers the shared weights it is predicted through, so old tasks are re-evaluated."""
