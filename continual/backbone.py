@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from continual.errors import ContinualError
+from continual.errors import ContinualError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class Backbone(nn.Module):
             raise ContinualError(f"backbone '{name}': layout {self.layout} does not fit this model: {exc}") from exc
         self.hidden_size = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim)
         self.input_names = tuple(tokenizer.model_input_names)
+        self.pad_id: int = tokenizer.pad_token_id or 0
         self._capture_ready = False
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -105,8 +106,8 @@ class Backbone(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path)
         except Exception as exc:  # OSError offline / unknown id, ValueError for non-encoders, ...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ContinualError(f"backbone.name: cannot load '{name}' as a Hugging Face encoder: {first}") from exc
+            raise ContinualError(f"backbone.name: cannot load '{name}' as a Hugging Face encoder: "
+                                 f"{first_line(exc)}") from exc
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ContinualError(
                 f"backbone '{name}': tokenizer vocabulary ({tokenizer.vocab_size}) is larger than the model's "
@@ -116,6 +117,8 @@ class Backbone(nn.Module):
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids without padding; batches are padded later to their own longest member."""
+        if not texts:
+            return []
         return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,72 +1,117 @@
-"""Per-task checkpoints: what a killed run needs to continue from its first unfinished task.
+"""What a run has done so far (:class:`RunState`), saved after every step, and how a run is resumed from it.
 
-The checkpoint is ``checkpoint.json`` in the run's output folder, next to ``adapters/`` (one
-safetensors file per learned task). Both are written atomically (temp file + rename), adapters first,
-so a kill at any moment leaves the previous checkpoint valid. RNG state is not stored: learners reseed
-from ``(seed, task index)`` at the start of every task, so a resumed task draws the same numbers.
+The state is ``checkpoint.json`` in the run's output folder, next to ``adapters/`` (the learner's
+files) and ``router.safetensors``. All are written atomically, the learner's and router's files
+first, so a kill at any moment leaves the previous checkpoint valid and everything it names on disk.
+RNG state is not stored: learners reseed from ``(seed, task index)`` at the start of every task, so a
+resumed task draws the same numbers. The same object is what :func:`continual.experiment.run_stream`
+returns: the accuracy matrices, the per-step reports and the metrics that follow from them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from continual import files, metrics
 from continual.errors import ContinualError
+from continual.learners.base import LearnReport
+from continual.tracking.base import flatten
 
 FILENAME = "checkpoint.json"
 VERSION = 2
+IGNORED_ON_RESUME = ("resume", "progress", "threads")  # config keys that may differ between a run and its resumption
 
 
 def _cells(matrix: np.ndarray) -> list[list[float | None]]:
+    """A matrix as JSON: ``nan`` (not evaluated) becomes null."""
     return [[None if not math.isfinite(v) else float(v) for v in row] for row in matrix]
 
 
-def _matrix(cells: list[list[float | None]]) -> np.ndarray:
+def _matrix(cells: list[list[float | None]], T: int) -> np.ndarray:
+    if not cells:
+        return np.full((T, T), np.nan)
     return np.array([[np.nan if v is None else v for v in row] for row in cells], dtype=float)
 
 
 @dataclass
-class Checkpoint:
-    """Progress of one run: tasks completed, R so far, the global optimizer step and the tracking run."""
+class RunState:
+    """Progress of one run: tasks completed, the matrices so far, the reports, the optimizer step, the tracking run.
+
+    ``R[i, j]`` is task-agnostic accuracy (routed), ``oracle_R`` the same adapters given the true
+    task, ``router_R`` the share of task ``j``'s inputs routed to ``j``; ``nan`` where not evaluated.
+    """
 
     task_names: list[str]
     run_id: str | None = None
     completed: int = 0
     global_step: int = 0
-    R: list[list[float | None]] = field(default_factory=list)
-    router_acc: list[list[float | None]] = field(default_factory=list)
-    oracle_acc: list[list[float | None]] = field(default_factory=list)
-    reports: list[dict] = field(default_factory=list)
-    version: int = VERSION
+    R: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    oracle_R: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    router_R: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    reports: list[LearnReport] = field(default_factory=list)
 
-    def record(self, R: np.ndarray, router_acc: np.ndarray, oracle_acc: np.ndarray, global_step: int,
-               report: dict, tasks: int = 1) -> None:
-        """One step done: usually one task; a joint learner's single step completes ``tasks`` at once."""
+    def __post_init__(self) -> None:
+        T = len(self.task_names)
+        for name in ("R", "oracle_R", "router_R"):
+            if getattr(self, name).shape != (T, T):
+                setattr(self, name, np.full((T, T), np.nan))
+
+    def record(self, row: int, tasks: int, accuracy: np.ndarray, oracle: np.ndarray, routed: np.ndarray,
+               report: LearnReport) -> None:
+        """Step done: row ``row`` of the matrices is filled and ``tasks`` more tasks are learned."""
+        self.R[row, : row + 1], self.oracle_R[row, : row + 1], self.router_R[row, : row + 1] = accuracy, oracle, routed
         self.completed += tasks
-        self.global_step = global_step
-        self.R, self.router_acc, self.oracle_acc = _cells(R), _cells(router_acc), _cells(oracle_acc)
+        self.global_step += report.steps
         self.reports.append(report)
 
-    def matrices(self, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """R, router accuracy and oracle-routed accuracy so far (``nan`` where not yet evaluated)."""
-        if not self.R:
-            return np.full((T, T), np.nan), np.full((T, T), np.nan), np.full((T, T), np.nan)
-        return _matrix(self.R), _matrix(self.router_acc), _matrix(self.oracle_acc)
+    @property
+    def last_row(self) -> int:
+        """The last filled row of R (``-1`` before the first step)."""
+        filled = [i for i in range(len(self.R)) if np.isfinite(self.R[i]).any()]
+        return filled[-1] if filled else -1
+
+    def metrics(self) -> dict[str, float]:
+        """ACC, BWT, forgetting, learning accuracy over the rows filled so far (see :mod:`continual.metrics`)."""
+        if self.last_row < 0:
+            return dict.fromkeys(metrics.summary(np.zeros((1, 1))), float("nan"))
+        return metrics.summary(metrics.prefix(self.R, self.last_row))
+
+    @property
+    def router_accuracy(self) -> float:
+        """Share of the last step's test inputs routed to their own task (mean over tasks)."""
+        return _row_mean(self.router_R, self.last_row)
+
+    @property
+    def oracle_average(self) -> float:
+        """Average accuracy of the same adapters under oracle routing, after the last step."""
+        return _row_mean(self.oracle_R, self.last_row)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(r.seconds for r in self.reports)
+
+    @property
+    def train_samples_per_second(self) -> float:
+        return sum(r.examples for r in self.reports) / max(self.train_seconds, 1e-9)
 
     def save(self, directory: Path) -> Path:
-        path = directory / FILENAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
-        return path
+        """Write ``checkpoint.json`` atomically."""
+        raw = {"task_names": self.task_names, "run_id": self.run_id, "completed": self.completed,
+               "global_step": self.global_step, "R": _cells(self.R), "router_acc": _cells(self.router_R),
+               "oracle_acc": _cells(self.oracle_R), "reports": [dataclasses.asdict(r) for r in self.reports],
+               "version": VERSION}
+        return files.write_text(directory / FILENAME, json.dumps(raw, indent=1))
 
     @classmethod
-    def load(cls, directory: Path) -> Checkpoint | None:
-        """The checkpoint in ``directory``, or None if there is none yet."""
+    def load(cls, directory: Path) -> RunState | None:
+        """The state saved in ``directory``, or None if there is none yet."""
         path = directory / FILENAME
         if not path.is_file():
             return None
@@ -74,6 +119,56 @@ class Checkpoint:
             raw = json.loads(path.read_text())
             if raw.get("version") != VERSION:
                 raise ValueError(f"version {raw.get('version')}, expected {VERSION}")
-            return cls(**raw)
-        except (ValueError, TypeError) as exc:
+            T = len(raw["task_names"])
+            return cls(raw["task_names"], raw["run_id"], raw["completed"], raw["global_step"], _matrix(raw["R"], T),
+                       _matrix(raw["oracle_acc"], T), _matrix(raw["router_acc"], T),
+                       [LearnReport(**r) for r in raw["reports"]])
+        except (ValueError, TypeError, KeyError) as exc:
             raise ContinualError(f"{path}: not a usable checkpoint ({exc}); delete it to start the run afresh") from exc
+
+
+def _row_mean(matrix: np.ndarray, row: int) -> float:
+    return float(np.mean(matrix[row, : row + 1])) if row >= 0 else float("nan")
+
+
+def resume_state(out_dir: Path, config: dict, resume: bool) -> RunState | None:
+    """The state to continue in ``out_dir``: with ``resume``, the saved one (after checking that ``config`` is
+    the one it was made with); without, None, after refusing a folder that already holds a run."""
+    state = RunState.load(out_dir)
+    if not resume:
+        if state is not None:
+            raise ContinualError(f"{out_dir} already holds a run; continue it with `continual resume {out_dir}` "
+                                 "(or resume=true) or choose another hydra.run.dir")
+        return None
+    saved_path = out_dir / "config.yaml"
+    if state is None or not saved_path.is_file():
+        return None  # killed before the first checkpoint: nothing to continue, start afresh here
+    saved = flatten({k: v for k, v in (yaml.safe_load(saved_path.read_text()) or {}).items()
+                     if k not in IGNORED_ON_RESUME})
+    now = flatten({k: v for k, v in config.items() if k not in IGNORED_ON_RESUME})
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise ContinualError(f"resume: config differs from the run in {out_dir} at '{key}': "
+                                 f"saved {saved.get(key)!r}, now {now.get(key)!r}")
+    return state
+
+
+def resume_argv(run_dir: Path, extra: list[str]) -> list[str]:
+    """Command-line arguments that re-run the job stored in ``run_dir`` into that same folder with resume on.
+
+    They are the job's own overrides (``.hydra/overrides.yaml``), its ``--config-dir`` if it had one,
+    then ``extra`` (e.g. ``progress=false``).
+    """
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise ContinualError(f"continual resume: {run_dir} is not a run folder (no .hydra/overrides.yaml)")
+    overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []
+                 if not str(o).startswith(("hydra.run.dir=", "resume=", "hydra.sweep."))]
+    argv = [*overrides, f"hydra.run.dir={run_dir}", "resume=true", *extra]
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():  # a --config-dir of the original command is not among the overrides
+        runtime = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
+        for source in runtime.get("config_sources") or []:
+            if source.get("provider") == "command-line" and source.get("schema") == "file":
+                argv = ["--config-dir", str(source["path"]), *argv]
+    return argv

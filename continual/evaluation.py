@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from continual.learners.base import Fingerprints, Learner
+from continual.learners.base import Fingerprints, Learner, padded_batches, tokenize
 from continual.routers.base import Router, RouterInputs
-from continual.streams import Task
-from continual.training import eval_batches, iter_padded
+from continual.streams import Split, Task
 
 UNKNOWN = -2  # output not computed yet (-1 is "abstained")
 OUT_OF_SCOPE = "out_of_scope"
@@ -56,15 +55,10 @@ class TaskEval:
     routes: np.ndarray  # routed task per example (-1 = abstained)
 
 
-def _run_batches(learner: Learner, tokens: Sequence[Sequence[int]], subset: np.ndarray):
-    order = eval_batches([len(tokens[i]) for i in subset], learner.trainer.eval_batch_size)
-    return iter_padded(tokens, [subset[b] for b in order], learner.pad_id, learner.device)
-
-
 def features_of(learner: Learner, tokens: Sequence[Sequence[int]], pooling: str, layers: tuple[int, ...]) -> np.ndarray:
     """Frozen, adapter-free pooled features of tokenized texts, ``[n, dim]`` float32."""
     rows: list[tuple[np.ndarray, np.ndarray]] = []
-    for idx, ids, mask in _run_batches(learner, tokens, np.arange(len(tokens))):
+    for idx, ids, mask in padded_batches(learner, tokens):
         rows.append((idx, learner.features(ids, mask, pooling, layers).cpu().numpy()))
     if not rows:
         return np.zeros((0, 0), np.float32)
@@ -76,23 +70,36 @@ def features_of(learner: Learner, tokens: Sequence[Sequence[int]], pooling: str,
 
 def run_adapter(learner: Learner, tokens: Sequence[Sequence[int]], k: int, outputs: _Outputs, todo: np.ndarray) -> None:
     """Fill ``outputs`` at indices ``todo`` with adapter ``k``'s labels and certainty."""
-    for idx, ids, mask in _run_batches(learner, tokens, todo) if len(todo) else ():
+    for idx, ids, mask in padded_batches(learner, tokens, todo) if len(todo) else ():
         got = learner.classify(ids, mask, torch.full((len(idx),), k, dtype=torch.long, device=learner.device))
         outputs.labels[idx] = got.labels.cpu().numpy()
         outputs.certainty[idx] = got.certainty.cpu().numpy()
 
 
-def encode_texts(learner: Learner, texts: Sequence[str], task_ids: np.ndarray | None = None) -> RouterInputs:
-    """:class:`RouterInputs` over raw texts (no memo): what routers see when learning a task or predicting."""
-    tokens = learner.backbone.tokenize(list(texts), learner.trainer.max_length)
+def encode_texts(learner: Learner, texts: Sequence[str], labels: np.ndarray | None = None) -> RouterInputs:
+    """:class:`RouterInputs` over raw texts (no memo): what routers see when learning a task or predicting.
+
+    Texts are tokenized on first use: a router that looks at nothing (the oracle) costs nothing.
+    """
+    tokens: list[list[int]] = []
+
+    def tokenized() -> list[list[int]]:
+        if len(tokens) != len(texts):
+            tokens[:] = tokenize(learner, texts)
+        return tokens
 
     def certainty(k: int) -> np.ndarray:
-        outputs = _Outputs.empty("", len(tokens))
-        run_adapter(learner, tokens, k, outputs, np.arange(len(tokens)))
+        outputs = _Outputs.empty("", len(texts))
+        run_adapter(learner, tokenized(), k, outputs, np.arange(len(texts)))
         return outputs.certainty
 
-    return RouterInputs(len(tokens), lambda pooling, layers: features_of(learner, tokens, pooling, layers),
-                        certainty, task_ids)
+    return RouterInputs(len(texts), lambda pooling, layers: features_of(learner, tokenized(), pooling, layers),
+                        certainty, labels=labels)
+
+
+def split_inputs(learner: Learner, split: Split) -> RouterInputs:
+    """:class:`RouterInputs` over a labelled split (a task's training or validation texts)."""
+    return encode_texts(learner, split.texts, split.labels)
 
 
 class Evaluator:
@@ -104,11 +111,9 @@ class Evaluator:
         self.router = router
         self.tasks = tasks
         self.memoise = memoise
-        max_length = learner.trainer.max_length
-        self.tokens: dict[SetKey, list[list[int]]] = {
-            j: learner.backbone.tokenize(list(t.test.texts), max_length) for j, t in enumerate(tasks)}
+        self.tokens: dict[SetKey, list[list[int]]] = {j: tokenize(learner, t.test.texts) for j, t in enumerate(tasks)}
         if len(out_of_scope):
-            self.tokens[OUT_OF_SCOPE] = learner.backbone.tokenize(list(out_of_scope), max_length)
+            self.tokens[OUT_OF_SCOPE] = tokenize(learner, out_of_scope)
         self._outputs: dict[tuple[SetKey, int], _Outputs] = {}
         self._features: dict[tuple[SetKey, str, tuple[int, ...]], tuple[str, np.ndarray]] = {}
         self._fingerprints: Fingerprints | None = None

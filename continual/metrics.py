@@ -20,6 +20,7 @@ __all__ = [
     "backward_transfer",
     "forgetting",
     "forward_transfer",
+    "forward_transfer_of_diagonals",
     "learning_accuracy",
     "prefix",
     "summary",
@@ -88,9 +89,16 @@ def forward_transfer(R: np.ndarray, reference: np.ndarray) -> float:
     R, reference = _square(R), _square(reference)
     if R.shape != reference.shape:
         raise ValueError(f"R is {R.shape}, the reference {reference.shape}: runs of the same stream are needed")
-    if len(R) < 2:
+    return forward_transfer_of_diagonals(np.diag(R), np.diag(reference))
+
+
+def forward_transfer_of_diagonals(learned: np.ndarray, reference: np.ndarray) -> float:
+    """:func:`forward_transfer` from the diagonals alone (R[j, j] per task, in stream order): what a
+    results table has when it reads each task's first logged accuracy."""
+    learned, reference = np.asarray(learned, dtype=float), np.asarray(reference, dtype=float)
+    if len(learned) < 2:
         return float("nan")
-    return float(np.mean(np.diag(R)[1:] - np.diag(reference)[1:]))
+    return float(np.mean(learned[1:] - reference[1:]))
 
 
 def summary(R: np.ndarray) -> dict[str, float]:

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from tqdm.auto import tqdm
 
-from continual.errors import ContinualError
+from continual import assemble
+from continual.cmdline import subcommand_parser
+from continual.errors import ContinualError, first_line
 from continual.evaluation import encode_texts
-from continual.learners.base import Learner
+from continual.learners import saved_tasks
+from continual.learners.base import Learner, padded_batches, tokenize
 from continual.routers.base import ABSTAIN, Router
-from continual.training import eval_batches, iter_padded
+from continual.routers.state import FILENAME as ROUTER_FILE, load_router
 
 CHUNK = 1024  # texts routed together; bounds memory on large input files
 
@@ -98,11 +105,10 @@ class Predictor:
             tasks = np.where(given < 0, routing.tasks, given)
             scores = routing.scores
         learner = self.learner
-        tokens = learner.backbone.tokenize(texts, learner.trainer.max_length)
+        tokens = tokenize(learner, texts)
         labels = np.full(len(texts), -1, np.int64)
         confidence = np.zeros(len(texts), np.float32)
-        batches = eval_batches([len(t) for t in tokens], learner.trainer.eval_batch_size)
-        for idx, ids, mask in iter_padded(tokens, batches, learner.pad_id, learner.device):
+        for idx, ids, mask in padded_batches(learner, tokens):
             # one mixed batch: every routed adapter runs once on its slice; rejected texts get no label
             out = learner.classify(ids, mask, torch.as_tensor(tasks[idx], device=learner.device))
             labels[idx], confidence[idx] = out.labels.cpu().numpy(), out.confidence.cpu().numpy()
@@ -127,3 +133,116 @@ class Predictor:
             yield from self._chunk(chunk)
             bar.update(len(chunk))
         bar.close()
+
+
+USAGE = """usage: continual predict RUN [--text TEXT ...] [--input FILE] [--output FILE] [--task NAME]
+                         [--text-field text] [--tracking-uri URI] [--no-progress] [key=value ...]
+
+RUN is a finished run's output folder, or an MLflow run id / runs:/<id> whose artifacts are read
+from --tracking-uri (default: the embedded store runs/mlflow.db). Texts come from --text (repeatable)
+or --input (.jsonl with a 'text' field and optional 'task', .csv/.tsv with a text column, .txt one per
+line). One JSON line per text goes to --output (default stdout): text, task (null = rejected), label,
+confidence, router scores per task, abstained. key=value overrides the saved config, e.g.
+trainer.device=cuda trainer.eval_batch_size=256."""
+
+
+def _arguments(argv: list[str]) -> Any:
+    parser = subcommand_parser("predict", USAGE)
+    parser.add_argument("run")
+    parser.add_argument("--text", action="append", default=[])
+    parser.add_argument("--input", type=Path)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--task")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
+    parser.add_argument("--no-progress", action="store_true")
+    args, rest = parser.parse_known_args(argv)  # key=value overrides may sit anywhere
+    bad = [o for o in rest if "=" not in o or o.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments {bad}; config overrides look like key=value")
+    args.overrides = rest
+    if not args.text and args.input is None:
+        parser.error("give texts with --text or --input")
+    return args
+
+
+def run_folder(run: str, tracking_uri: str, scratch: Path) -> Path:
+    """A local folder holding the run's config.yaml, adapters/ and router.safetensors."""
+    folder = Path(run)
+    if folder.is_dir():
+        if not (folder / "config.yaml").is_file():
+            raise ContinualError(f"{folder}: not a run output folder (no config.yaml)")
+        return folder
+    run_id = run[len("runs:/"):].strip("/") if run.startswith("runs:/") else run
+    if not (len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id)):
+        raise ContinualError(f"continual predict: {run} is neither a run folder nor an MLflow run id")
+    from mlflow.artifacts import download_artifacts
+
+    from continual.tracking.mlflow import normalise_uri
+
+    uri = normalise_uri(tracking_uri, Path.cwd())
+    try:
+        for name in ("config.yaml", "adapters", ROUTER_FILE):
+            download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(scratch), tracking_uri=uri)
+    except Exception as exc:  # MlflowException / OSError: missing run, artifact or store
+        raise ContinualError(f"continual predict: cannot fetch artifacts of run {run_id} from {uri}: "
+                             f"{first_line(exc)}") from exc
+    return scratch
+
+
+def saved_config(folder: Path, overrides: list[str]) -> dict[str, Any]:
+    """The run's resolved ``config.yaml`` with ``key=value`` overrides applied."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.create(yaml.safe_load((folder / "config.yaml").read_text())),
+                             OmegaConf.from_dotlist(overrides))
+    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
+
+
+def _queries(args: Any) -> list[Query]:
+    queries = [Query(t, args.task) for t in args.text]
+    if args.input is not None:
+        queries += [q if q.task or not args.task else Query(q.text, args.task)
+                    for q in read_queries(args.input, args.text_field)]
+    return queries
+
+
+def _predictor(folder: Path, overrides: list[str], queries: list[Query], progress: bool) -> Predictor:
+    """Everything is checked (router state, task names, router kind) before the model loads."""
+    config = saved_config(folder, overrides)
+    if not (folder / ROUTER_FILE).is_file():
+        raise ContinualError(f"{folder}: no router state ({ROUTER_FILE}); the run has not finished a task, or it "
+                             "was made before routers were saved")
+    tasks = saved_tasks(folder / "adapters")
+    names = [t.name for t in tasks]
+    unknown = sorted({q.task for q in queries if q.task and q.task not in names})
+    if unknown:
+        raise ContinualError(f"continual predict: tasks {unknown} are not tasks of this run; tasks: {names}")
+    parts = assemble.parts(config)
+    if not parts.router.learned and any(q.task is None for q in queries):
+        raise ContinualError("continual predict: this run used router=oracle, which cannot route new text; give "
+                             "each text its task (--task NAME or a 'task' field) or train with a learned router")
+    backbone = assemble.backbone(config)
+    learner = assemble.learner(parts, backbone, config["seed"])
+    learner.load(folder / "adapters", tasks)
+    load_router(parts.router, folder, names, backbone.name)
+    return Predictor(learner, parts.router, names, [t.labels for t in tasks], progress=progress)
+
+
+def main(argv: list[str]) -> None:
+    """``continual predict``: route and label texts with a finished run; one JSON line per text."""
+    from continual.runner import quiet_libraries
+
+    args = _arguments(argv)
+    queries = _queries(args)
+    with tempfile.TemporaryDirectory(prefix="continual-predict-") as scratch:
+        folder = run_folder(args.run, args.tracking_uri, Path(scratch))
+        quiet_libraries()
+        predictor = _predictor(folder, args.overrides, queries, progress=not args.no_progress)
+        out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for record in predictor.predict(queries):
+                out.write(json.dumps(record) + "\n")
+        finally:
+            if args.output:
+                out.close()

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from continual.errors import ContinualError
+import numpy as np
+
+from continual.cmdline import subcommand_parser
+from continual.errors import ContinualError, first_line
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -110,11 +113,6 @@ class Report:
         return text
 
 
-def _first_line(exc: BaseException) -> str:
-    """An exception's first line, cut short: MLflow and SQLAlchemy messages run to many lines."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 def open_store(uri: str, launch_dir: Path | None = None) -> MlflowClient:
     """An MLflow client for ``uri``; a relative sqlite path resolves against ``launch_dir`` and must exist."""
     from mlflow.tracking import MlflowClient
@@ -132,7 +130,7 @@ def open_store(uri: str, launch_dir: Path | None = None) -> MlflowClient:
             check_server(uri)
         return MlflowClient(tracking_uri=uri)
     except Exception as exc:
-        raise ContinualError(f"cannot open the MLflow store {uri}: {_first_line(exc)}") from exc
+        raise ContinualError(f"cannot open the MLflow store {uri}: {first_line(exc)}") from exc
 
 
 def collect_runs(client: MlflowClient, experiment: str, parent: str | None = None,
@@ -147,7 +145,7 @@ def collect_runs(client: MlflowClient, experiment: str, parent: str | None = Non
         found = client.get_experiment_by_name(experiment)
         names = sorted(e.name for e in client.search_experiments()) if found is None else []
     except Exception as exc:  # MlflowException, sqlalchemy errors: a store that cannot be read
-        raise ContinualError(f"cannot read the MLflow store {client.tracking_uri}: {_first_line(exc)}") from exc
+        raise ContinualError(f"cannot read the MLflow store {client.tracking_uri}: {first_line(exc)}") from exc
     if found is None:
         raise ContinualError(f"no experiment named '{experiment}'; experiments: {', '.join(names) or '(none)'}")
     filters = [filter_string] if filter_string.strip() else []
@@ -163,7 +161,7 @@ def collect_runs(client: MlflowClient, experiment: str, parent: str | None = Non
             if not token:
                 break
     except Exception as exc:  # MlflowException: a malformed filter
-        raise ContinualError(f"cannot search runs of '{experiment}': {_first_line(exc)}") from exc
+        raise ContinualError(f"cannot search runs of '{experiment}': {first_line(exc)}") from exc
     skipped: Counter[str] = Counter()
     kept = []
     for run in runs:
@@ -225,16 +223,19 @@ def learning_diagonal(client: MlflowClient, run: Run) -> dict[str, tuple[int, fl
 
 
 def forward_transfer(client: MlflowClient, run: Run, reference: Run) -> float | None:
-    """mean_j (R[j, j] - R_ref[j, j]) over the tasks after the first (:func:`continual.metrics.forward_transfer`).
+    """:func:`continual.metrics.forward_transfer` of ``run`` against ``reference``, from their ``acc/<task>`` histories.
 
-    None for runs that did not learn task after task (a joint run logs every task at one step).
+    None for runs that did not learn task after task (a joint run logs every task at one step), or
+    when the reference lacks one of the run's tasks.
     """
+    from continual.metrics import forward_transfer_of_diagonals
+
     mine, ref = learning_diagonal(client, run), learning_diagonal(client, reference)
-    steps = sorted(step for step, _ in mine.values())
-    if len(set(steps)) != len(steps):
+    order = sorted(mine, key=lambda task: mine[task][0])
+    if len({mine[t][0] for t in order}) != len(order) or not set(order) <= set(ref):
         return None
-    later = [task for task, (step, _) in mine.items() if step > steps[0] and task in ref]
-    return statistics.fmean(mine[t][1] - ref[t][1] for t in later) if later else None
+    value = forward_transfer_of_diagonals(np.array([mine[t][1] for t in order]), np.array([ref[t][1] for t in order]))
+    return value if math.isfinite(value) else None
 
 
 def _fwt_references(runs: Sequence[Run], reference: str) -> dict[tuple[str | None, ...], Run]:
@@ -347,3 +348,40 @@ def write_outputs(report: Report, out_dir: Path) -> list[Path]:
     table = out_dir / "results.csv"
     table.write_text(to_csv(report), encoding="utf-8")
     return [md, table, plot(report, out_dir / "results.png")]
+
+
+USAGE = """usage: continual report EXPERIMENT [--tracking-uri URI] [--parent RUN_ID] [--filter MLFLOW_FILTER]
+                        [--group-by stream,method,learner,router,adapter] [--output DIR] [--format markdown|csv]
+                        [--fwt-reference KEY=VALUE]
+
+A results table over the FINISHED runs of an MLflow experiment: one row per group of runs that share
+the --group-by keys (run tags, or params.<key> for config values), mean ± sample std over the rest
+(seeds, orders) of the final ACC, BWT, forgetting, router accuracy, trainable params and train time.
+--parent keeps only one multirun's child runs. The table goes to stdout; --output DIR also writes
+results.md, results.csv and results.png there. --fwt-reference method=adapters_oracle adds forward
+transfer: each run's R[j, j] minus that of the reference run with the same stream, seed and order,
+averaged over the tasks after the first. Default store: sqlite:///runs/mlflow.db (launch folder)."""
+
+
+def main(argv: list[str]) -> None:
+    """``continual report``: a Markdown/CSV results table (and a plot) over an experiment's finished runs."""
+    import sys
+
+    parser = subcommand_parser("report", USAGE)
+    parser.add_argument("experiment")
+    parser.add_argument("--tracking-uri", default=DEFAULT_URI)
+    parser.add_argument("--parent")
+    parser.add_argument("--filter", default="")
+    parser.add_argument("--group-by", default=",".join(DEFAULT_GROUP_BY))
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    parser.add_argument("--fwt-reference")
+    args = parser.parse_args(argv)
+    client = open_store(args.tracking_uri, Path.cwd())
+    result = build_report(client, args.experiment, args.group_by.split(","), args.parent, args.filter,
+                          fwt_reference=args.fwt_reference)
+    print(to_markdown(result) if args.format == "markdown" else to_csv(result).rstrip("\n"), flush=True)
+    print(result.note(), file=sys.stderr, flush=True)
+    if args.output is not None:
+        for path in write_outputs(result, args.output):
+            print(f"wrote {path}", file=sys.stderr, flush=True)

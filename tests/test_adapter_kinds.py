@@ -9,7 +9,7 @@ from continual.adapters import AdapterBank, BitFitConfig, BottleneckConfig, LoRA
 from continual.adapters.lora import LoRA
 from continual.backbone import Backbone
 from continual.errors import ContinualError
-from test_adapters import _batch, _randomise  # tests/ is on pytest's path
+from conftest import batch as _batch, randomise as _randomise
 
 H = 32  # the tiny BERT: 2 layers, hidden 32, intermediate 64
 KINDS = {
@@ -144,7 +144,7 @@ def test_every_kind_learns_saves_and_reloads(tiny_backbone, kind, tmp_path):
     learner = AdapterPerTask(tiny_backbone, KINDS[kind][0], cfg, progress=False)
     tracker = MemoryTracker()
     result = run_stream(stream, learner, OracleRouter(), tracker, tmp_path, progress=False)
-    assert np.isfinite(result.R[1]).all() and result.metrics["bwt"] == 0.0
+    assert np.isfinite(result.state.R[1]).all() and result.metrics["bwt"] == 0.0
     assert tracker.metrics["trainable_params"][-1][1] == KINDS[kind][1] + 32 * 5 + 5  # adapter + head
     assert tracker.metrics["artifact_bytes"][-1][1] > 0
     learner.bank.remove_hooks()

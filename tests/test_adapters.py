@@ -11,19 +11,10 @@ from continual.backbone import Backbone, EncoderLayout
 from continual.errors import ContinualError
 from continual.learners import AdapterPerTask
 from continual.streams import DemoStream
-from continual.training import TrainerConfig, pad
+from continual.training import TrainerConfig
+from conftest import batch as _batch, randomise as _randomise
 
 FAST = TrainerConfig(epochs=1, batch_size=16, lr=5e-3)
-
-
-def _batch(backbone, texts):
-    return pad(backbone.tokenize(texts, 32), backbone.tokenizer.pad_token_id, torch.device("cpu"))
-
-
-def _randomise(bank):
-    torch.manual_seed(1)
-    for p in bank.parameters():
-        torch.nn.init.normal_(p, std=0.5)
 
 
 @pytest.mark.parametrize("placement, per_layer", [("pfeiffer", 1), ("houlsby", 2)])
@@ -78,12 +69,12 @@ def test_routed_adapters_change_features(tiny_backbone):
 def test_earlier_adapters_heads_and_backbone_stay_bit_identical(tiny_backbone, tmp_path):
     stream = DemoStream(max_per_class=12).load()
     learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, seed=0, progress=False)
-    learner.learn(stream.tasks[0])
+    learner.learn([stream.tasks[0]])
     frozen = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}
     first = {n: t.clone() for n, t in [*learner.bank.adapters[0].state_dict().items(),
                                         *(("head." + k, v) for k, v in learner.heads[0].state_dict().items())]}
-    report = learner.learn(stream.tasks[1])
-    learner.learn(stream.tasks[2])
+    report = learner.learn([stream.tasks[1]])
+    learner.learn([stream.tasks[2]])
     assert report.steps > 0 and report.trainable_params == learner.trainable_parameters(1)
     for name, tensor in tiny_backbone.state_dict().items():
         assert torch.equal(tensor, frozen[name]), name
@@ -106,14 +97,15 @@ def test_predict_routes_per_example(tiny_backbone):
     stream = DemoStream(max_per_class=12).load()
     learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, seed=0, progress=False)
     for t in stream.tasks[:3]:
-        learner.learn(t)
+        learner.learn([t])
     texts = [stream.tasks[k].test.texts[i] for k in range(3) for i in range(4)]
     routes = torch.tensor([k for k in range(3) for _ in range(4)])[torch.randperm(12, generator=torch.Generator().manual_seed(0))]
     ids, mask = _batch(tiny_backbone, texts)
-    mixed = learner.predict(ids, mask, routes)
-    singles = torch.cat([learner.predict(*_batch(tiny_backbone, [t]), routes[i : i + 1]) for i, t in enumerate(texts)])
+    mixed = learner.classify(ids, mask, routes).labels
+    singles = torch.cat([learner.classify(*_batch(tiny_backbone, [t]), routes[i : i + 1]).labels
+                         for i, t in enumerate(texts)])
     assert torch.equal(mixed, singles)
-    assert learner.predict(ids[:2], mask[:2], torch.tensor([-1, 0]))[0] == -1  # abstained: no label
+    assert learner.classify(ids[:2], mask[:2], torch.tensor([-1, 0])).labels[0] == -1  # abstained: no label
     both = learner.classify(ids, mask, routes)
     alone = [learner.classify(*_batch(tiny_backbone, [t]), routes[i : i + 1]) for i, t in enumerate(texts)]
     for field in ("confidence", "certainty"):

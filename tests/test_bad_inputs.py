@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from transformers import BertConfig, BertModel
 
 from continual.backbone import Backbone
 from continual.errors import ContinualError
 from continual.streams import StreamSpec
+from conftest import main_in_process, mlflow_runs, one_error_line, stream_yaml
 
 
 def _jsonl(path, rows):
@@ -60,39 +60,28 @@ def test_tokenizer_model_mismatch(tiny_model_dir, tmp_path):
         Backbone.load(str(mismatched))
 
 
-def _cli(tmp_path, *args):
-    return subprocess.run([sys.executable, "-m", "continual", *args, "progress=false", f"hydra.run.dir={tmp_path}/run",
-                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+def _cli(monkeypatch, capsys, tmp_path, *args):
+    return main_in_process(monkeypatch, capsys, *args, "progress=false", f"hydra.run.dir={tmp_path}/run",
+                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
 
 
-def _one_error_line(proc):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    return lines[0]
-
-
-def test_wrong_type_and_malformed_yaml(tmp_path):
-    assert "trainer.epochs must be a positive integer, got 'many'" in _one_error_line(_cli(tmp_path, "trainer.epochs=many"))
+def test_wrong_type_and_malformed_yaml(tmp_path, monkeypatch, capsys):
+    line = one_error_line(_cli(monkeypatch, capsys, tmp_path, "trainer.epochs=many"))
+    assert "trainer.epochs must be a positive integer, got 'many'" in line
     conf = tmp_path / "conf" / "stream"
     conf.mkdir(parents=True)
     (conf / "broken.yaml").write_text("name: broken\ntasks: [\n  - name: x\n")
-    line = _one_error_line(_cli(tmp_path, "--config-dir", str(tmp_path / "conf"), "stream=broken"))
+    line = one_error_line(_cli(monkeypatch, capsys, tmp_path, "--config-dir", str(tmp_path / "conf"), "stream=broken"))
     assert "broken.yaml: malformed YAML at line 3, column 3" in line
 
 
-def test_divergence_names_task_epoch_step_and_fails_the_run(tmp_path, tiny_model_dir, demo_files):
-    conf = tmp_path / "conf" / "stream"
-    conf.mkdir(parents=True)
-    tasks = [{"name": n, "train": str(p["train"]), "test": str(p["test"])} for n, p in demo_files.items()]
-    (conf / "two.yaml").write_text(yaml.safe_dump({"name": "two", "tasks": tasks}))
-    proc = _cli(tmp_path, "--config-dir", str(tmp_path / "conf"), "stream=two", f"backbone.name={tiny_model_dir}",
+def test_divergence_names_task_epoch_step_and_fails_the_run(tmp_path, tiny_model_dir, demo_files, monkeypatch, capsys):
+    conf = stream_yaml(tmp_path / "conf", demo_files, name="two")
+    proc = _cli(monkeypatch, capsys, tmp_path, "--config-dir", str(conf), "stream=two", f"backbone.name={tiny_model_dir}",
                 "trainer.lr=1e30", "trainer.grad_clip=0", "trainer.epochs=1")
-    line = _one_error_line(proc)
+    line = one_error_line(proc)
     assert "task 'banking': loss is" in line and "at epoch 1, step" in line
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("continual").experiment_id])
+    (run,) = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert run.info.status == "FAILED"
     assert not list((tmp_path / "run").glob("adapters/*.safetensors"))  # nothing half-learned is saved
 
@@ -101,7 +90,7 @@ def test_divergence_in_a_later_task_keeps_earlier_rows_and_adapters(tiny_backbon
     import dataclasses
 
     from continual.adapters import BottleneckConfig
-    from continual.checkpoint import Checkpoint
+    from continual.checkpoint import RunState
     from continual.experiment import run_stream
     from continual.learners import AdapterPerTask
     from continual.routers import OracleRouter
@@ -110,17 +99,17 @@ def test_divergence_in_a_later_task_keeps_earlier_rows_and_adapters(tiny_backbon
     from continual.training import TrainerConfig
 
     class DivergesOnTaskTwo(AdapterPerTask):
-        def learn(self, task, on_loss=None):
+        def learn(self, tasks, on_loss=None):
             if len(self.tasks) == 1:
                 self.trainer = dataclasses.replace(self.trainer, lr=1e30, grad_clip=0.0)
-            return super().learn(task, on_loss)
+            return super().learn(tasks, on_loss)
 
     learner = DivergesOnTaskTwo(tiny_backbone, BottleneckConfig(bottleneck_dim=4), TrainerConfig(epochs=1),
                                 progress=False)
     with pytest.raises(ContinualError, match="task 'travel': loss is"):
         run_stream(DemoStream(max_per_class=8).load(), learner, OracleRouter(), MemoryTracker(), tmp_path,
                    progress=False)
-    assert Checkpoint.load(tmp_path).completed == 1
+    assert RunState.load(tmp_path).completed == 1
     assert (tmp_path / "accuracy_matrix.csv").read_text().splitlines()[1].split(",")[0] != ""
     assert [p.name for p in (tmp_path / "adapters").glob("*.safetensors")] == ["00_banking.safetensors"]
 

@@ -5,12 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-
+from continual import assemble
 from continual.adapters import BottleneckConfig
-from continual.checkpoint import Checkpoint
-from continual.cli import _conf_dir
+from continual.checkpoint import RunState
 from continual.errors import ContinualError
 from continual.evaluation import Evaluator
 from continual.experiment import run_stream
@@ -19,6 +16,7 @@ from continual.routers import EntropyRouter, OracleRouter, PrototypeRouter
 from continual.streams import DemoStream, Stream
 from continual.tracking import MemoryTracker
 from continual.training import TrainerConfig
+from conftest import compose, run_in_process
 
 ADAPTER = BottleneckConfig(bottleneck_dim=8)
 TRAINER = TrainerConfig(epochs=2, batch_size=16, lr=2e-2, log_every=2)
@@ -69,16 +67,16 @@ def test_every_baseline_runs_through_run_stream_with_the_same_layout(name, tiny_
     assert sorted(p.name for p in (tmp_path / "adapters").glob("[0-9][0-9]_*.safetensors")) == \
         ["00_banking.safetensors", "01_travel.safetensors"]
     if name == "joint":  # one step: the final row only; nothing to transfer backwards
-        assert np.all(np.isnan(result.R[0])) and np.all(np.isfinite(result.R[1]))
-        assert tracker.metrics["avg_acc"] == [(1, pytest.approx(np.mean(result.R[1])))]
-        assert all(tracker.metrics[f"acc/{n}"] == [(1, result.R[1, j])] for j, n in enumerate(names))
+        assert np.all(np.isnan(result.state.R[0])) and np.all(np.isfinite(result.state.R[1]))
+        assert tracker.metrics["avg_acc"] == [(1, pytest.approx(np.mean(result.state.R[1])))]
+        assert all(tracker.metrics[f"acc/{n}"] == [(1, result.state.R[1, j])] for j, n in enumerate(names))
         assert "bwt" not in tracker.metrics and "forgetting" not in tracker.metrics
-        assert results["bwt"] is None and results["avg_acc"] == pytest.approx(np.mean(result.R[1]))
+        assert results["bwt"] is None and results["avg_acc"] == pytest.approx(np.mean(result.state.R[1]))
         assert tracker.metrics["trainable_params"] == [(1, shared + 2 * head)]
         assert "val_acc/joint" in tracker.metrics and "train_loss/joint" in tracker.metrics
-        assert Checkpoint.load(tmp_path).completed == 2
+        assert RunState.load(tmp_path).completed == 2
         return
-    assert np.all(np.isfinite(result.R[np.tril_indices(2)])) and np.isnan(result.R[0, 1])
+    assert np.all(np.isfinite(result.state.R[np.tril_indices(2)])) and np.isnan(result.state.R[0, 1])
     for j, task in enumerate(names):
         assert [s for s, _ in tracker.metrics[f"acc/{task}"]] == list(range(j, 2))
         assert f"train_loss/{task}" in tracker.metrics and f"val_acc/{task}" in tracker.metrics
@@ -92,14 +90,14 @@ def test_seq_finetune_moves_the_backbone_and_old_predictions(tiny_backbone):
     stream = _stream()
     learner = _learner("seq_finetune", tiny_backbone)
     before = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}
-    learner.learn(stream.tasks[0])
+    learner.learn([stream.tasks[0]])
     after_first = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}
     assert any(not torch.equal(before[n], after_first[n]) for n in before)
     assert not any(p.requires_grad for p in tiny_backbone.parameters())  # frozen again outside training
     ids = _pad(tiny_backbone.tokenize(list(stream.tasks[0].test.texts), 32))
     task_ids = torch.zeros(ids[0].shape[0], dtype=torch.long)
     old, digest = learner.classify(*ids, task_ids).confidence, learner.fingerprints()
-    learner.learn(stream.tasks[1])
+    learner.learn([stream.tasks[1]])
     assert any(not torch.equal(after_first[n], t) for n, t in tiny_backbone.state_dict().items())
     # task 0's head is untouched, yet its outputs moved (forgetting), and so did its fingerprint
     assert not torch.allclose(old, learner.classify(*ids, task_ids).confidence)
@@ -120,8 +118,8 @@ def test_shared_adapter_moves_only_the_shared_adapter_and_memo_stays_exact(tiny_
     memo, plain = (Evaluator(learner, router, stream.tasks, memoise=m) for m in (True, False))
     states = []
     for i, task in enumerate(stream.tasks):
-        learner.learn(task)
-        router.add_task(i, task)
+        learner.learn([task])
+        router.add_task(i, task, None, None)
         memo.new_step()
         states.append({n: t.clone() for n, t in learner.bank.adapters[0].state_dict().items()})
         for j in range(i + 1):  # old heads and the shared adapter changed: the memo must recompute, not reuse
@@ -148,7 +146,7 @@ def test_bad_combinations_fail_before_training(name, router, message, tiny_backb
 def test_a_learned_router_works_on_a_shared_adapter(tiny_backbone, tmp_path):
     result = run_stream(_stream(), _learner("shared_adapter", tiny_backbone), PrototypeRouter(), MemoryTracker(),
                         tmp_path, progress=False)
-    assert np.isfinite(result.router_accuracy)
+    assert np.isfinite(result.state.router_accuracy)
 
 
 def test_bad_options_name_their_config_field(tiny_backbone):
@@ -158,8 +156,10 @@ def test_bad_options_name_their_config_field(tiny_backbone):
         SequentialLearner(tiny_backbone, ADAPTER, TRAINER, memory={"sampling": "ring"})
     with pytest.raises(ContinualError, match="learner.backbone_lr"):
         SequentialLearner(tiny_backbone, ADAPTER, TRAINER, base="finetune", backbone_lr=0)
-    with pytest.raises(ContinualError, match="learns all tasks at once"):
-        JointLearner(tiny_backbone, ADAPTER, TRAINER).learn(_stream().tasks[0])
+    with pytest.raises(ContinualError, match="joint sees every task at once: it takes no memory"):
+        assemble.build({"_target_": "continual.learners.JointConfig", "memory": {"size": 4}}, "learner")
+    with pytest.raises(ContinualError, match=r"learner.head_dropout must be a number in \[0, 1\), got 2"):
+        assemble.build({"_target_": "continual.learners.SequentialConfig", "head_dropout": 2}, "learner")
 
 
 class _DiesAtStep(MemoryTracker):
@@ -186,11 +186,11 @@ def test_resume_after_a_kill_while_saving_equals_an_uninterrupted_run(name, tiny
     with pytest.raises(KeyboardInterrupt):
         run_stream(stream, _learner(name, Backbone.load(str(tiny_model_dir)), seed=5), OracleRouter(),
                    _DiesAtStep(1), killed, progress=False)
-    checkpoint = Checkpoint.load(killed)
+    checkpoint = RunState.load(killed)
     assert checkpoint.completed == 1 and (killed / "adapters" / "state_02.safetensors").is_file()  # saved, not recorded
     learner = _learner(name, Backbone.load(str(tiny_model_dir)), seed=5)
-    resumed = run_stream(stream, learner, OracleRouter(), MemoryTracker(), killed, progress=False, checkpoint=checkpoint)
-    np.testing.assert_array_equal(resumed.R, whole.R)
+    resumed = run_stream(stream, learner, OracleRouter(), MemoryTracker(), killed, progress=False, state=checkpoint)
+    np.testing.assert_array_equal(resumed.state.R, whole.state.R)
     again = _learner(name, Backbone.load(str(tiny_model_dir)), seed=5)
     again.load(killed / "adapters", stream.tasks)
     assert learner.fingerprints() == again.fingerprints()
@@ -204,7 +204,7 @@ def test_resume_after_a_kill_while_saving_equals_an_uninterrupted_run(name, tiny
 
 def test_state_refuses_another_learner_configuration(tiny_backbone, tmp_path):
     learner = _learner("replay", tiny_backbone)
-    learner.learn(_stream().tasks[0])
+    learner.learn(_stream().tasks[:1])
     learner.save(tmp_path)
     other = SequentialLearner(tiny_backbone, ADAPTER, TRAINER, memory={"size": 99}, progress=False)
     with pytest.raises(ContinualError, match="saved for memory="):
@@ -213,24 +213,22 @@ def test_state_refuses_another_learner_configuration(tiny_backbone, tmp_path):
 
 @pytest.mark.parametrize("option", ["seq_finetune", "shared_adapter", "replay", "ewc", "joint"])
 def test_every_learner_config_builds_its_learner(option, tiny_backbone):
-    with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"learner={option}", "progress=false"])
-    learner = instantiate(cfg.learner, _partial_=True)(backbone=tiny_backbone, adapter=ADAPTER, trainer=TRAINER, seed=0)
-    assert learner.joint == (option == "joint")
+    from continual.cli import plain
+    from continual.learners import Schedule
+
+    config = assemble.build(plain(compose([f"learner={option}", "progress=false"]).learner), "learner")
+    learner = config.build(tiny_backbone, ADAPTER, TRAINER, seed=0)
+    assert (learner.schedule is Schedule.ALL_AT_END) == (option == "joint")
+    assert learner.router_limit == config.router_limit
     assert (learner.router_limit is None) == (option in ("shared_adapter", "replay", "ewc"))
     assert (learner.memory is not None) == (option == "replay") and (learner.ewc is not None) == (option == "ewc")
 
 
 def test_the_cli_refuses_a_learned_router_on_joint_before_training(tmp_path, tiny_model_dir):
-    from continual.cli import run
-
-    with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "learner=joint", "router=prototype", "stream.max_per_class=4", f"backbone.name={tiny_model_dir}",
-            "progress=false", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
-    choices = {"stream": "demo", "learner": "joint", "router": "prototype", "adapter": "pfeiffer", "backbone": "minilm"}
     with pytest.raises(ContinualError) as caught:
-        run(cfg, tmp_path, tmp_path / "run", choices)
+        run_in_process(tmp_path / "run", ["learner=joint", "router=prototype", "stream.max_per_class=4",
+                                          f"backbone.name={tiny_model_dir}", "progress=false",
+                                          f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
     assert str(caught.value) == ("learner=joint trains all tasks at once and has no task stream to route: "
                                  "use router=oracle")
     assert not (tmp_path / "run" / "adapters").exists()  # nothing was trained

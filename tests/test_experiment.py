@@ -20,7 +20,7 @@ def test_run_stream_fills_matrix_logs_steps_and_bwt_is_exactly_zero(tiny_backbon
     tracker = MemoryTracker()
     result = run_stream(stream, learner, OracleRouter(), tracker, tmp_path, progress=False)
 
-    R, T = result.R, 4
+    R, T = result.state.R, 4
     assert R.shape == (T, T)
     assert np.all(np.isnan(R[np.triu_indices(T, 1)]))
     assert np.all(np.isfinite(R[np.tril_indices(T)]))
@@ -50,7 +50,7 @@ def test_run_stream_fills_matrix_logs_steps_and_bwt_is_exactly_zero(tiny_backbon
 
 
 def test_oracle_needs_task_ids():
-    inputs = RouterInputs(1, lambda pooling, layers: np.zeros((1, 4)), lambda k: np.zeros(1))
+    inputs = RouterInputs(1, lambda pooling, layers: np.zeros((1, 4)), lambda k: np.zeros(1))  # no task ids
     with pytest.raises(ContinualError, match="oracle"):
         OracleRouter().route(inputs)
 
@@ -73,8 +73,8 @@ def test_memoised_evaluation_equals_plain_and_runs_each_adapter_once(tiny_backbo
     memo, plain = (Evaluator(learner, router, stream.tasks, memoise=m) for m in (True, False))
     computed = 0
     for i, task in enumerate(stream.tasks):
-        learner.learn(task)
-        router.add_task(i, task)
+        learner.learn([task])
+        router.add_task(i, task, None, None)
         memo.new_step()
         for j in range(i + 1):
             a, b = memo.evaluate(j), plain.evaluate(j)
@@ -90,8 +90,8 @@ def test_memo_is_invalidated_when_an_old_adapter_changes(tiny_backbone):
 
     stream, learner = _learned(tiny_backbone)
     router = OracleRouter()
-    learner.learn(stream.tasks[0])
-    router.add_task(0, stream.tasks[0])
+    learner.learn([stream.tasks[0]])
+    router.add_task(0, stream.tasks[0], None, None)
     evaluator = Evaluator(learner, router, stream.tasks)
     evaluator.evaluate(0)
     with torch.no_grad():  # what a learner that updates old parameters would do

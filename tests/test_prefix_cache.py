@@ -8,7 +8,7 @@ import torch
 
 from continual.adapters import BottleneckConfig, LoRAConfig
 from continual.cache import PrefixCache
-from continual.evaluation import Evaluator, encode_texts
+from continual.evaluation import Evaluator, split_inputs
 from continual.learners import AdapterPerTask
 from continual.routers import PrototypeRouter
 from continual.streams import DemoStream
@@ -18,7 +18,7 @@ TEXTS = ["check my balance", "book a hotel in paris for two nights", "how long t
 
 
 def _batch(backbone, texts):
-    return pad(backbone.tokenize(texts, 32), backbone.tokenizer.pad_token_id, torch.device("cpu"))
+    return pad(backbone.tokenize(texts, 32), backbone.pad_id, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("layers", [(-1,), (1, 2), (2, 1, -1)])
@@ -71,11 +71,12 @@ def test_learner_with_cache_equals_learner_without(tiny_backbone, adapter):
         cfg = TrainerConfig(epochs=2, batch_size=16, lr=5e-3, cache_mb=cache_mb)
         learner = AdapterPerTask(tiny_backbone, adapter, cfg, seed=0, progress=False)
         for task in stream.tasks[:2]:
-            learner.learn(task)
+            learner.learn([task])
         assert (learner.cache is None) == (cache_mb == 0)
         evaluator = Evaluator(learner, PrototypeRouter(layers=(1, 2)), stream.tasks[:2])
         for j, task in enumerate(stream.tasks[:2]):
-            evaluator.router.add_task(j, task, lambda texts, learner=learner: encode_texts(learner, texts))
+            evaluator.router.add_task(j, task, split_inputs(learner, task.train),
+                                      split_inputs(learner, task.validation))
         evals = [evaluator.evaluate(j) for j in range(2)]
         weights = torch.cat([p.detach().flatten() for p in learner.bank.parameters()])
         results.append((evals, weights, learner.cache))

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from continual import cli, report
+from continual import cli, report  # noqa: F401
 from continual.errors import ContinualError
 
 GROUP_TAGS = {"learner": "adapter_per_task", "adapter": "pfeiffer", "backbone": "minilm"}
@@ -206,7 +206,7 @@ def test_report_over_a_real_tiny_run(store, tmp_path, tiny_model_dir, demo_files
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["continual", "--config-dir", str(tmp_path / "my_conf"), "stream=two",
                                       f"backbone.name={tiny_model_dir}", "trainer.epochs=1", "adapter.bottleneck_dim=4",
-                                      "progress=false", "hydra.run.dir=run", f"tracking.uri={store['uri']}",
+                                      "progress=false", "hydra.run.dir=run", f"tracking.uri={store['uri']}", "router=oracle",
                                       "tracking.experiment=tiny", "hydra/job_logging=none", "hydra/hydra_logging=none"])
     cli.main()
     assert "ACC (avg accuracy)" in capsys.readouterr().out  # the run's summary

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from continual.errors import ContinualError
-from continual.routers import (ClassifierRouter, EntropyRouter, OracleRouter, PrototypeRouter, RouterInputs,
-                               check_stream)
+from continual.experiment import check_compatible
+from continual.routers import ClassifierRouter, EntropyRouter, OracleRouter, PrototypeRouter, RouterInputs
 from continual.routers.state import load_router, save_router
 from continual.streams import Split, Task
 
@@ -31,9 +31,9 @@ def _world(num_tasks=3, per_class=40, seed=0):
     tasks = [Task(f"task{t}", tuple("abc"), split(t, "train", per_class), split(t, "val", 20), split(t, "test", 20))
              for t in range(num_tasks)]
 
-    def encode(texts, task_ids=None):
+    def encode(texts, labels=None):
         feats = np.stack([table[t] for t in texts]).astype(np.float32)
-        return RouterInputs(len(texts), lambda pooling, layers: feats, lambda k: np.zeros(len(texts)), task_ids)
+        return RouterInputs(len(texts), lambda pooling, layers: feats, lambda k: np.zeros(len(texts)), labels=labels)
 
     def far(n=50):  # inputs from nowhere near any class
         key = [f"far-{k}" for k in range(n)]
@@ -55,7 +55,8 @@ ROUTERS = [
 
 def _learn(router, tasks, encode):
     for i, task in enumerate(tasks):
-        router.add_task(i, task, encode)
+        router.add_task(i, task, encode(task.train.texts, task.train.labels),
+                        encode(task.validation.texts, task.validation.labels))
     return router
 
 
@@ -92,9 +93,9 @@ def test_mahalanobis_beats_euclidean_when_one_direction_is_noise():
 
     tasks = [Task(f"t{t}", ("x", "y"), split(t, 200, "tr"), split(t, 10, "va"), split(t, 100, "te")) for t in range(2)]
 
-    def encode(texts):
+    def encode(texts, labels=None):
         feats = np.stack([table[t] for t in texts])
-        return RouterInputs(len(texts), lambda p, l: feats, lambda k: np.zeros(len(texts)))
+        return RouterInputs(len(texts), lambda p, l: feats, lambda k: np.zeros(len(texts)), labels=labels)
 
     texts = [t for task in tasks for t in task.test.texts]
     truth = np.repeat([0, 1], 100)
@@ -118,15 +119,15 @@ def test_entropy_router_picks_the_most_certain_head_and_calibrates():
     certainty = {0: np.array([0.9, 0.1, 0.2, 0.05]), 1: np.array([0.2, 0.8, 0.1, 0.06])}
     inputs = RouterInputs(4, lambda p, l: np.zeros((4, 2)), lambda k: certainty[k])
     router = EntropyRouter()
-    router.add_task(0, None, None)
-    router.add_task(1, None, None)
+    router.add_task(0, None, None, None)
+    router.add_task(1, None, None, None)
     np.testing.assert_array_equal(router.route(inputs).tasks, [0, 1, 0, 1])
 
     val = {0: np.linspace(0.5, 1.0, 11), 1: np.linspace(0.0, 0.2, 11)}
     task = Task("t", ("a", "b"), Split((), np.zeros(0)), Split(tuple("v" * 11), np.zeros(11)), Split((), np.zeros(0)))
     calibrated = EntropyRouter(accept_rate=0.9)
     for i in range(2):
-        calibrated.add_task(i, task, lambda texts: RouterInputs(11, lambda p, l: None, lambda k: val[k]))
+        calibrated.add_task(i, task, None, RouterInputs(11, lambda p, l: None, lambda k: val[k]))
     assert calibrated.threshold == pytest.approx(0.55)
     np.testing.assert_array_equal(calibrated.route(inputs).tasks, [0, 1, -1, -1])
 
@@ -160,8 +161,10 @@ def test_bad_router_settings_are_one_clear_error(make, message):
 def test_stream_checks_before_training():
     tasks, _, _ = _world(1)
     with pytest.raises(ContinualError, match="at least 2 tasks"):
-        check_stream(PrototypeRouter(), tasks)
-    check_stream(OracleRouter(), tasks)  # the oracle is fine with one task
+        check_compatible(tasks, PrototypeRouter(), None, "learner")
+    check_compatible(tasks, OracleRouter(), None, "learner")  # the oracle is fine with one task
     no_val = [Task(t.name, t.labels, t.train, Split((), np.zeros(0)), t.test) for t in _world(2)[0]]
     with pytest.raises(ContinualError, match="accept_rate: calibrating rejection needs validation"):
-        check_stream(PrototypeRouter(accept_rate=0.9), no_val)
+        check_compatible(no_val, PrototypeRouter(accept_rate=0.9), None, "learner")
+    with pytest.raises(ContinualError, match="learner=x fine-tunes: use router=oracle"):
+        check_compatible(_world(2)[0], PrototypeRouter(), "fine-tunes", "learner=x")

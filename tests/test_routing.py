@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from continual.adapters import BottleneckConfig
-from continual.evaluation import Evaluator, encode_texts
+from continual.evaluation import Evaluator, encode_texts, split_inputs
 from continual.experiment import run_stream
 from continual.learners import AdapterPerTask
 from continual.routers import EntropyRouter, PrototypeRouter
@@ -29,10 +29,10 @@ def test_learned_router_run_logs_routing_cost_and_rejection(tiny_backbone, tmp_p
     tracker = MemoryTracker()
     result = run_stream(stream, _learner(tiny_backbone), PrototypeRouter(accept_rate=0.9), tracker, tmp_path,
                         progress=False)
-    R, oracle, T = result.R, result.oracle_acc, 3
+    R, oracle, T = result.state.R, result.state.oracle_R, 3
     low = np.tril_indices(T)
     # correct routed = routed right AND labelled right by that same adapter, so never above the oracle
-    assert np.all(R[low] <= oracle[low] + 1e-12) and np.all(result.router_acc[low] <= 1.0)
+    assert np.all(R[low] <= oracle[low] + 1e-12) and np.all(result.state.router_R[low] <= 1.0)
     for j, name in enumerate(stream.task_names):
         assert [s for s, _ in tracker.metrics[f"router_acc/{name}"]] == list(range(j, T))
         assert [v for _, v in tracker.metrics[f"oracle_acc/{name}"]] == list(oracle[j:, j])
@@ -45,7 +45,7 @@ def test_learned_router_run_logs_routing_cost_and_rejection(tiny_backbone, tmp_p
     assert rows[0] == ["true_task", *stream.task_names, "rejected"]
     for row, task in zip(rows[1:], stream.tasks):
         assert sum(int(v) for v in row[1:]) == len(task.test)
-    assert result.confusion.trace() / result.confusion.sum() == pytest.approx(np.mean(result.router_acc[-1]), abs=0.02)
+    assert result.confusion.trace() / result.confusion.sum() == pytest.approx(np.mean(result.state.router_R[-1]), abs=0.02)
     logged = {p.name for p, _ in tracker.artifacts}
     assert {"router_confusion.csv", "router_confusion.png", "oracle_accuracy_matrix.csv", FILENAME} <= logged
 
@@ -56,9 +56,9 @@ def test_entropy_router_memo_equals_plain_and_runs_each_adapter_once_per_test_se
     routers = EntropyRouter(), EntropyRouter()
     memo, plain = Evaluator(learner, routers[0], stream.tasks), Evaluator(learner, routers[1], stream.tasks, memoise=False)
     for i, task in enumerate(stream.tasks):
-        learner.learn(task)
+        learner.learn([task])
         for router in routers:
-            router.add_task(i, task, lambda texts: encode_texts(learner, texts))
+            router.add_task(i, task, split_inputs(learner, task.train), split_inputs(learner, task.validation))
         memo.new_step()
         for j in range(i + 1):
             a, b = memo.evaluate(j), plain.evaluate(j)

@@ -27,8 +27,8 @@ def _state(module):
 
 def test_similar_starts_from_the_most_similar_task(tiny_backbone, tasks):
     learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, progress=False, transfer="similar")
-    learner.learn(tasks[0])
-    learner.learn(tasks[1])
+    learner.learn([tasks[0]])
+    learner.learn([tasks[1]])
     first = _state(learner.bank.adapters[0])
     k = learner._allocate(tasks[2])
     learner._start_from_similar(k, tasks[2])
@@ -40,7 +40,7 @@ def test_similar_starts_from_the_most_similar_task(tiny_backbone, tasks):
 def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp_path):
     learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, progress=False, transfer="fusion")
     for task in tasks[:2]:
-        learner.learn(task)
+        learner.learn([task])
     sites = len(learner.bank.adapters[0])
     assert "0" not in learner.bank.fusion and learner.bank.fusion["1"]["0_ffn"].shape == (2,)
     assert learner.trainable_parameters(1) == learner.trainable_parameters(0) + 2 * sites
@@ -74,7 +74,7 @@ def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp
 
 def test_loading_with_another_transfer_is_refused(tiny_backbone, tasks, tmp_path):
     learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, progress=False, transfer="fusion")
-    learner.learn(tasks[0])
+    learner.learn([tasks[0]])
     learner.save(tmp_path)
     learner.bank.remove_hooks()
     other = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, progress=False)

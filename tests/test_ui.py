@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from test_cli import _run, _stream_yaml
-from test_sweeps import _free_port
+from conftest import cli, free_port as _free_port, stream_yaml, tiny_overrides, write_jsonl
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
@@ -51,15 +50,14 @@ def _serve(store_uri: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
 
 def _three_task_run(tmp_path, tiny_model_dir, demo_files, uri):
     from continual.streams.demo_data import demo_examples
-    from conftest import write_jsonl
 
     files = dict(demo_files)
     files["cooking"] = {split: write_jsonl(tmp_path / "data" / "cooking" / f"{split}.jsonl",
                                            [{"text": t, "label": lab} for t, lab in demo_examples("cooking", split)])
                         for split in ("train", "test")}
-    conf = tmp_path / "my_conf"
-    _stream_yaml(conf, files, max_per_class=10)
-    proc = _run(tmp_path, tiny_model_dir, f"tracking.uri={uri}", conf=conf)
+    conf = stream_yaml(tmp_path / "my_conf", files, max_per_class=10)
+    proc = cli(tmp_path, "--config-dir", conf, "stream=two_tasks", *tiny_overrides(tmp_path, tiny_model_dir),
+               f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("continual")

@@ -6,9 +6,8 @@ adapted module then runs each adapter once on its own slice. A batch that mixes 
 costs one backbone pass plus one small computation per adapter and site, not one pass per adapter.
 Without segments (or with adapter ``None``) the backbone runs plain, which routers use for features.
 
-Any adapter kind fits (see :data:`AdapterConfig`): its config names the modules it attaches to
-(``sites``) and builds one task's modules per site (``make``). Output adapters (bottleneck, LoRA,
-BitFit) map ``(site input, site output) -> new output`` through a forward hook; prefix tuning
+Any adapter kind fits: its config implements :class:`AdapterKind`. Output adapters (bottleneck,
+LoRA, BitFit) map ``(site input, site output) -> new output`` through a forward hook; prefix tuning
 replaces the attention computation of its sites while attached.
 """
 
@@ -16,25 +15,48 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
-from continual.adapters.bitfit import BitFitConfig
-from continual.adapters.bottleneck import BottleneckConfig
-from continual.adapters.lora import LoRAConfig
-from continual.adapters.prefix import PrefixAttention, PrefixConfig
+from continual.adapters.prefix import PrefixAttention
 from continual.adapters.sites import layer_of
 from continual.errors import ContinualError
 
-AdapterConfig = BottleneckConfig | LoRAConfig | PrefixConfig | BitFitConfig
+if TYPE_CHECKING:
+    from continual.backbone import Backbone
+
 Segment = tuple[int | None, int, int]
+
+
+class AdapterKind(Protocol):
+    """The config of an adapter kind: a frozen dataclass that validates its fields in ``__post_init__``.
+
+    What a new kind must provide (see ``bottleneck.py`` for the shortest complete example):
+
+    * ``hook``: ``"output"`` if each task's module at a site maps ``(site input, site output) -> new
+      output`` (a forward hook applies it), or ``"attention"`` if it changes the attention computation
+      of its site (prefix tuning; the bank then installs :class:`PrefixAttention` there).
+    * ``skip_layers``: adapters only from this layer up (AdapterDrop); lower layers stay plain and
+      their outputs may be cached.
+    * :meth:`sites`: the backbone modules it attaches to, keyed ``'<layer>_<name>'``; a target that
+      does not exist is one error line.
+    * :meth:`make`: one task's modules, one per site, with the same keys.
+    """
+
+    hook: str
+    skip_layers: int
+
+    def sites(self, backbone: Backbone) -> dict[str, nn.Module]: ...
+
+    def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict: ...
 
 
 class AdapterBank(nn.Module):
     """Per-task adapter modules (one :class:`nn.ModuleDict` of sites per task) and what applies the routed ones."""
 
-    def __init__(self, backbone, config: AdapterConfig) -> None:
+    def __init__(self, backbone: Backbone, config: AdapterKind) -> None:
         super().__init__()
         self.config = config
         self.hidden_size = backbone.hidden_size
@@ -45,7 +67,7 @@ class AdapterBank(nn.Module):
         sites = config.sites(backbone)
         self._site_modules = sites
         self.first_layer = min(layer_of(name) for name in sites)  # layers below it never see an adapter
-        if getattr(config, "hook", "output") == "attention":
+        if config.hook == "attention":
             self._handles = [PrefixAttention(module, name, self._routed_sites) for name, module in sites.items()]
         else:
             self._handles = [module.register_forward_hook(self._hook(name)) for name, module in sites.items()]
@@ -81,7 +103,7 @@ class AdapterBank(nn.Module):
     def add(self, fuse: bool = False) -> int:
         """Allocate a fresh adapter and return its index; ``fuse`` mixes in every earlier adapter (zero logits)."""
         k = len(self.adapters)
-        if fuse and getattr(self.config, "hook", "output") != "output":
+        if fuse and self.config.hook != "output":
             raise ContinualError("learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
                                  "use transfer=similar or none with adapter=prefix")
         self.adapters.append(self.config.make(self._site_modules, self.hidden_size))

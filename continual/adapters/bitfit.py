@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ class BitFitConfig:
     Adding a learned vector to a module's output is the same as training its bias, so the frozen
     backbone stays shared and each task keeps only its own shifts (a few thousand numbers per layer).
     """
+
+    hook: ClassVar[str] = "output"  # maps (site input, site output) -> output
 
     targets: tuple[str, ...] = ("*",)
     skip_layers: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ class BottleneckConfig:
     ``skip_layers=k`` leaves the lowest k layers without adapters (AdapterDrop, Rücklé et al. 2021):
     fewer parameters, no backward pass through those layers, and their outputs can be cached.
     """
+
+    hook: ClassVar[str] = "output"  # maps (site input, site output) -> output
 
     placement: str = "pfeiffer"
     reduction_factor: float = 16

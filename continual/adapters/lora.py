@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ class LoRAConfig:
 
     ``B`` starts at zero, so a new adapter begins as the identity; ``skip_layers`` as for bottlenecks.
     """
+
+    hook: ClassVar[str] = "output"  # maps (site input, site output) -> output
 
     rank: int = 8
     alpha: float = 16

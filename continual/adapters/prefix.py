@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ class PrefixConfig:
     length: int = 16
     init_std: float = 0.02
     skip_layers: int = 0
-    hook = "attention"
+    hook: ClassVar[str] = "attention"  # replaces the attention computation of its sites
 
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:

@@ -20,36 +20,65 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from continual.adapters import AdapterBank, AdapterConfig, segments_for
+from continual import files
+from continual.adapters import AdapterBank, AdapterKind, segments_for
 from continual.backbone import Backbone
 from continual.cache import PrefixCache
 from continual.errors import ContinualError
-from continual.learners.base import Classified, Fingerprints, LearnReport, LossCallback, digest, oracle_accuracy
+from continual.learners.base import (Classified, Fingerprints, LearnReport, LossCallback, Schedule, digest, freeze,
+                                     oracle_accuracy, padded_batches, task_seed, tokenize)
 from continual.streams import Split, Task
-from continual.training import TrainerConfig, eval_batches, fit, iter_padded, pad, train_batches
-
+from continual.training import TrainerConfig, fit, pad, train_batches
 
 log = logging.getLogger(__name__)
 TRANSFERS = ("none", "similar", "fusion")
 
 
+@dataclass(frozen=True)
+class AdapterPerTaskConfig:
+    """Options of :class:`AdapterPerTask` (``learner=adapter_per_task``).
+
+    ``head_dropout``: dropout on the pooled features before each task's linear head, in [0, 1).
+    ``transfer``: ``none`` | ``similar`` | ``fusion`` (see the module docstring).
+    """
+
+    head_dropout: float = 0.1
+    transfer: str = "none"
+    progress: bool = True
+
+    router_limit = None  # per-task modules on a frozen backbone: every router can choose among them
+
+    def __post_init__(self) -> None:
+        check_dropout(self.head_dropout, "learner.head_dropout")
+        if self.transfer not in TRANSFERS:
+            raise ContinualError(f"learner.transfer must be one of {list(TRANSFERS)}, got {self.transfer!r}")
+
+    def build(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, seed: int) -> AdapterPerTask:
+        return AdapterPerTask(backbone, adapter, trainer, seed=seed, **asdict(self))
+
+
+def check_dropout(value: object, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ContinualError(f"{field} must be a number in [0, 1), got {value!r}")
+
+
 class AdapterPerTask:
     """Adapter + head per task; per-example routed prediction through one backbone pass."""
 
-    def __init__(self, backbone: Backbone, adapter: AdapterConfig, trainer: TrainerConfig,
+    schedule = Schedule.EACH_TASK
+    router_limit = AdapterPerTaskConfig.router_limit
+
+    def __init__(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig,
                  head_dropout: float = 0.1, seed: int = 0, progress: bool = True, transfer: str = "none") -> None:
-        if transfer not in TRANSFERS:
-            raise ContinualError(f"learner.transfer must be one of {list(TRANSFERS)}, got {transfer!r}")
+        self.config = AdapterPerTaskConfig(head_dropout, transfer, progress)
         self.transfer = transfer
         self.centroids: list[np.ndarray] = []  # per task, for transfer=similar
         self.sources: dict[int, int] = {}  # task -> the earlier task its adapter was copied from
@@ -63,7 +92,6 @@ class AdapterPerTask:
         self.dropout = nn.Dropout(head_dropout)
         self.tasks: list[Task] = []
         self.backbone.to(self.device)
-        self.pad_id: int = backbone.tokenizer.pad_token_id or 0
         # AdapterDrop leaves the lowest layers frozen and un-adapted: their outputs are cached for
         # evaluation and router features, and recomputed only once per epoch-independent text.
         self.first_layer = self.bank.first_layer
@@ -99,9 +127,7 @@ class AdapterPerTask:
     def _allocate(self, task: Task) -> int:
         """A fresh adapter and head for ``task``, created from a seed of (run seed, task index)."""
         k = len(self.tasks)
-        # Reseeding per task makes a task's initialisation, dropout masks and batches independent of
-        # what ran before it, so a resumed run draws exactly what an uninterrupted one would.
-        torch.manual_seed(int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]))
+        torch.manual_seed(task_seed(self.seed, k))
         self.bank.add(fuse=self.transfer == "fusion")
         self.heads.append(nn.Linear(self.backbone.hidden_size, len(task.labels)))
         self.tasks.append(task)
@@ -110,10 +136,9 @@ class AdapterPerTask:
         return k
 
     def _centroid(self, texts: Sequence[str]) -> np.ndarray:
-        tokens = self.backbone.tokenize(list(texts), self.trainer.max_length)
+        tokens = tokenize(self, texts)
         total = np.zeros(self.backbone.hidden_size)
-        for _, ids, mask in iter_padded(tokens, eval_batches([len(t) for t in tokens], self.trainer.eval_batch_size),
-                                        self.pad_id, self.device):
+        for _, ids, mask in padded_batches(self, tokens):
             total += self.features(ids, mask).sum(0).cpu().numpy()
         return total / max(1, len(tokens))
 
@@ -130,20 +155,17 @@ class AdapterPerTask:
         log.info("task %s: adapter initialised from task %s (cosine %.3f)", task.name, self.tasks[source].name,
                  cosine[source])
 
-    def learn(self, task: Task, on_loss: LossCallback | None = None) -> LearnReport:
+    def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
+        """A new adapter and head for the step's one task, trained on it while everything else stays frozen."""
+        (task,) = tasks
         k = self._allocate(task)
         if self.transfer == "similar":
             self._start_from_similar(k, task)
         params = self._parameters(k)
-        for p in self.bank.parameters():
-            p.requires_grad_(False)
-        for p in self.heads.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
+        freeze(self.bank, self.heads)
 
         cfg = self.trainer
-        tokens = self.backbone.tokenize(list(task.train.texts), cfg.max_length)
+        tokens = tokenize(self, task.train.texts)
         labels = torch.as_tensor(task.train.labels, device=self.device)
         rng = np.random.default_rng([self.seed, k])
         epochs = [train_batches([len(t) for t in tokens], cfg.batch_size, rng) for _ in range(cfg.epochs)]
@@ -154,7 +176,7 @@ class AdapterPerTask:
             if self.cache is not None and cfg.epochs > 1 else None
 
         def loss_of(idx: np.ndarray) -> torch.Tensor:
-            ids, mask = pad([tokens[i] for i in idx], self.pad_id, self.device)
+            ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
             return nn.functional.cross_entropy(self._logits(k, ids, mask, cache), labels[idx])
 
         # Dropout on in the adapted layers, as in standard adapter training (weights stay frozen). Layers
@@ -162,7 +184,7 @@ class AdapterPerTask:
         adapted = [self.backbone] if self.first_layer == 0 else self.backbone.layers[self.first_layer:]
         fitted = fit(params, epochs, loss_of, cfg, task.name, modules=(*adapted, self.dropout),
                      progress=self.progress, on_loss=on_loss)
-        val_acc = self.accuracy(k, task.validation.texts, task.validation.labels)
+        val_acc = oracle_accuracy(self, k, task.validation.texts, task.validation.labels)
         return LearnReport(task.name, fitted.steps, len(tokens) * cfg.epochs, fitted.seconds, fitted.final_loss,
                            val_acc, self.trainable_parameters(k))
 
@@ -173,33 +195,19 @@ class AdapterPerTask:
         ids, mask = input_ids[order], attention_mask[order]
         with self.bank.routed(segments):
             features = self._encode(ids, mask, self.cache)
-        n = ids.shape[0]
-        labels = torch.full((n,), -1, dtype=torch.long, device=self.device)
-        confidence = torch.zeros(n, device=self.device)
-        certainty = torch.zeros(n, device=self.device)
+        out = Classified.empty(ids.shape[0], self.device)
         for k, start, stop in segments:
-            if k is None:  # a negative task id means "no task" (abstained): no prediction
-                continue
-            probs = self.heads[k](features[start:stop]).softmax(-1)
-            confidence[start:stop], labels[start:stop] = probs.max(-1)
-            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-            certainty[start:stop] = 1.0 - entropy / math.log(probs.shape[-1])
+            if k is not None:  # a negative task id means "no task" (abstained): no prediction
+                out.fill(slice(start, stop), self.heads[k](features[start:stop]))
         inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(n, device=order.device)
-        return Classified(labels[inverse], confidence[inverse], certainty[inverse])
-
-    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        return self.classify(input_ids, attention_mask, task_ids).labels
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return Classified(*(t[inverse] for t in out))
 
     @torch.no_grad()
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean",
                  layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
         with self.bank.routed(()):  # no segments: the plain backbone
             return self._encode(input_ids, attention_mask, self.cache, pooling, layers)
-
-    def accuracy(self, k: int, texts, labels: np.ndarray) -> float:
-        """Accuracy of task ``k``'s own adapter and head on labelled texts (oracle routing)."""
-        return oracle_accuracy(self, k, texts, labels)
 
     def fingerprints(self) -> Fingerprints:
         """Digests of the backbone and, per learned task, of its adapter and head (prefixed by the backbone's).
@@ -217,36 +225,23 @@ class AdapterPerTask:
                 "adapter": json.dumps({"kind": type(self.bank.config).__name__, **self.bank.config.__dict__}),
                 "transfer": self.transfer, "initialised_from": str(self.sources.get(k, ""))}
 
-    @staticmethod
-    def _file(directory: Path, k: int, task: Task) -> Path:
-        return directory / f"{k:02d}_{task.name}.safetensors"
-
     def load(self, directory: Path, tasks: Sequence[Task]) -> None:
         """Restore the adapters and heads of already learned ``tasks`` (in stream order) from :meth:`save`."""
         for task in tasks:
             k = len(self.tasks)
-            path = self._file(directory, k, task)
-            if not path.is_file():
-                raise ContinualError(f"{path}: missing, so task '{task.name}' cannot be restored")
-            with safe_open(str(path), "pt") as fh:
-                meta = fh.metadata() or {}
-                tensors = {name: fh.get_tensor(name) for name in fh.keys()}
             expected = self._metadata(k, task)
-            for key in ("backbone", "hidden_size", "adapter", "labels", "transfer"):
-                if meta.get(key) != expected[key]:
-                    raise ContinualError(
-                        f"{path}: saved for {key}={meta.get(key)}, but this run has {key}={expected[key]}; "
-                        "adapters only load onto the backbone, adapter config and labels they were trained with"
-                    )
+            checked = {key: expected[key] for key in ("backbone", "hidden_size", "adapter", "labels", "transfer")}
+            tensors = files.read_checked(task_file(directory, k, task.name), checked,
+                                         hint="adapters only load onto the backbone, adapter config and labels "
+                                              "they were trained with")
             self._allocate(task)
-            self.bank.adapters[k].load_state_dict({n[len("adapter."):]: t for n, t in tensors.items()
-                                                   if n.startswith("adapter.")})
-            self.heads[k].load_state_dict({n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")})
+            self.bank.adapters[k].load_state_dict(files.strip_prefix("adapter.", tensors))
+            self.heads[k].load_state_dict(files.strip_prefix("head.", tensors))
             if str(k) in self.bank.fusion:
-                self.bank.fusion[str(k)].load_state_dict({n[len("fusion."):]: t for n, t in tensors.items()
-                                                         if n.startswith("fusion.")})
+                self.bank.fusion[str(k)].load_state_dict(files.strip_prefix("fusion.", tensors))
             if self.transfer == "similar" and len(task.train.texts):  # resuming: later tasks compare with it
                 self.centroids.append(self._centroid(task.train.texts))
+            meta = files.read_metadata(task_file(directory, k, task.name))
             if meta.get("initialised_from"):
                 self.sources[k] = int(meta["initialised_from"])
             for p in self._parameters(k):
@@ -257,29 +252,28 @@ class AdapterPerTask:
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for k, task in enumerate(self.tasks):
-            tensors = {f"adapter.{n}": t.detach().cpu().contiguous() for n, t in self.bank.adapters[k].state_dict().items()}
-            tensors.update({f"head.{n}": t.detach().cpu().contiguous() for n, t in self.heads[k].state_dict().items()})
+            tensors = {**files.with_prefix("adapter.", self.bank.adapters[k].state_dict()),
+                       **files.with_prefix("head.", self.heads[k].state_dict())}
             if str(k) in self.bank.fusion:
-                tensors.update({f"fusion.{n}": t.detach().cpu().contiguous()
-                                for n, t in self.bank.fusion[str(k)].state_dict().items()})
-            path = self._file(directory, k, task)
-            tmp = path.with_suffix(".tmp")
-            save_file(tensors, str(tmp), metadata=self._metadata(k, task))
-            tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated adapter
-            paths.append(path)
+                tensors.update(files.with_prefix("fusion.", self.bank.fusion[str(k)].state_dict()))
+            paths.append(files.save_tensors(task_file(directory, k, task.name), tensors, self._metadata(k, task)))
         return paths
 
 
+def task_file(directory: Path, k: int, name: str) -> Path:
+    """Task ``k``'s file in a run's adapters folder: ``NN_<task>.safetensors``."""
+    return directory / f"{k:02d}_{name}.safetensors"
+
+
 def saved_tasks(directory: Path) -> list[Task]:
-    """The tasks (names and labels, no data) whose adapters :meth:`AdapterPerTask.save` wrote to ``directory``."""
+    """The tasks (names and labels, no data) whose files a learner's ``save`` wrote to ``directory``."""
     paths = sorted(directory.glob("[0-9][0-9]_*.safetensors")) if directory.is_dir() else []
     if not paths:
         raise ContinualError(f"{directory}: no saved adapters (NN_<task>.safetensors)")
     empty = Split((), np.zeros(0, dtype=np.int64))
     tasks = []
     for k, path in enumerate(paths):
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
+        meta = files.read_metadata(path)
         if meta.get("index") != str(k) or "labels" not in meta or "task" not in meta:
             raise ContinualError(f"{path}: not adapter {k} of a run (metadata index={meta.get('index')!r})")
         tasks.append(Task(meta["task"], tuple(json.loads(meta["labels"])), empty, empty, empty))

@@ -1,28 +1,57 @@
-"""The learner protocol: learn one task at a time, predict for a batch routed per example."""
+"""The learner protocol: what the run loop, evaluation and prediction need from a way of learning tasks.
+
+A new learner is a class that provides every member of :class:`Learner` and a frozen config
+dataclass that provides :class:`LearnerConfig` (it validates its fields in ``__post_init__``, so a bad
+value is one error line before any model loads, and it builds the learner once the backbone is there).
+"""
 
 from __future__ import annotations
 
 import hashlib
-
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
+from continual.adapters import AdapterKind
 from continual.backbone import Backbone
-from continual.errors import ContinualError
 from continual.streams import Task
 from continual.training import TrainerConfig, eval_batches, iter_padded
 
-LossCallback = Callable[[int, float], None]  # (optimizer step within the task, loss)
+LossCallback = Callable[[int, float], None]  # (optimizer step within the step's training, loss)
+
+
+class Schedule(Enum):
+    """When the run loop hands a learner its tasks."""
+
+    EACH_TASK = "each_task"  # task i at step i: the continual setting
+    ALL_AT_END = "all_at_end"  # every task at once, at the last step: joint training, the upper bound
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a run: learn ``tasks`` (stream indices), then fill row ``row`` of the accuracy matrix."""
+
+    row: int
+    tasks: range
+
+
+def steps(schedule: Schedule, num_tasks: int) -> list[Step]:
+    """The steps a learner with ``schedule`` takes through a stream of ``num_tasks`` tasks."""
+    if schedule is Schedule.ALL_AT_END:
+        return [Step(num_tasks - 1, range(num_tasks))]
+    return [Step(i, range(i, i + 1)) for i in range(num_tasks)]
 
 
 @dataclass(frozen=True)
 class LearnReport:
-    """What learning one task cost and achieved."""
+    """What one step of learning cost and achieved (``task`` names the task, or ``joint``)."""
 
     task: str
     steps: int
@@ -38,11 +67,24 @@ class LearnReport:
 
 
 class Classified(NamedTuple):
-    """Per-example outputs of the routed heads; ``labels`` is -1 where an example went to no adapter."""
+    """Per-example outputs of the routed heads; ``labels`` is -1 where an example went to no task."""
 
     labels: torch.Tensor
     confidence: torch.Tensor  # softmax probability of the predicted label
     certainty: torch.Tensor  # 1 - entropy / log(number of labels): 1 = one-hot, 0 = uniform
+
+    @classmethod
+    def empty(cls, n: int, device: torch.device) -> Classified:
+        """Outputs for ``n`` examples that no head has seen yet (label -1)."""
+        zeros = torch.zeros(n, device=device)
+        return cls(torch.full((n,), -1, dtype=torch.long, device=device), zeros, zeros.clone())
+
+    def fill(self, rows: torch.Tensor | slice, logits: torch.Tensor) -> None:
+        """Write one head's prediction, confidence and certainty for ``rows`` from its ``logits``."""
+        probs = logits.softmax(-1)
+        self.confidence[rows], self.labels[rows] = probs.max(-1)
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+        self.certainty[rows] = 1.0 - entropy / math.log(probs.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -54,24 +96,33 @@ class Fingerprints:
 
 
 class Learner(Protocol):
-    """Learns tasks in sequence; task ``k`` is the k-th task passed to :meth:`learn`.
+    """Learns tasks in stream order; task ``k`` is the k-th task it has been given.
 
-    Evaluation tokenizes with ``backbone`` and batches by ``trainer`` settings on ``device``.
+    What a new learner must provide (and nothing else is used):
+
+    * ``schedule``: :class:`Schedule` — when the loop calls :meth:`learn` and with which tasks.
+    * ``router_limit``: ``None`` if any router may choose its tasks; else one line saying why only the
+      oracle can (e.g. fine-tuning moves the frozen features that learned routers read).
+    * ``backbone``, ``trainer``, ``device``: how test texts are tokenized, batched and placed, exactly
+      as for training (see :func:`padded_batches`).
+    * :meth:`learn`, :meth:`classify`, :meth:`features`: learning and inference.
+    * :meth:`fingerprints`: digests that change whenever a task's predictions could change; the
+      evaluation memo recomputes a task only when its digest moved.
+    * :meth:`trained_parameters`, :meth:`save`, :meth:`load`: accounting and resumable state.
     """
 
+    schedule: Schedule
+    router_limit: str | None
     backbone: Backbone
     trainer: TrainerConfig
     device: torch.device
-    pad_id: int
 
-    def learn(self, task: Task, on_loss: LossCallback | None = None) -> LearnReport: ...
-
-    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """Label index (within each example's routed task) for every example."""
+    def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
+        """Learn ``tasks`` (one task per step for ``EACH_TASK``; all of them for ``ALL_AT_END``)."""
         ...
 
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
-        """Labels and their confidence, each example through the adapter and head of its ``task_ids`` entry."""
+        """Each example through the module and head of its ``task_ids`` entry (negative: no task, label -1)."""
         ...
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean",
@@ -79,32 +130,41 @@ class Learner(Protocol):
         """Pooled features of the backbone *without* any adapter: what learned routers look at."""
         ...
 
-    def trained_parameters(self) -> int:
-        """Distinct parameters trained so far, each counted once (shared weights are not summed per task)."""
-        ...
-
     def fingerprints(self) -> Fingerprints:
         """Digests of every tensor predictions depend on (equal digest = equal predictions)."""
         ...
 
-    def load(self, directory: Path, tasks: Sequence[Task]) -> None:
-        """Restore the state of already learned ``tasks`` written by :meth:`save` (for resuming)."""
+    def trained_parameters(self) -> int:
+        """Distinct parameters trained so far, each counted once (shared weights are not summed per task)."""
         ...
 
     def save(self, directory: Path) -> list[Path]:
-        """Write the learned state (one file per task where possible) and return the files."""
+        """Write the learned state (one file per task where possible, atomically) and return every file kept."""
+        ...
+
+    def load(self, directory: Path, tasks: Sequence[Task]) -> None:
+        """Restore, into a fresh learner, the state after ``tasks`` (stream order) written by :meth:`save`."""
         ...
 
 
-def check_router(learner: Any, router: Any, where: str = "learner") -> None:
-    """Refuse a learned router on a learner that declares, in ``router_limit``, why it cannot serve one.
+class LearnerConfig(Protocol):
+    """A learner's options, validated on construction; what the run needs before any model is loaded."""
 
-    A learner without ``router_limit`` (or with None) serves every router. ``where`` names the learner
-    in the one-line error, e.g. ``learner=joint``.
+    @property
+    def router_limit(self) -> str | None:
+        """As :attr:`Learner.router_limit`, known from the options alone (checked before the backbone loads)."""
+        ...
+
+    def build(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, seed: int) -> Learner: ...
+
+
+def task_seed(*key: int) -> int:
+    """A torch seed derived from ``key`` (run seed, task index, ...): independent of whatever ran before.
+
+    Reseeding per task makes a task's initialisation, dropout masks and batches independent of what
+    ran before it, so a resumed run draws exactly what an uninterrupted one would.
     """
-    limit = getattr(learner, "router_limit", None)
-    if limit and getattr(router, "learned", False):
-        raise ContinualError(f"{where} {limit}: use router=oracle")
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
 
 def digest(*modules: nn.Module, prefix: str = "") -> str:
@@ -117,14 +177,34 @@ def digest(*modules: nn.Module, prefix: str = "") -> str:
     return hashed.hexdigest()
 
 
-def oracle_accuracy(learner: Learner, k: int, texts: Sequence[str], labels) -> float:
+def padded_batches(learner: Learner, tokens: Sequence[Sequence[int]],
+                   subset: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """(indices, input_ids, attention_mask) over ``tokens`` (or its ``subset``), length-sorted, on the learner's device."""
+    subset = np.arange(len(tokens)) if subset is None else subset
+    order = eval_batches([len(tokens[i]) for i in subset], learner.trainer.eval_batch_size)
+    pad_id = learner.backbone.pad_id
+    return iter_padded(tokens, [subset[b] for b in order], pad_id, learner.device)
+
+
+def tokenize(learner: Learner, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of ``texts`` as the learner trains on them (its backbone's tokenizer, its max length)."""
+    return learner.backbone.tokenize(list(texts), learner.trainer.max_length)
+
+
+def oracle_accuracy(learner: Learner, k: int, texts: Sequence[str], labels: np.ndarray) -> float:
     """Accuracy of task ``k``'s prediction path on labelled texts, every text given task ``k`` (``nan`` without texts)."""
     if len(texts) == 0:
         return float("nan")
-    tokens = learner.backbone.tokenize(list(texts), learner.trainer.max_length)
+    tokens = tokenize(learner, texts)
     correct = 0
-    batches = eval_batches([len(t) for t in tokens], learner.trainer.eval_batch_size)
-    for idx, ids, mask in iter_padded(tokens, batches, learner.pad_id, learner.device):
+    for idx, ids, mask in padded_batches(learner, tokens):
         task_ids = torch.full((len(idx),), k, dtype=torch.long, device=learner.device)
-        correct += int((learner.predict(ids, mask, task_ids).cpu().numpy() == labels[idx]).sum())
+        correct += int((learner.classify(ids, mask, task_ids).labels.cpu().numpy() == labels[idx]).sum())
     return correct / len(texts)
+
+
+def freeze(*modules: nn.Module) -> None:
+    """No gradients for any parameter of ``modules`` (training turns on exactly what it trains)."""
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(False)

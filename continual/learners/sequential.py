@@ -27,11 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from continual.adapters import AdapterBank, AdapterConfig
+from continual.adapters import AdapterBank, AdapterKind
 from continual.backbone import Backbone
 from continual.errors import ContinualError
 from continual.learners import shared_state
-from continual.learners.base import Classified, Fingerprints, LearnReport, LossCallback, digest, oracle_accuracy
+from continual.learners.adapter_per_task import check_dropout
+from continual.learners.base import (Classified, Fingerprints, LearnReport, LossCallback, Schedule, digest, freeze,
+                                     oracle_accuracy, task_seed)
 from continual.learners.ewc import EWC, EWCConfig
 from continual.learners.memory import EpisodicMemory, MemoryConfig
 from continual.streams import Task
@@ -42,14 +44,46 @@ BASES = ("adapter", "finetune")
 FINETUNE_LIMIT = "fine-tunes the backbone, and learned routers need it frozen"
 
 
-def _seed(*key: int) -> int:
-    """A torch seed derived from ``key`` (run seed, task index): independent of whatever ran before."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
-
-
 def _option(value: Any, cls: type) -> Any:
     """A config dataclass from itself or from its config node (a mapping), or None when absent."""
     return value if value is None or isinstance(value, cls) else cls.from_mapping(value)
+
+
+@dataclass(frozen=True)
+class SequentialConfig:
+    """Options of :class:`SequentialLearner` (``learner=seq_finetune|shared_adapter|replay|ewc``).
+
+    ``base``: ``adapter`` (one shared adapter on the frozen backbone) or ``finetune`` (the whole
+    backbone, at ``backbone_lr``); ``memory``: replay options (:class:`MemoryConfig`), or None;
+    ``ewc``: EWC options (:class:`EWCConfig`), or None; ``head_dropout`` in [0, 1).
+    """
+
+    base: str = "adapter"
+    backbone_lr: float = 5e-5
+    memory: MemoryConfig | None = None
+    ewc: EWCConfig | None = None
+    head_dropout: float = 0.1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.base not in BASES:
+            raise ContinualError(f"learner.base must be one of {list(BASES)}, got {self.base!r}")
+        if isinstance(self.backbone_lr, bool) or not isinstance(self.backbone_lr, (int, float)) \
+                or not math.isfinite(self.backbone_lr) or self.backbone_lr <= 0:
+            raise ContinualError(f"learner.backbone_lr must be a positive number, got {self.backbone_lr!r}")
+        check_dropout(self.head_dropout, "learner.head_dropout")
+        object.__setattr__(self, "backbone_lr", float(self.backbone_lr))
+        object.__setattr__(self, "memory", _option(self.memory, MemoryConfig))
+        object.__setattr__(self, "ewc", _option(self.ewc, EWCConfig))
+
+    @property
+    def router_limit(self) -> str | None:
+        """Why learned routers cannot serve this learner, or None."""
+        return FINETUNE_LIMIT if self.base == "finetune" else None
+
+    def build(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, seed: int) -> SequentialLearner:
+        return SequentialLearner(backbone, adapter, trainer, self.base, self.backbone_lr, self.memory, self.ewc,
+                                 self.head_dropout, seed, self.progress)
 
 
 @dataclass(frozen=True)
@@ -64,30 +98,25 @@ class Examples:
 class SequentialLearner:
     """Shared weights (one adapter, or the whole backbone) trained task after task; a head per task."""
 
-    joint = False  # trains on one task at a time (see JointLearner)
+    schedule = Schedule.EACH_TASK
 
-    def __init__(self, backbone: Backbone, adapter: AdapterConfig, trainer: TrainerConfig, base: str = "adapter",
+    def __init__(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, base: str = "adapter",
                  backbone_lr: float = 5e-5, memory: Mapping[str, Any] | MemoryConfig | None = None,
                  ewc: Mapping[str, Any] | EWCConfig | None = None, head_dropout: float = 0.1, seed: int = 0,
                  progress: bool = True) -> None:
-        if base not in BASES:
-            raise ContinualError(f"learner.base must be one of {list(BASES)}, got {base!r}")
-        if isinstance(backbone_lr, bool) or not isinstance(backbone_lr, (int, float)) \
-                or not math.isfinite(backbone_lr) or backbone_lr <= 0:
-            raise ContinualError(f"learner.backbone_lr must be a positive number, got {backbone_lr!r}")
-        memory_config, ewc_config = _option(memory, MemoryConfig), _option(ewc, EWCConfig)
+        self.config = SequentialConfig(base, backbone_lr, memory, ewc, head_dropout, progress)  # type: ignore[arg-type]
+        memory_config, ewc_config = self.config.memory, self.config.ewc
         self.backbone = backbone
         self.trainer = trainer
         self.base = base
-        self.backbone_lr = float(backbone_lr)
+        self.backbone_lr = self.config.backbone_lr
         self.adapter_config = adapter
         self.seed = seed
         self.progress = progress
         self.device = trainer.torch_device()
-        self.pad_id: int = backbone.tokenizer.pad_token_id or 0
         self.bank: AdapterBank | None = None
         if base == "adapter":
-            torch.manual_seed(_seed(seed))  # the shared adapter's initial weights depend on the run seed only
+            torch.manual_seed(task_seed(seed))  # the shared adapter's initial weights depend on the run seed only
             self.bank = AdapterBank(backbone, adapter)
             self.bank.add()
             self.bank.to(self.device)
@@ -105,14 +134,14 @@ class SequentialLearner:
 
     @property
     def router_limit(self) -> str | None:
-        """Why learned routers cannot serve this learner, or None (checked by :func:`check_router`)."""
-        return FINETUNE_LIMIT if self.base == "finetune" else None
+        """Why learned routers cannot serve this learner, or None."""
+        return self.config.router_limit
 
     def _add_head(self, task: Task) -> int:
         k = len(self.tasks)
         # as in AdapterPerTask: a task's head, dropout masks and batches do not depend on what ran before,
         # so a resumed run draws exactly what an uninterrupted one would
-        torch.manual_seed(_seed(self.seed, k))
+        torch.manual_seed(task_seed(self.seed, k))
         self.heads.append(nn.Linear(self.backbone.hidden_size, len(task.labels)).to(self.device))
         self.tasks.append(task)
         return k
@@ -132,7 +161,7 @@ class SequentialLearner:
 
     def _loss(self, tokens: list[list[int]], labels: np.ndarray, tasks: np.ndarray) -> torch.Tensor:
         """Mean cross-entropy of a batch that may mix tasks (each example through its own head), plus EWC's penalty."""
-        ids, mask = pad(tokens, self.pad_id, self.device)
+        ids, mask = pad(tokens, self.backbone.pad_id, self.device)
         features = self.dropout(self._encode(ids, mask))
         targets = torch.as_tensor(labels, device=self.device)
         total = features.new_zeros(())
@@ -169,8 +198,7 @@ class SequentialLearner:
         shared = list(self.shared.parameters())
         groups = ([{"params": shared, "lr": self.backbone_lr}, {"params": head_params}] if self.base == "finetune"
                   else [{"params": shared + head_params}])
-        for p in [*self.backbone.parameters(), *self.shared.parameters(), *self.heads.parameters()]:
-            p.requires_grad_(False)  # only what `fit` enables trains; everything else stays exactly as it is
+        freeze(self.backbone, self.shared, self.heads)  # only what `fit` enables trains; the rest stays as it is
         fitted = fit(groups, batches, loss_of, cfg, name, modules=(self.backbone, self.dropout),
                      progress=self.progress, on_loss=on_loss)
         trainable = sum(p.numel() for p in shared) + sum(p.numel() for p in head_params)
@@ -184,20 +212,21 @@ class SequentialLearner:
             targets = torch.as_tensor(pool.labels, device=self.device)
 
             def loss_of(i: int) -> torch.Tensor:
-                ids, mask = pad([pool.tokens[chosen[i]]], self.pad_id, self.device)
+                ids, mask = pad([pool.tokens[chosen[i]]], self.backbone.pad_id, self.device)
                 return nn.functional.cross_entropy(self.heads[k](self._encode(ids, mask)), targets[chosen[i:i + 1]])
 
             self.ewc.consolidate(len(chosen), loss_of)
         if self.memory is not None:
             self.memory.add(k, pool.tokens, pool.labels)
 
-    def learn(self, task: Task, on_loss: LossCallback | None = None) -> LearnReport:
-        """A new head for ``task``; then the shared weights, that head (and replayed tasks' heads) train on it."""
+    def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
+        """A new head for the step's task; then the shared weights, that head (and replayed tasks' heads) train on it."""
+        (task,) = tasks
         k = self._add_head(task)
         pool = self._examples([(k, task)])
         fitted, trainable, replayed = self._train(task.name, pool, {k}, on_loss)
         self._consolidate(k, pool)
-        val_acc = self.accuracy(k, task.validation.texts, task.validation.labels)
+        val_acc = oracle_accuracy(self, k, task.validation.texts, task.validation.labels)
         return LearnReport(task.name, fitted.steps, len(pool.tokens) * self.trainer.epochs + replayed, fitted.seconds,
                            fitted.final_loss, val_acc, trainable)
 
@@ -206,21 +235,11 @@ class SequentialLearner:
         """One pass through the shared weights for the whole batch, then each example through its task's head."""
         features = self._encode(input_ids, attention_mask)
         task_ids = task_ids.to(self.device)
-        n = input_ids.shape[0]
-        labels = torch.full((n,), -1, dtype=torch.long, device=self.device)
-        confidence = torch.zeros(n, device=self.device)
-        certainty = torch.zeros(n, device=self.device)
+        out = Classified.empty(input_ids.shape[0], self.device)
         for k in torch.unique(task_ids[task_ids >= 0]).tolist():  # a negative id means "no task": no prediction
             rows = task_ids == k
-            probs = self.heads[k](features[rows]).softmax(-1)
-            confidence[rows], labels[rows] = probs.max(-1)
-            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-            certainty[rows] = 1.0 - entropy / math.log(probs.shape[-1])
-        return Classified(labels, confidence, certainty)
-
-    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """Label index within each example's task (-1 where ``task_ids`` is negative)."""
-        return self.classify(input_ids, attention_mask, task_ids).labels
+            out.fill(rows, self.heads[k](features[rows]))
+        return out
 
     @torch.no_grad()
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean",
@@ -229,10 +248,6 @@ class SequentialLearner:
         plain = self.bank.routed(()) if self.bank is not None else nullcontext()  # no adapter: the backbone alone
         with plain, self.trainer.autocast(self.device):
             return self.backbone.encode(input_ids, attention_mask, pooling, layers).float()
-
-    def accuracy(self, k: int, texts: Sequence[str], labels: np.ndarray) -> float:
-        """Accuracy of task ``k``'s head on labelled texts (oracle routing); ``nan`` without texts."""
-        return oracle_accuracy(self, k, texts, labels)
 
     def fingerprints(self) -> Fingerprints:
         """Every task's digest covers the shared weights it is predicted through, so old tasks are re-evaluated."""

@@ -22,11 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
-from continual.errors import ContinualError
+from continual import files
+from continual.learners.adapter_per_task import task_file
+from continual.learners.base import freeze
 from continual.streams import Task
 
 if TYPE_CHECKING:
@@ -35,22 +33,6 @@ if TYPE_CHECKING:
 
 def state_path(directory: Path, tasks: int) -> Path:
     return directory / f"state_{tasks:02d}.safetensors"
-
-
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    tmp = path.with_suffix(".tmp")
-    # clone: safetensors refuses tensors that share storage, which state dicts of some encoders contain
-    save_file({n: t.detach().cpu().contiguous().clone() for n, t in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated file
-    return path
-
-
-def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}{n}": t for n, t in state.items()}
-
-
-def _strip(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
 
 
 def _options(value: object | None) -> str:
@@ -75,17 +57,17 @@ def save(learner: SequentialLearner, directory: Path) -> list[Path]:
         meta = {"task": task.name, "index": str(k), "labels": json.dumps(list(task.labels)),
                 "backbone": learner.backbone.name, "hidden_size": str(learner.backbone.hidden_size),
                 "learner": f"{type(learner).__name__}(base={learner.base})"}
-        paths.append(_write(directory / f"{k:02d}_{task.name}.safetensors",
-                            _prefixed("head.", learner.heads[k].state_dict()), meta))
-    tensors = _prefixed("shared.", learner.shared.state_dict())
+        paths.append(files.save_tensors(task_file(directory, k, task.name),
+                                        files.with_prefix("head.", learner.heads[k].state_dict()), meta))
+    tensors = files.with_prefix("shared.", learner.shared.state_dict())
     for k, head in enumerate(learner.heads):
-        tensors.update(_prefixed(f"head.{k}.", head.state_dict()))
+        tensors.update(files.with_prefix(f"head.{k}.", head.state_dict()))
     if learner.memory is not None:
-        tensors.update(_prefixed("memory.", learner.memory.state_dict()))
+        tensors.update(files.with_prefix("memory.", learner.memory.state_dict()))
     if learner.ewc is not None:  # its anchor is the shared weights saved here: both are after the last task
-        tensors.update(_prefixed("ewc.", learner.ewc.state_dict()))
+        tensors.update(files.with_prefix("ewc.", learner.ewc.state_dict()))
     n = len(learner.tasks)
-    paths.append(_write(state_path(directory, n), tensors, metadata(learner, learner.tasks)))
+    paths.append(files.save_tensors(state_path(directory, n), tensors, metadata(learner, learner.tasks)))
     for old in directory.glob("state_*.safetensors"):
         if old.stem[len("state_"):].isdigit() and int(old.stem[len("state_"):]) < n - 1:
             old.unlink()
@@ -96,25 +78,16 @@ def load(learner: SequentialLearner, directory: Path, tasks: Sequence[Task]) -> 
     """Restore ``learner`` (fresh) to its state after ``tasks``, checking the file was saved for this run."""
     if not tasks:
         return
-    path = state_path(directory, len(tasks))
-    if not path.is_file():
-        raise ContinualError(f"{path}: missing, so the state after task {len(tasks)} ('{tasks[-1].name}') "
-                             "cannot be restored")
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata() or {}
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    for key, value in metadata(learner, tasks).items():
-        if meta.get(key) != value:
-            raise ContinualError(f"{path}: saved for {key}={meta.get(key)}, but this run has {key}={value}; "
-                                 "a learner's state only loads into the learner, backbone and tasks it was saved for")
+    tensors = files.read_checked(state_path(directory, len(tasks)), metadata(learner, tasks),
+                                 hint="a learner's state only loads into the learner, backbone and tasks it was "
+                                      "saved for")
     for task in tasks:
         learner._add_head(task)
-    learner.shared.load_state_dict(_strip("shared.", tensors))
+    learner.shared.load_state_dict(files.strip_prefix("shared.", tensors))
     for k, head in enumerate(learner.heads):
-        head.load_state_dict(_strip(f"head.{k}.", tensors))
+        head.load_state_dict(files.strip_prefix(f"head.{k}.", tensors))
     if learner.memory is not None:
-        learner.memory.load_state_dict(_strip("memory.", tensors))
+        learner.memory.load_state_dict(files.strip_prefix("memory.", tensors))
     if learner.ewc is not None:
-        learner.ewc.load_state_dict(_strip("ewc.", tensors))
-    for p in [*learner.shared.parameters(), *learner.heads.parameters()]:
-        p.requires_grad_(False)
+        learner.ewc.load_state_dict(files.strip_prefix("ewc.", tensors))
+    freeze(learner.shared, learner.heads)

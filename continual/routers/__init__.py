@@ -1,10 +1,10 @@
 """Routers: which task's adapter handles each input (or none: abstain)."""
 
-from continual.routers.base import ABSTAIN, Router, RouterInputs, Routing, check_stream
+from continual.routers.base import ABSTAIN, Router, RouterInputs, Routing
 from continual.routers.classifier import ClassifierRouter
 from continual.routers.entropy import EntropyRouter
 from continual.routers.oracle import OracleRouter
 from continual.routers.prototype import PrototypeRouter
 
 __all__ = ["ABSTAIN", "ClassifierRouter", "EntropyRouter", "OracleRouter", "PrototypeRouter", "Router",
-           "RouterInputs", "Routing", "check_stream"]
+           "RouterInputs", "Routing"]

@@ -1,9 +1,9 @@
 """The router protocol: per-example task decisions over a set of inputs.
 
 A router sees a :class:`RouterInputs`: lazy views of N texts (frozen-backbone features, the
-certainty of any learned task's head) that the caller computes on first use and may cache. It
-answers with a :class:`Routing`: a task index per input (``-1`` = abstain: the input belongs to no
-learned task) and a score per (input, task), higher = more likely.
+certainty of any learned task's head, their labels when known) that the caller computes on first
+use and may cache. It answers with a :class:`Routing`: a task index per input (``-1`` = abstain:
+the input belongs to no learned task) and a score per (input, task), higher = more likely.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ class RouterInputs:
 
     ``features(pooling, layers)`` are backbone features *without* adapters, ``[size, dim]``;
     ``certainty(k)`` is task ``k``'s head certainty (1 - normalised entropy) per input; ``task_ids``
-    is the ground truth, known only in evaluation.
+    is the true task of each input, known only in evaluation; ``labels`` the label index of each
+    input within its task, known for the training and validation inputs a router learns from.
     """
 
     def __init__(self, size: int, features: Callable[[str, tuple[int, ...]], np.ndarray],
-                 certainty: Callable[[int], np.ndarray], task_ids: np.ndarray | None = None) -> None:
+                 certainty: Callable[[int], np.ndarray], task_ids: np.ndarray | None = None,
+                 labels: np.ndarray | None = None) -> None:
         self.size = size
         self.task_ids = task_ids
+        self.labels = labels
         self._features_fn, self._certainty_fn = features, certainty
         self._features: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._certainty: dict[int, np.ndarray] = {}
@@ -56,27 +59,36 @@ class Routing:
     scores: np.ndarray | None = None
 
 
-Encode = Callable[[Sequence[str]], RouterInputs]  # texts -> their RouterInputs (used when learning a task)
-
-
 class Router(Protocol):
-    """Maps each input to a learned task (its adapter); ``learned`` routers need at least two tasks."""
+    """Maps each input to a learned task (whose adapter and head then label it), or to none.
+
+    What a new router must provide:
+
+    * ``learned``: False only for a router that needs the true task of every input (the oracle);
+      a learned router chooses on its own, needs a stream of at least two tasks, and can serve
+      ``continual predict`` on new text.
+    * ``accept_rate``: None if it never abstains; else the share of in-scope validation inputs it
+      accepts (its rejection threshold is calibrated on them; tasks then need validation data, and
+      a stream's out-of-scope texts are scored).
+    * :meth:`add_task`: fold in the task just learned, from its training and validation inputs.
+    * :meth:`route`: a task per input (or -1) and a score per task.
+    * :meth:`state_dict`, :meth:`load_state_dict`: everything :meth:`route` needs, as named arrays.
+    """
 
     learned: bool
+    accept_rate: float | None
 
-    def add_task(self, index: int, task: Task, encode: Encode) -> None:
-        """Update the router after task ``index`` has been learned (``encode`` turns texts into inputs)."""
+    def add_task(self, index: int, task: Task, train: RouterInputs, validation: RouterInputs) -> None:
+        """Update the router after task ``index`` was learned; ``train``/``validation`` view that task's splits."""
         ...
 
-    def route(self, inputs: RouterInputs) -> Routing:
-        ...
+    def route(self, inputs: RouterInputs) -> Routing: ...
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Everything :meth:`route` needs, as named arrays (saved as safetensors next to the adapters)."""
         ...
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        ...
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
 
 
 def check_accept_rate(accept_rate: float | None, where: str) -> None:
@@ -97,15 +109,3 @@ def decide(scores: np.ndarray, threshold: float, support: np.ndarray | None = No
     tasks = scores.argmax(1)
     tasks[(scores.max(1) if support is None else support) < threshold] = ABSTAIN
     return Routing(tasks.astype(np.int64), scores)
-
-
-def check_stream(router: Router, tasks: Sequence[Task], where: str = "router") -> None:
-    """Problems that would only surface after training: a learned router needs 2+ tasks, rejection needs validation."""
-    if getattr(router, "learned", False) and len(tasks) < 2:
-        raise ContinualError(f"{where}: a learned router needs a stream of at least 2 tasks (this one has "
-                             f"{len(tasks)}); with one task there is nothing to route, use router=oracle")
-    if getattr(router, "accept_rate", None) is not None:
-        empty = [t.name for t in tasks if len(t.validation) == 0]
-        if empty:
-            raise ContinualError(f"{where}.accept_rate: calibrating rejection needs validation examples, but "
-                                 f"tasks {empty} have none")

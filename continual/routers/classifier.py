@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from continual.errors import ContinualError
-from continual.routers.base import Encode
-from continual.routers.prototype import FeatureRouter
+from continual.routers.base import RouterInputs
+from continual.routers.prototype import FeatureRouter, labels_of
 from continual.streams import Task
 
 
@@ -43,17 +43,18 @@ class ClassifierRouter(FeatureRouter):
         self.memory_class = np.zeros(0, dtype=np.int64)
         self.mean = self.scale = self.coef = self.intercept = np.zeros(0)
 
-    def add_task(self, index: int, task: Task, encode: Encode) -> None:
+    def add_task(self, index: int, task: Task, train: RouterInputs, validation: RouterInputs) -> None:
         first_class = len(self.stats.means)
-        features = self._add_statistics(index, task, encode)
+        features = self._add_statistics(index, task, train)
         if self.memory_per_class:
+            labels = labels_of(train)
             rng = np.random.default_rng([self.seed, index, 1])
-            keep = np.concatenate([rng.permutation(np.flatnonzero(task.train.labels == c))[: self.memory_per_class]
+            keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: self.memory_per_class]
                                    for c in range(len(task.labels))])
             self.memory = features[keep] if not len(self.memory) else np.concatenate([self.memory, features[keep]])
-            self.memory_class = np.concatenate([self.memory_class, first_class + task.train.labels[keep]])
+            self.memory_class = np.concatenate([self.memory_class, first_class + labels[keep]])
         self._fit(index)
-        self._calibrate(index, task, encode)
+        self._calibrate(index, validation)
 
     def _training_set(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])

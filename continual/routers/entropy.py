@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from continual.routers.base import Encode, RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
+from continual.routers.base import RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
 from continual.streams import Task
 
 
@@ -34,10 +34,10 @@ class EntropyRouter:
     def _scores(self, inputs: RouterInputs) -> np.ndarray:
         return np.stack([inputs.certainty(k) for k in range(self.num_tasks)], axis=1)
 
-    def add_task(self, index: int, task: Task, encode: Encode) -> None:
+    def add_task(self, index: int, task: Task, train: RouterInputs, validation: RouterInputs) -> None:
         self.num_tasks = index + 1
         if self.accept_rate is not None:
-            best = self._scores(encode(task.validation.texts)).max(1)
+            best = self._scores(validation).max(1)
             self.validation_scores = np.concatenate([self.validation_scores, best])
             self.threshold = rejection_threshold(self.validation_scores, self.accept_rate)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from continual.errors import ContinualError
-from continual.routers.base import Encode, RouterInputs, Routing
+from continual.routers.base import RouterInputs, Routing
 from continual.streams import Task
 
 
@@ -13,12 +13,13 @@ class OracleRouter:
     """Returns the ground-truth task id; needs it, so it cannot serve task-agnostic prediction."""
 
     learned = False
-    accept_rate = None
+    accept_rate: float | None = None
 
     def __init__(self) -> None:
         self.num_tasks = 0
 
-    def add_task(self, index: int, task: Task, encode: Encode | None = None) -> None:
+    def add_task(self, index: int, task: Task, train: RouterInputs | None = None,
+                 validation: RouterInputs | None = None) -> None:
         self.num_tasks = index + 1
 
     def route(self, inputs: RouterInputs) -> Routing:

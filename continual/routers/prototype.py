@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from continual.errors import ContinualError
-from continual.routers.base import Encode, RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
+from continual.routers.base import RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
 from continual.streams import Task
 
 METRICS = ("mahalanobis", "cosine", "euclidean")
@@ -101,6 +101,13 @@ class ClassStatistics:
         self._eig = None
 
 
+def labels_of(inputs: RouterInputs) -> np.ndarray:
+    """The label of every input a router learns from (given for training splits)."""
+    if inputs.labels is None:
+        raise ValueError("a router learns from labelled inputs; these carry no labels")
+    return inputs.labels
+
+
 class CalibrationMemory:
     """Up to ``per_task`` validation features per task: re-scored whenever the rejection threshold is needed."""
 
@@ -132,6 +139,7 @@ class FeatureRouter:
             raise ContinualError(f"router.shrinkage must be in [0, 1], got {shrinkage!r}")
         check_accept_rate(accept_rate, "router")
         self.pooling, self.layers = pooling, tuple(int(k) for k in layers)
+        self.shrinkage, self.calibration_per_task = shrinkage, calibration_per_task
         self.accept_rate = accept_rate
         self.stats = ClassStatistics(shrinkage)
         self.calibration = CalibrationMemory(calibration_per_task if accept_rate is not None else 0)
@@ -148,17 +156,17 @@ class FeatureRouter:
         """How in-scope each input looks (compared with the rejection threshold); default: its best task score."""
         return scores.max(1)
 
-    def _add_statistics(self, index: int, task: Task, encode: Encode) -> np.ndarray:
+    def _add_statistics(self, index: int, task: Task, train: RouterInputs) -> np.ndarray:
         """Fold the task's train features into the statistics; returns them."""
-        features = self._features(encode(task.train.texts))
-        self.stats.add(index, features, task.train.labels, len(task.labels))
+        features = self._features(train)
+        self.stats.add(index, features, labels_of(train), len(task.labels))
         self.num_tasks = index + 1
         return features
 
-    def _calibrate(self, index: int | None = None, task: Task | None = None, encode: Encode | None = None) -> None:
+    def _calibrate(self, index: int | None = None, validation: RouterInputs | None = None) -> None:
         """Add the task's validation features (when given) and recompute the rejection threshold."""
-        if self.accept_rate is not None and task is not None and encode is not None and index is not None:
-            self.calibration.add(index, self._features(encode(task.validation.texts)))
+        if self.accept_rate is not None and validation is not None and index is not None:
+            self.calibration.add(index, self._features(validation))
         memory = self.calibration.features
         support = self._support(memory, self._scores(memory)) if memory is not None and len(memory) else np.zeros(0)
         self.threshold = rejection_threshold(support, self.accept_rate)
@@ -195,9 +203,9 @@ class PrototypeRouter(FeatureRouter):
         super().__init__(pooling, layers, shrinkage, accept_rate, calibration_per_task)
         self.metric = metric
 
-    def add_task(self, index: int, task: Task, encode: Encode) -> None:
-        self._add_statistics(index, task, encode)
-        self._calibrate(index, task, encode)
+    def add_task(self, index: int, task: Task, train: RouterInputs, validation: RouterInputs) -> None:
+        self._add_statistics(index, task, train)
+        self._calibrate(index, validation)
 
     def _scores(self, features: np.ndarray) -> np.ndarray:
         return self.stats.task_scores(self.stats.class_scores(features, self.metric), self.num_tasks)

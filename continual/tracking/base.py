@@ -30,7 +30,16 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker(Protocol):
-    """One run of one experiment."""
+    """One run of one experiment: where its params, per-step metrics and files go.
+
+    A new tracker provides ``run_id`` and ``uri`` (printed in the summary, stored in the checkpoint
+    so that a resumed run continues the same tracking run) and the five methods below. Metric keys
+    arrive as written (``acc/<task>``); a tracker that cannot store some characters maps them with
+    :func:`metric_key`.
+    """
+
+    run_id: str
+    uri: str
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -45,5 +54,5 @@ class Tracker(Protocol):
         ...
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the run as ``FINISHED`` or ``FAILED``."""
+        """End the run as ``FINISHED``, ``FAILED`` or ``KILLED``."""
         ...

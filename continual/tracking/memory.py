@@ -13,7 +13,9 @@ from continual.tracking.base import flatten, metric_key
 class MemoryTracker:
     """Records params, metric histories ``{key: [(step, value)]}``, artifact paths and the final status."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str = "memory") -> None:
+        self.run_id = run_id
+        self.uri = "memory:"
         self.params: dict[str, str] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.artifacts: list[tuple[Path, str | None]] = []

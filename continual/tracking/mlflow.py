@@ -7,6 +7,7 @@ shows artifacts without a server.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -15,13 +16,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from continual.errors import ContinualError
+from continual.errors import ContinualError, first_line
 from continual.tracking.base import flatten, metric_key
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
 BATCH = 100  # log_batch takes at most 100 params / 1000 metrics per call
+# The UI opens an experiment on the view its kind names; without the tag, MLflow 3 shows the GenAI views.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def normalise_uri(uri: str, launch_dir: Path) -> str:
@@ -108,24 +111,29 @@ class MLflowTracker:
             else:
                 self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ContinualError(f"tracking.uri={uri}: cannot open the MLflow store: {first}") from exc
+            raise ContinualError(f"tracking.uri={uri}: cannot open the MLflow store: {first_line(exc)}") from exc
         self.experiment_id = experiment_id
 
     def _experiment_id(self, name: str) -> str:
-        """The experiment's id, creating it if needed (tolerating a parallel job that creates it first)."""
+        """The experiment's id, creating it if needed (tolerating a parallel job that creates it first).
+
+        The experiment is tagged as model training (:data:`EXPERIMENT_KIND`), so that the UI opens on
+        its runs; an experiment made before that tag existed gets it now.
+        """
         from mlflow.exceptions import MlflowException
 
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(name, artifact_location=local_artifact_root(self.uri))
-        except MlflowException:
-            found = self.client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
+        if found is None:
+            try:
+                return self.client.create_experiment(name, artifact_location=local_artifact_root(self.uri),
+                                                     tags=dict([EXPERIMENT_KIND]))
+            except MlflowException:
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        return found.experiment_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -155,3 +163,54 @@ class MLflowTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+# A multirun's parent run: created by the launching process before any job starts (which also creates
+# a fresh sqlite store and the experiment in one process), recorded in the sweep folder, closed last.
+SWEEP_FILE = "sweep_run.json"
+
+
+def record_sweep(sweep_dir: Path, tracker: MLflowTracker) -> dict:
+    """Write ``sweep_run.json`` in ``sweep_dir``: the parent run that the sweep's jobs join as children."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    record = {"run_id": tracker.run_id, "uri": tracker.uri, "started": time.time()}
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps(record))
+    return record
+
+
+def sweep_of(job_dir: Path) -> dict | None:
+    """The parent run record of the multirun that ``job_dir`` (a job's folder) belongs to, if any."""
+    path = job_dir.parent / SWEEP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def child_tags(job_dir: Path, job: int) -> dict[str, str]:
+    """Tags that make a job's run a child of its sweep's parent run (none outside a multirun)."""
+    record = sweep_of(job_dir)
+    if record is None:
+        return {}
+    return {"mlflow.parentRunId": record["run_id"], "sweep": str(job_dir.parent), "job": str(job)}
+
+
+def close_sweep(sweep_dir: Path, killed: bool = False) -> tuple[int, int] | None:
+    """Log the sweep's job counts on its parent run and end it: FINISHED if every job finished, KILLED if
+    ``killed``, else FAILED. Returns (jobs, finished jobs), or None when ``sweep_dir`` has no parent run."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    record = sweep_of(sweep_dir / "_")
+    if record is None:
+        return None
+    # this sweep's job folders (a reused sweep folder may also hold an earlier sweep's jobs)
+    jobs = sum(1 for d in sweep_dir.iterdir()
+               if (d / ".hydra").is_dir() and (d / ".hydra").stat().st_mtime >= record["started"] - 1)
+    client = MlflowClient(tracking_uri=record["uri"])
+    parent = client.get_run(record["run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{record['run_id']}'")
+    finished = sum(c.info.status == "FINISHED" for c in children)
+    now = int(time.time() * 1000)
+    client.log_batch(record["run_id"], metrics=[Metric("jobs", jobs, now, 0), Metric("jobs_finished", finished, now, 0)])
+    status = "KILLED" if killed else "FINISHED" if jobs > 0 and finished == jobs else "FAILED"
+    client.set_terminated(record["run_id"], status)
+    return jobs, finished

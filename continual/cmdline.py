@@ -1,0 +1,97 @@
+"""The command line outside Hydra: checks before Hydra sees it, and the subcommands' parsers.
+
+Hydra answers a YAML syntax error with a long traceback, an unknown option with a multi-line
+listing and a missing launcher plugin with an import error; these become one ``error:`` line each,
+and so do the subcommands' argument errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from typing import NoReturn
+
+import yaml
+
+from continual.errors import ContinualError
+
+LAUNCHER_PLUGINS = {  # hydra/launcher option -> (plugin module, pip extra of continual)
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+}
+
+
+def conf_dir() -> Path:
+    """conf/ beside the package in a source checkout, else the copy shipped as ``continual/conf``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"continual: config folder not found next to {here}")
+
+
+def config_dirs(argv: list[str]) -> list[Path]:
+    """The packaged config folder and any ``--config-dir`` given on the command line."""
+    dirs = [conf_dir()]
+    for k, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and k + 1 < len(argv):
+            dirs.append(Path(argv[k + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+    return [d for d in dirs if d.is_dir()]
+
+
+def check_launcher(choice: str) -> None:
+    """A launcher whose Hydra plugin is not installed: name the extra to install, not a Hydra traceback."""
+    if choice in LAUNCHER_PLUGINS:
+        module, extra = LAUNCHER_PLUGINS[choice]
+        if importlib.util.find_spec(module) is None:
+            raise ContinualError(f"hydra/launcher={choice} needs its Hydra plugin, which is not installed: "
+                                 f"pip install 'continual[{extra}]'")
+
+
+def _check_yaml(path: Path) -> None:
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ContinualError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Parse every config file and check ``group=option`` overrides (and launchers) before Hydra does."""
+    dirs = config_dirs(argv)
+    for path in (p for d in dirs for p in sorted(d.rglob("*.yaml"))):
+        _check_yaml(path)
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        if group == "hydra/launcher":
+            for choice in value.split(","):
+                check_launcher(choice)
+            continue
+        if not sep or group.startswith(("-", "+", "~")) or "." in group or "/" in group:
+            continue
+        folders = [d / group for d in dirs if (d / group).is_dir()]
+        if not folders:
+            continue  # a plain key such as seed=1
+        options = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
+        for choice in value.split(","):  # a multirun sweeps comma-separated options
+            if choice and choice not in options and not choice.startswith(("choice(", "glob(")):
+                raise ContinualError(f"{group}={choice}: no such option; {group} options: {', '.join(options)}")
+
+
+def subcommand_parser(name: str, usage: str) -> argparse.ArgumentParser:
+    """An argparse parser for ``continual NAME`` whose errors are one ``error:`` line and whose help is ``usage``."""
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise ContinualError(f"continual {name}: {message} (see continual {name} --help)")
+
+        def print_help(self, file=None) -> None:  # type: ignore[no-untyped-def]
+            print(usage, file=file)
+
+    return Parser(prog=f"continual {name}", add_help=True)

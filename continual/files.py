@@ -1,0 +1,102 @@
+"""Writing files so that a crash never leaves half of one, and reading safetensors that must match.
+
+Every file a run keeps (adapters, router state, checkpoint, CSVs, results) is written to a temporary
+file beside its destination and renamed into place: a kill at any moment leaves either the old file
+or the new one, never a truncated one. Saved tensors carry metadata that says what they were made
+for (backbone, adapter config, labels, ...); :func:`read_checked` refuses a file whose metadata
+disagrees with what the loader expects, naming the first key that differs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from continual.errors import ContinualError, first_line
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; once the block has written it, rename it onto ``path``.
+
+    If the block raises, the temporary file is removed and ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (utf-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    """Save torch tensors (moved to CPU, contiguous, unshared) as safetensors with ``metadata``, atomically."""
+    from safetensors.torch import save_file
+
+    # clone: safetensors refuses tensors that share storage, which state dicts of some encoders contain
+    plain = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata=dict(metadata))
+    return path
+
+
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> Path:
+    """Save numpy arrays as safetensors with ``metadata``, atomically."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, str(tmp), metadata=dict(metadata))
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file (one line naming the file if it cannot be read)."""
+    try:
+        with safe_open(str(path), "np") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise ContinualError(f"{path}: unreadable safetensors file ({first_line(exc)})") from exc
+
+
+def read_checked(path: Path, expected: Mapping[str, str], framework: str = "pt", hint: str = "") -> dict:
+    """The tensors of ``path`` (torch with ``framework='pt'``, numpy with ``'np'``) after checking its metadata.
+
+    Every key of ``expected`` must hold the same value in the file's metadata; otherwise one line names
+    the file, the key, both values and ``hint`` (what the file can be loaded onto).
+    """
+    if not path.is_file():
+        raise ContinualError(f"{path}: missing")
+    meta = read_metadata(path)
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            raise ContinualError(f"{path}: saved for {key}={meta.get(key)}, but this run has {key}={value}"
+                                 + (f"; {hint}" if hint else ""))
+    try:
+        with safe_open(str(path), framework) as fh:
+            return {name: fh.get_tensor(name) for name in fh.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ContinualError(f"{path}: unreadable safetensors file ({first_line(exc)})") from exc
+
+
+def with_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{prefix + name: tensor}``: several modules' state dicts in one file."""
+    return {f"{prefix}{n}": t for n, t in tensors.items()}
+
+
+def strip_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix``, with the prefix removed (the inverse of :func:`with_prefix`)."""
+    return {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}

@@ -1,0 +1,115 @@
+"""One job of the ``continual`` command: from a resolved config to a finished (or failed) tracking run.
+
+The order is what makes failures cheap and visible: every option is validated (no data, no model),
+the tracking run is opened, the data is read and checked against the learner and router, and only
+then is the backbone loaded and training started. Whatever goes wrong after the tracking run exists
+marks it FAILED (KILLED on an interrupt), with the rows finished so far and the job's log attached.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from continual import assemble
+from continual.checkpoint import RunState, resume_state
+from continual.errors import ContinualError
+from continual.experiment import RunResult, check_compatible, run_stream
+from continual.sinks import summary_text
+from continual.streams import Stream
+from continual.tracking.base import Tracker
+from continual.tracking.mlflow import child_tags
+
+log = logging.getLogger("continual")
+
+TAGGED_CHOICES = ("stream", "learner", "router", "adapter", "backbone", "method")  # config groups that become run tags
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info lines from datasets/transformers: ours say what is going on."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run_tags(config: Mapping[str, Any], choices: Mapping[str, str]) -> dict[str, str]:
+    """The run's tags: the chosen option of each config group, the seed and the task order."""
+    tags = {k: str(choices.get(k, "")) for k in TAGGED_CHOICES}
+    tags.update(seed=str(config["seed"]), order=str(config["stream"].get("order")))
+    return tags
+
+
+def _describe(stream: Stream) -> str:
+    return ", ".join(f"{t.name} ({len(t.labels)} labels, {len(t.train)}/{len(t.validation)}/{len(t.test)})"
+                     for t in stream.tasks)
+
+
+def _attach_log(tracker: Tracker, log_file: Path | None) -> None:
+    if log_file is not None and log_file.is_file():
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        tracker.log_artifact(log_file)
+
+
+def _train(config: Mapping[str, Any], parts: assemble.Parts, tracker: Tracker, state: RunState | None,
+           out_dir: Path, launch_dir: Path, learner_name: str, label: str) -> RunResult:
+    """Inside the open tracking run: config and params, data, compatibility, model, the stream."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if state is None:
+        tracker.log_params(config)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        tracker.log_artifact(out_dir / "config.yaml")
+    stream = parts.source.load(launch_dir)
+    log.info("stream %s: %s", stream.name, _describe(stream))
+    check_compatible(stream.tasks, parts.router, parts.learner.router_limit, f"learner={learner_name}")
+    if state is None:  # written before any training so that even task 0 can be resumed into this run
+        state = RunState(stream.task_names, run_id=tracker.run_id)
+        state.save(out_dir)
+    assemble.seed_everything(config["seed"])
+    backbone = assemble.backbone(config)
+    learner = assemble.learner(parts, backbone, config["seed"])
+    return run_stream(stream, learner, parts.router, tracker, out_dir, progress=config["progress"], state=state,
+                      label=label)
+
+
+def run_job(config: Mapping[str, Any], out_dir: Path, launch_dir: Path, choices: Mapping[str, str],
+            job: int | None = None, log_file: Path | None = None) -> RunResult:
+    """Validate, open the tracker, load data, then train; any failure marks the tracking run FAILED or KILLED.
+
+    ``job`` is the index of this run in a multirun (its run then joins the sweep's parent run);
+    ``log_file``, if it exists at the end, is attached to the tracking run.
+    """
+    quiet_libraries()
+    parts = assemble.parts(config)
+    state = resume_state(out_dir, dict(config), bool(config.get("resume")))
+    tags = {**run_tags(config, choices), **(child_tags(out_dir, job) if job is not None else {})}
+    assemble.set_threads(config.get("threads"))
+    run_name = config.get("run_name") or f"{parts.source.name}-{tags['learner']}-{tags['router']}-seed{config['seed']}"
+    tracker = assemble.tracker(config["tracking"], launch_dir, run_name, tags, state.run_id if state else None)
+    try:
+        result = _train(config, parts, tracker, state, out_dir, launch_dir, tags["learner"],
+                        "" if job is None else f"job {job} ")
+        text = summary_text(result, tracker.uri, tracker.run_id, out_dir)
+        (out_dir / "summary.txt").write_text(text + "\n")
+        tracker.log_artifact(out_dir / "summary.txt")
+        _attach_log(tracker, log_file)
+        tracker.finish("FINISHED")
+    except BaseException as exc:
+        partial = out_dir / "accuracy_matrix.csv"
+        if partial.is_file():  # the rows finished so far stay visible next to the failed run
+            tracker.log_artifact(partial)
+        if isinstance(exc, ContinualError):
+            log.error("%s", exc)  # into the job's log file, which is attached next
+        _attach_log(tracker, log_file)
+        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    print(text, flush=True)
+    return result

@@ -1,0 +1,167 @@
+"""Sinks: where the records of a run go. Each consumes every step's record and the run's end.
+
+* :class:`FileSink`: ``accuracy_matrix.csv`` after every step; at the end the task-given matrix,
+  router confusion, plots and ``results.json``.
+* :class:`TrackerSink`: the step's training losses and metric row; at the end the run totals and
+  every file worth keeping (the files sink's outputs, the learner's files, the router state).
+* :class:`CheckpointSink`: ``checkpoint.json``, last, so that it never names a step whose outputs
+  are not on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from continual import files, plots
+from continual.checkpoint import RunState
+from continual.routers.state import FILENAME as ROUTER_FILE
+from continual.tracking.base import Tracker
+
+if TYPE_CHECKING:
+    from continual.experiment import RunResult, StepRecord
+
+
+class Sink(Protocol):
+    """Consumes a run's records: :meth:`on_step` after every step, :meth:`on_end` once after the last."""
+
+    def on_step(self, record: StepRecord, state: RunState) -> None: ...
+
+    def on_end(self, result: RunResult, totals: dict[str, float]) -> None: ...
+
+
+def _csv_cell(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{value:.6f}"
+
+
+def write_matrix_csv(R: np.ndarray, names: list[str], path: Path) -> Path:
+    """Header = task names; row i = accuracies after training task i (blank for unseen tasks); atomic."""
+    with files.atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(names)
+        writer.writerows([_csv_cell(v) for v in row] for row in R)
+    return path
+
+
+def write_confusion_csv(counts: np.ndarray, names: list[str], path: Path) -> Path:
+    """Rows = true task, columns = routed task, then ``rejected``; atomic."""
+    with files.atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["true_task", *names, "rejected"])
+        writer.writerows([name, *row.tolist()] for name, row in zip(names, counts))
+    return path
+
+
+def _json_cells(matrix: np.ndarray) -> list[list[float | None]]:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in matrix]
+
+
+def results_json(result: RunResult) -> dict:
+    """The run's matrices and final metrics as plain JSON (``null`` for undefined values, never NaN)."""
+    state = result.state
+    final = {k: v if np.isfinite(v) else None for k, v in result.metrics.items()}
+    return {"task_names": state.task_names, "R": _json_cells(state.R), "oracle_R": _json_cells(state.oracle_R),
+            **final, "router_acc": state.router_accuracy, "oracle_avg_acc": state.oracle_average,
+            "train_seconds": state.train_seconds, "train_samples_per_s": state.train_samples_per_second,
+            "seconds": result.seconds}
+
+
+class FileSink:
+    """The output folder's matrices, plots and results; ``outputs`` lists what it wrote at the end."""
+
+    def __init__(self, out_dir: Path, names: list[str]) -> None:
+        self.out_dir, self.names = out_dir, names
+        self.outputs: list[Path] = []
+
+    def on_step(self, record: StepRecord, state: RunState) -> None:
+        write_matrix_csv(state.R, self.names, self.out_dir / "accuracy_matrix.csv")
+
+    def on_end(self, result: RunResult, totals: dict[str, float]) -> None:
+        out, state, names = self.out_dir, result.state, self.names
+        self.outputs = [
+            out / "accuracy_matrix.csv",
+            write_matrix_csv(state.oracle_R, names, out / "oracle_accuracy_matrix.csv"),
+            write_confusion_csv(result.confusion, names, out / "router_confusion.csv"),
+            plots.confusion(result.confusion, names, out / "router_confusion.png"),
+            plots.heatmap(state.R, names, out / "accuracy_matrix.png"),
+            plots.curves(state.R, names, out / "accuracy_curves.png"),
+            files.write_text(out / "results.json", json.dumps(results_json(result), indent=2)),
+        ]
+
+
+class TrackerSink:
+    """Metric rows and training losses per step; run totals and the files worth keeping at the end."""
+
+    def __init__(self, tracker: Tracker, out_dir: Path, files_sink: FileSink) -> None:
+        self.tracker, self.out_dir, self.files = tracker, out_dir, files_sink
+
+    def on_step(self, record: StepRecord, state: RunState) -> None:
+        task = record.report.task
+        self.tracker.log_history([({f"train_loss/{task}": loss, "train_loss": loss}, step)
+                                  for step, loss in record.losses])
+        self.tracker.log_metrics(record.row, step=record.step.row)
+
+    def on_end(self, result: RunResult, totals: dict[str, float]) -> None:
+        # run-level totals for `continual report` (the per-step trainable_params/train_seconds are one step's)
+        self.tracker.log_metrics(totals, step=len(result.state.task_names) - 1)
+        for path in self.files.outputs:
+            self.tracker.log_artifact(path)
+        self.tracker.log_artifact(self.out_dir / "adapters", "adapters")
+        self.tracker.log_artifact(self.out_dir / ROUTER_FILE)
+
+
+class CheckpointSink:
+    """``checkpoint.json`` after every step (a kill before it redoes the step on resume)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def on_step(self, record: StepRecord, state: RunState) -> None:
+        state.save(self.out_dir)
+
+    def on_end(self, result: RunResult, totals: dict[str, float]) -> None:
+        pass
+
+
+def format_matrix(R: np.ndarray, names: list[str], width: int = 10) -> str:
+    """Plain-text accuracy matrix in percent, for the terminal summary (names cut to ``width``)."""
+    short = [n[:width] for n in names]
+    lines = [" " * width + "".join(n.rjust(width + 1) for n in short)]
+    for i, name in enumerate(short):
+        cells = "".join((f"{100 * v:.1f}" if np.isfinite(v) else "").rjust(width + 1) for v in R[i])
+        lines.append(name.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}" if np.isfinite(value) else "n/a (one row of R)"
+
+
+def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Path) -> str:
+    """The closing summary: the matrix, the metrics, where things are and how to look at them."""
+    state = result.state
+    m = {**result.last_row, **result.metrics}
+    lines = [
+        "",
+        "accuracy matrix R[i, j] (%): row = after training task i, column = task j",
+        format_matrix(state.R, state.task_names),
+        "",
+        f"ACC (avg accuracy)  {_pct(m['avg_acc'])}",
+        f"BWT                 {_pct(m['bwt'])}",
+        f"forgetting          {_pct(m['forgetting'])}",
+        f"learning accuracy   {_pct(m['learning_acc'])}",
+        f"router accuracy     {_pct(state.router_accuracy)}",
+        f"oracle-routed ACC   {_pct(state.oracle_average)} (same adapters, true task given)",
+        *([f"OOS recall          {_pct(m['oos_recall'])} (out-of-scope inputs rejected)"] if "oos_recall" in m else []),
+        f"train time          {state.train_seconds:.1f} s ({state.train_samples_per_second:.0f} samples/s); "
+        f"total {result.seconds:.1f} s",
+        f"outputs             {out_dir}",
+        f"MLflow run          {run_id} in {tracking_uri}",
+    ]
+    if tracking_uri.startswith("sqlite:"):
+        lines.append(f"open the UI with    mlflow ui --backend-store-uri {tracking_uri}")
+    return "\n".join(lines)
