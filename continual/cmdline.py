@@ -49,8 +49,10 @@ def check_launcher(choice: str) -> None:
     if choice in LAUNCHER_PLUGINS:
         module, extra = LAUNCHER_PLUGINS[choice]
         if importlib.util.find_spec(module) is None:
-            raise ContinualError(f"hydra/launcher={choice} needs its Hydra plugin, which is not installed: "
-                                 f"pip install 'continual[{extra}]'")
+            raise ContinualError(
+                f"hydra/launcher={choice} needs its Hydra plugin, which is not installed: "
+                f"pip install 'continual[{extra}]'"
+            )
 
 
 def _check_yaml(path: Path) -> None:
@@ -91,7 +93,7 @@ def subcommand_parser(name: str, usage: str) -> argparse.ArgumentParser:
         def error(self, message: str) -> NoReturn:
             raise ContinualError(f"continual {name}: {message} (see continual {name} --help)")
 
-        def print_help(self, file=None) -> None:  # type: ignore[no-untyped-def]
+        def print_help(self, file=None) -> None:
             print(usage, file=file)
 
     return Parser(prog=f"continual {name}", add_help=True)

@@ -93,8 +93,9 @@ def encode_texts(learner: Learner, texts: Sequence[str], labels: np.ndarray | No
         run_adapter(learner, tokenized(), k, outputs, np.arange(len(texts)))
         return outputs.certainty
 
-    return RouterInputs(len(texts), lambda pooling, layers: features_of(learner, tokenized(), pooling, layers),
-                        certainty, labels=labels)
+    return RouterInputs(
+        len(texts), lambda pooling, layers: features_of(learner, tokenized(), pooling, layers), certainty, labels=labels
+    )
 
 
 def split_inputs(learner: Learner, split: Split) -> RouterInputs:
@@ -105,8 +106,14 @@ def split_inputs(learner: Learner, split: Split) -> RouterInputs:
 class Evaluator:
     """Evaluates the test splits of ``tasks`` (and optional ``out_of_scope`` texts) through ``router``."""
 
-    def __init__(self, learner: Learner, router: Router, tasks: Sequence[Task], memoise: bool = True,
-                 out_of_scope: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        learner: Learner,
+        router: Router,
+        tasks: Sequence[Task],
+        memoise: bool = True,
+        out_of_scope: Sequence[str] = (),
+    ) -> None:
         self.learner = learner
         self.router = router
         self.tasks = tasks
@@ -149,14 +156,20 @@ class Evaluator:
         cached = self._features.get((key, pooling, layers))
         if cached is None or cached[0] != fingerprint:
             cached = self._features[(key, pooling, layers)] = (
-                fingerprint, features_of(self.learner, self.tokens[key], pooling, layers))
+                fingerprint,
+                features_of(self.learner, self.tokens[key], pooling, layers),
+            )
         return cached[1]
 
     def inputs(self, key: SetKey) -> RouterInputs:
         n = len(self.tokens[key])
         truth = np.full(n, key, np.int64) if isinstance(key, int) else None
-        return RouterInputs(n, lambda pooling, layers: self._frozen_features(key, pooling, layers),
-                            lambda k: self._adapter(key, k, np.ones(n, bool)).certainty, truth)
+        return RouterInputs(
+            n,
+            lambda pooling, layers: self._frozen_features(key, pooling, layers),
+            lambda k: self._adapter(key, k, np.ones(n, bool)).certainty,
+            truth,
+        )
 
     @torch.no_grad()
     def evaluate(self, j: int) -> TaskEval:
@@ -174,8 +187,14 @@ class Evaluator:
             preds[mine] = self._adapter(j, k, mine).labels[mine]
         oracle = self._adapter(j, j, np.ones(len(labels), bool)).labels
         right_task = routes == j
-        return TaskEval(float(np.mean(right_task & (preds == labels))), float(np.mean(right_task)),
-                        float(np.mean(oracle == labels)), len(labels), self.computed - before, routes)
+        return TaskEval(
+            float(np.mean(right_task & (preds == labels))),
+            float(np.mean(right_task)),
+            float(np.mean(oracle == labels)),
+            len(labels),
+            self.computed - before,
+            routes,
+        )
 
     @torch.no_grad()
     def rejection_rate(self) -> float:

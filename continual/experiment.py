@@ -29,10 +29,10 @@ from continual import metrics
 from continual.checkpoint import RunState
 from continual.errors import ContinualError
 from continual.evaluation import Evaluator, TaskEval, split_inputs
-from continual.learners.base import LearnReport, Learner, Step, steps
+from continual.learners.base import Learner, LearnReport, Step, steps
 from continual.routers.base import Router
 from continual.routers.state import save_router
-from continual.sinks import CheckpointSink, FileSink, Sink, TrackerSink
+from continual.sinks import Sink, default_sinks
 from continual.streams import Stream, Task
 from continual.tracking.base import Tracker
 
@@ -48,6 +48,15 @@ class StepRecord:
     evals: list[TaskEval]  # tasks 0..row, in stream order
     losses: list[tuple[int, float]]  # (global optimizer step, training loss)
     row: dict[str, float]  # the metrics logged at step ``step.row``
+
+    def describe(self, num_tasks: int) -> str:
+        """One log line: where the stream is, the average accuracy so far, what learning the step cost."""
+        row, report = self.row, self.report
+        return (
+            f"after task {self.step.row + 1}/{num_tasks} {report.task}: avg_acc={row['avg_acc']:.4f} "
+            f"router_acc={row['router_acc']:.4f} val_acc={report.val_acc:.4f} {report.seconds:.1f}s "
+            f"({report.samples_per_second:.0f} samples/s)"
+        )
 
 
 @dataclass
@@ -69,13 +78,16 @@ def check_compatible(tasks: Sequence[Task], router: Router, router_limit: str | 
     if router.learned and router_limit:
         raise ContinualError(f"{learner} {router_limit}: use router=oracle")
     if router.learned and len(tasks) < 2:
-        raise ContinualError(f"router: a learned router needs a stream of at least 2 tasks (this one has "
-                             f"{len(tasks)}); with one task there is nothing to route, use router=oracle")
+        raise ContinualError(
+            f"router: a learned router needs a stream of at least 2 tasks (this one has "
+            f"{len(tasks)}); with one task there is nothing to route, use router=oracle"
+        )
     if router.accept_rate is not None:
         empty = [t.name for t in tasks if len(t.validation) == 0]
         if empty:
-            raise ContinualError(f"router.accept_rate: calibrating rejection needs validation examples, but "
-                                 f"tasks {empty} have none")
+            raise ContinualError(
+                f"router.accept_rate: calibrating rejection needs validation examples, but tasks {empty} have none"
+            )
 
 
 def metric_row(state: RunState, record: StepRecord, names: Sequence[str], extra: dict[str, float]) -> dict[str, float]:
@@ -85,14 +97,16 @@ def metric_row(state: RunState, record: StepRecord, names: Sequence[str], extra:
     row.update({f"acc/{names[j]}": state.R[i, j] for j in range(i + 1)})
     row.update({f"router_acc/{names[j]}": state.router_R[i, j] for j in range(i + 1)})
     row.update({f"oracle_acc/{names[j]}": state.oracle_R[i, j] for j in range(i + 1)})
-    row.update({
-        "router_acc": float(np.mean(state.router_R[i, : i + 1])),
-        "oracle_avg_acc": float(np.mean(state.oracle_R[i, : i + 1])),
-        f"val_acc/{report.task}": report.val_acc,
-        "trainable_params": report.trainable_params,
-        "train_seconds": report.seconds,
-        "train_samples_per_s": report.samples_per_second,
-    })
+    row.update(
+        {
+            "router_acc": float(np.mean(state.router_R[i, : i + 1])),
+            "oracle_avg_acc": float(np.mean(state.oracle_R[i, : i + 1])),
+            f"val_acc/{report.task}": report.val_acc,
+            "trainable_params": report.trainable_params,
+            "train_seconds": report.seconds,
+            "train_samples_per_s": report.samples_per_second,
+        }
+    )
     row.update(extra)
     return row
 
@@ -103,8 +117,9 @@ class _Run:
     def __init__(self, stream: Stream, learner: Learner, router: Router, out_dir: Path, memoise: bool) -> None:
         self.stream, self.learner, self.router, self.out_dir = stream, learner, router, out_dir
         rejects = router.accept_rate is not None
-        self.evaluator = Evaluator(learner, router, stream.tasks, memoise=memoise,
-                                   out_of_scope=stream.out_of_scope if rejects else ())
+        self.evaluator = Evaluator(
+            learner, router, stream.tasks, memoise=memoise, out_of_scope=stream.out_of_scope if rejects else ()
+        )
         self.backbone_params = sum(p.numel() for p in learner.backbone.parameters())
         self.saved_bytes = 0
 
@@ -113,8 +128,9 @@ class _Run:
         start = time.perf_counter()
         for j in indices:
             task = self.stream.tasks[j]
-            self.router.add_task(j, task, split_inputs(self.learner, task.train),
-                                 split_inputs(self.learner, task.validation))
+            self.router.add_task(
+                j, task, split_inputs(self.learner, task.train), split_inputs(self.learner, task.validation)
+            )
         return time.perf_counter() - start
 
     def restore(self, state: RunState) -> None:
@@ -151,11 +167,20 @@ class _Run:
         self.evaluator.new_step()
         eval_start = time.perf_counter()
         evals = [self.evaluator.evaluate(j) for j in range(step.row + 1)]
-        extra = {"trainable_share": report.trainable_params / self.backbone_params, "router_seconds": router_seconds,
-                 **self.rejection(evals), "eval_seconds": time.perf_counter() - eval_start}
-        state.record(step.row, len(step.tasks), np.array([e.accuracy for e in evals]),
-                     np.array([e.oracle_accuracy for e in evals]), np.array([e.router_accuracy for e in evals]),
-                     report)
+        extra = {
+            "trainable_share": report.trainable_params / self.backbone_params,
+            "router_seconds": router_seconds,
+            **self.rejection(evals),
+            "eval_seconds": time.perf_counter() - eval_start,
+        }
+        state.record(
+            step.row,
+            len(step.tasks),
+            np.array([e.accuracy for e in evals]),
+            np.array([e.oracle_accuracy for e in evals]),
+            np.array([e.router_accuracy for e in evals]),
+            report,
+        )
         extra.update(self.save(self.stream.task_names[: step.row + 1]))
         record = StepRecord(step, report, evals, losses, {})
         record.row.update(metric_row(state, record, self.stream.task_names, extra))
@@ -182,9 +207,18 @@ def confusion(routes: list[np.ndarray], T: int) -> np.ndarray:
     return counts
 
 
-def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracker, out_dir: Path,
-               progress: bool = True, memoise: bool = True, state: RunState | None = None,
-               label: str = "", sinks: Sequence[Sink] | None = None) -> RunResult:
+def run_stream(
+    stream: Stream,
+    learner: Learner,
+    router: Router,
+    tracker: Tracker,
+    out_dir: Path,
+    progress: bool = True,
+    memoise: bool = True,
+    state: RunState | None = None,
+    label: str = "",
+    sinks: Sequence[Sink] | None = None,
+) -> RunResult:
     """Learn ``stream`` step by step (as ``learner.schedule`` says); evaluate every seen task through ``router``.
 
     After every step the learner's files, the router state, ``accuracy_matrix.csv`` and
@@ -208,8 +242,7 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
         raise ContinualError(f"{out_dir}: the checkpoint is for tasks {state.task_names}, this stream has {names}")
     run = _Run(stream, learner, router, out_dir, memoise)
     run.restore(state)
-    files = FileSink(out_dir, names)
-    sinks = list(sinks) if sinks is not None else [files, TrackerSink(tracker, out_dir, files), CheckpointSink(out_dir)]
+    sinks = list(sinks) if sinks is not None else default_sinks(tracker, out_dir, names)
     start, record = time.perf_counter(), None
     todo = [s for s in steps(learner.schedule, len(names)) if s.row >= state.completed]
     bar = tqdm(todo, desc=f"{label}stream {stream.name}", unit="task", disable=not progress)
@@ -218,11 +251,9 @@ def run_stream(stream: Stream, learner: Learner, router: Router, tracker: Tracke
         record = run.step(step, state)
         for sink in sinks:
             sink.on_step(record, state)
-        log.info("%safter task %d/%d %s: avg_acc=%.4f router_acc=%.4f val_acc=%.4f %.1fs (%.0f samples/s)", label,
-                 step.row + 1, len(names), record.report.task, record.row["avg_acc"], record.row["router_acc"],
-                 record.report.val_acc, record.report.seconds, record.report.samples_per_second)
-    result = RunResult(state, confusion(run.final_routes(record), len(names)),
-                       record.row if record else {}, time.perf_counter() - start)
+        log.info("%s%s", label, record.describe(len(names)))
+    routes = run.final_routes(record)
+    result = RunResult(state, confusion(routes, len(names)), record.row if record else {}, time.perf_counter() - start)
     totals = {"total_trainable_params": learner.trained_parameters(), "total_train_seconds": state.train_seconds}
     for sink in sinks:
         sink.on_end(result, totals)

@@ -83,11 +83,13 @@ def read_checked(path: Path, expected: Mapping[str, str], framework: str = "pt",
     meta = read_metadata(path)
     for key, value in expected.items():
         if meta.get(key) != value:
-            raise ContinualError(f"{path}: saved for {key}={meta.get(key)}, but this run has {key}={value}"
-                                 + (f"; {hint}" if hint else ""))
+            raise ContinualError(
+                f"{path}: saved for {key}={meta.get(key)}, but this run has {key}={value}"
+                + (f"; {hint}" if hint else "")
+            )
     try:
         with safe_open(str(path), framework) as fh:
-            return {name: fh.get_tensor(name) for name in fh.keys()}
+            return {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     except (SafetensorError, OSError) as exc:
         raise ContinualError(f"{path}: unreadable safetensors file ({first_line(exc)})") from exc
 
@@ -99,4 +101,4 @@ def with_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, t
 
 def strip_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The entries of ``tensors`` under ``prefix``, with the prefix removed (the inverse of :func:`with_prefix`)."""
-    return {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
+    return {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}

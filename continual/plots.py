@@ -24,8 +24,9 @@ def heatmap(R: np.ndarray, names: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _percent_grid(values: np.ndarray, columns: list[str], rows: list[str], cmap: str, dark_below: float = 2.0,
-                  dark_above: float = 2.0):
+def _percent_grid(
+    values: np.ndarray, columns: list[str], rows: list[str], cmap: str, dark_below: float = 2.0, dark_above: float = 2.0
+):
     """A labelled grid of shares in percent (``nan`` cells blank); text turns white on dark cells."""
     plt = _pyplot()
     size = max(4.0, 0.6 * len(columns) + 2)
@@ -37,8 +38,15 @@ def _percent_grid(values: np.ndarray, columns: list[str], rows: list[str], cmap:
         for j in range(values.shape[1]):
             if np.isfinite(values[i, j]):
                 dark = values[i, j] < dark_below or values[i, j] > dark_above
-                ax.text(j, i, f"{100 * values[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * values[i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
     fig.colorbar(image, ax=ax, fraction=0.046)
     return fig, ax
 
@@ -80,8 +88,15 @@ def confusion(counts: np.ndarray, names: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def bars(labels: list[str], means: list[float], errors: list[float], path: Path, xlabel: str, title: str,
-         limit: float = 100.0) -> Path:
+def bars(
+    labels: list[str],
+    means: list[float],
+    errors: list[float],
+    path: Path,
+    xlabel: str,
+    title: str,
+    limit: float = 100.0,
+) -> Path:
     """Horizontal bars with error bars on a 0..``limit`` axis, one per label, top to bottom (``nan`` = no bar)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(labels) + 1.2)))

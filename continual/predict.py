@@ -28,7 +28,8 @@ from continual.evaluation import encode_texts
 from continual.learners import saved_tasks
 from continual.learners.base import Learner, padded_batches, tokenize
 from continual.routers.base import ABSTAIN, Router
-from continual.routers.state import FILENAME as ROUTER_FILE, load_router
+from continual.routers.state import FILENAME as ROUTER_FILE
+from continual.routers.state import load_router
 
 CHUNK = 1024  # texts routed together; bounds memory on large input files
 
@@ -40,7 +41,7 @@ class Query:
 
 
 def read_queries(path: Path, text_field: str = "text") -> list[Query]:
-    """Texts from ``.jsonl`` (objects with ``text_field`` and optional ``task``), ``.csv`` or ``.txt`` (one per line)."""
+    """Texts from ``.jsonl`` (objects with ``text_field``, optional ``task``), ``.csv`` or ``.txt`` (one per line)."""
     if not path.is_file():
         raise ContinualError(f"--input: file not found: {path}")
     suffix = path.suffix.lower()
@@ -60,12 +61,16 @@ def read_queries(path: Path, text_field: str = "text") -> list[Query]:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
             if text_field not in (reader.fieldnames or []):
-                raise ContinualError(f"{path}: no column '{text_field}' (columns: {reader.fieldnames}); "
-                                     "choose one with --text-field")
+                raise ContinualError(
+                    f"{path}: no column '{text_field}' (columns: {reader.fieldnames}); choose one with --text-field"
+                )
             rows = [{"_where": f"{path} row {n}", **row} for n, row in enumerate(reader, 1)]
     elif suffix == ".txt":
-        rows = [{"_where": f"{path} line {n}", text_field: line}
-                for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        rows = [
+            {"_where": f"{path} line {n}", text_field: line}
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if line.strip()
+        ]
     else:
         raise ContinualError(f"--input: {path} must be .jsonl, .csv, .tsv or .txt")
     queries = []
@@ -83,8 +88,14 @@ def read_queries(path: Path, text_field: str = "text") -> list[Query]:
 class Predictor:
     """A loaded learner + router and the names of the learned tasks and their labels."""
 
-    def __init__(self, learner: Learner, router: Router, task_names: Sequence[str],
-                 labels: Sequence[Sequence[str]], progress: bool = True) -> None:
+    def __init__(
+        self,
+        learner: Learner,
+        router: Router,
+        task_names: Sequence[str],
+        labels: Sequence[Sequence[str]],
+        progress: bool = True,
+    ) -> None:
         self.learner, self.router = learner, router
         self.task_names, self.labels = list(task_names), [list(lab) for lab in labels]
         self.progress = progress
@@ -119,8 +130,9 @@ class Predictor:
                 "task": None if k == ABSTAIN else self.task_names[k],
                 "label": None if k == ABSTAIN else self.labels[k][labels[n]],
                 "confidence": None if k == ABSTAIN else round(float(confidence[n]), 6),
-                "scores": None if scores is None or given[n] >= 0 else
-                {name: round(float(s), 6) for name, s in zip(self.task_names, scores[n])},
+                "scores": None
+                if scores is None or given[n] >= 0
+                else {name: round(float(s), 6) for name, s in zip(self.task_names, scores[n])},
                 "abstained": k == ABSTAIN,
                 "routed": bool(given[n] < 0),
             }
@@ -173,7 +185,7 @@ def run_folder(run: str, tracking_uri: str, scratch: Path) -> Path:
         if not (folder / "config.yaml").is_file():
             raise ContinualError(f"{folder}: not a run output folder (no config.yaml)")
         return folder
-    run_id = run[len("runs:/"):].strip("/") if run.startswith("runs:/") else run
+    run_id = run[len("runs:/") :].strip("/") if run.startswith("runs:/") else run
     if not (len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id)):
         raise ContinualError(f"continual predict: {run} is neither a run folder nor an MLflow run id")
     from mlflow.artifacts import download_artifacts
@@ -185,8 +197,9 @@ def run_folder(run: str, tracking_uri: str, scratch: Path) -> Path:
         for name in ("config.yaml", "adapters", ROUTER_FILE):
             download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(scratch), tracking_uri=uri)
     except Exception as exc:  # MlflowException / OSError: missing run, artifact or store
-        raise ContinualError(f"continual predict: cannot fetch artifacts of run {run_id} from {uri}: "
-                             f"{first_line(exc)}") from exc
+        raise ContinualError(
+            f"continual predict: cannot fetch artifacts of run {run_id} from {uri}: {first_line(exc)}"
+        ) from exc
     return scratch
 
 
@@ -194,16 +207,19 @@ def saved_config(folder: Path, overrides: list[str]) -> dict[str, Any]:
     """The run's resolved ``config.yaml`` with ``key=value`` overrides applied."""
     from omegaconf import OmegaConf
 
-    merged = OmegaConf.merge(OmegaConf.create(yaml.safe_load((folder / "config.yaml").read_text())),
-                             OmegaConf.from_dotlist(overrides))
+    merged = OmegaConf.merge(
+        OmegaConf.create(yaml.safe_load((folder / "config.yaml").read_text())), OmegaConf.from_dotlist(overrides)
+    )
     return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
 
 
 def _queries(args: Any) -> list[Query]:
     queries = [Query(t, args.task) for t in args.text]
     if args.input is not None:
-        queries += [q if q.task or not args.task else Query(q.text, args.task)
-                    for q in read_queries(args.input, args.text_field)]
+        queries += [
+            q if q.task or not args.task else Query(q.text, args.task)
+            for q in read_queries(args.input, args.text_field)
+        ]
     return queries
 
 
@@ -211,8 +227,10 @@ def _predictor(folder: Path, overrides: list[str], queries: list[Query], progres
     """Everything is checked (router state, task names, router kind) before the model loads."""
     config = saved_config(folder, overrides)
     if not (folder / ROUTER_FILE).is_file():
-        raise ContinualError(f"{folder}: no router state ({ROUTER_FILE}); the run has not finished a task, or it "
-                             "was made before routers were saved")
+        raise ContinualError(
+            f"{folder}: no router state ({ROUTER_FILE}); the run has not finished a task, or it "
+            "was made before routers were saved"
+        )
     tasks = saved_tasks(folder / "adapters")
     names = [t.name for t in tasks]
     unknown = sorted({q.task for q in queries if q.task and q.task not in names})
@@ -220,8 +238,10 @@ def _predictor(folder: Path, overrides: list[str], queries: list[Query], progres
         raise ContinualError(f"continual predict: tasks {unknown} are not tasks of this run; tasks: {names}")
     parts = assemble.parts(config)
     if not parts.router.learned and any(q.task is None for q in queries):
-        raise ContinualError("continual predict: this run used router=oracle, which cannot route new text; give "
-                             "each text its task (--task NAME or a 'task' field) or train with a learned router")
+        raise ContinualError(
+            "continual predict: this run used router=oracle, which cannot route new text; give "
+            "each text its task (--task NAME or a 'task' field) or train with a learned router"
+        )
     backbone = assemble.backbone(config)
     learner = assemble.learner(parts, backbone, config["seed"])
     learner.load(folder / "adapters", tasks)

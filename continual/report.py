@@ -120,7 +120,7 @@ def open_store(uri: str, launch_dir: Path | None = None) -> MlflowClient:
     from continual.tracking.mlflow import check_server
 
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         path = path if path.is_absolute() else (launch_dir or Path.cwd()) / path
         if not path.is_file():  # MLflow would silently create an empty store here
             raise ContinualError(f"no MLflow store at {path} (give the store with --tracking-uri)")
@@ -133,8 +133,9 @@ def open_store(uri: str, launch_dir: Path | None = None) -> MlflowClient:
         raise ContinualError(f"cannot open the MLflow store {uri}: {first_line(exc)}") from exc
 
 
-def collect_runs(client: MlflowClient, experiment: str, parent: str | None = None,
-                 filter_string: str = "") -> tuple[list[Run], dict[str, int]]:
+def collect_runs(
+    client: MlflowClient, experiment: str, parent: str | None = None, filter_string: str = ""
+) -> tuple[list[Run], dict[str, int]]:
     """The experiment's finished stream runs, and counts of the runs skipped, by reason.
 
     ``parent`` keeps only the child runs of one multirun's parent run; ``filter_string`` is an MLflow
@@ -182,8 +183,8 @@ def collect_runs(client: MlflowClient, experiment: str, parent: str | None = Non
 def group_value(run: Run, key: str) -> str | None:
     """A run's value for a group-by key: ``params.<name>``, ``tags.<name>``, or a bare tag name."""
     if key.startswith("params."):
-        return run.data.params.get(key[len("params."):])
-    return run.data.tags.get(key[len("tags."):] if key.startswith("tags.") else key)
+        return run.data.params.get(key[len("params.") :])
+    return run.data.tags.get(key[len("tags.") :] if key.startswith("tags.") else key)
 
 
 def check_group_by(runs: Sequence[Run], group_by: Sequence[str]) -> None:
@@ -191,8 +192,10 @@ def check_group_by(runs: Sequence[Run], group_by: Sequence[str]) -> None:
     for key in group_by:
         if not any(group_value(run, key) is not None for run in runs):
             tags = sorted({t for run in runs for t in run.data.tags if not t.startswith("mlflow.")})
-            raise ContinualError(f"group-by key '{key}' is neither a tag nor a param of these runs; tags: "
-                                 f"{', '.join(tags)} (config values: params.<key>, e.g. params.trainer.epochs)")
+            raise ContinualError(
+                f"group-by key '{key}' is neither a tag nor a param of these runs; tags: "
+                f"{', '.join(tags)} (config values: params.<key>, e.g. params.trainer.epochs)"
+            )
 
 
 def final_values(client: MlflowClient, run: Run, columns: Sequence[Column] = COLUMNS) -> dict[str, float]:
@@ -218,7 +221,7 @@ def learning_diagonal(client: MlflowClient, run: Run) -> dict[str, tuple[int, fl
     for key in run.data.metrics:
         if key.startswith("acc/"):
             first = min(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-            diagonal[key[len("acc/"):]] = (first.step, first.value)
+            diagonal[key[len("acc/") :]] = (first.step, first.value)
     return diagonal
 
 
@@ -243,15 +246,23 @@ def _fwt_references(runs: Sequence[Run], reference: str) -> dict[tuple[str | Non
     key, sep, value = reference.partition("=")
     if not sep or not key.strip() or not value.strip():
         raise ContinualError(f"--fwt-reference must be KEY=VALUE (e.g. method=adapters_oracle), got {reference!r}")
-    found = {tuple(group_value(r, k) for k in PAIRED_BY): r for r in runs if group_value(r, key.strip()) == value.strip()}
+    found = {
+        tuple(group_value(r, k) for k in PAIRED_BY): r for r in runs if group_value(r, key.strip()) == value.strip()
+    }
     if not found:
         raise ContinualError(f"--fwt-reference {reference}: no finished run has {key.strip()}={value.strip()}")
     return found
 
 
-def build_report(client: MlflowClient, experiment: str, group_by: Sequence[str] = DEFAULT_GROUP_BY,
-                 parent: str | None = None, filter_string: str = "",
-                 columns: Sequence[Column] = COLUMNS, fwt_reference: str | None = None) -> Report:
+def build_report(
+    client: MlflowClient,
+    experiment: str,
+    group_by: Sequence[str] = DEFAULT_GROUP_BY,
+    parent: str | None = None,
+    filter_string: str = "",
+    columns: Sequence[Column] = COLUMNS,
+    fwt_reference: str | None = None,
+) -> Report:
     """Collect, group and aggregate the finished runs of ``experiment`` into a :class:`Report`.
 
     With ``fwt_reference`` (``KEY=VALUE``) an FWT column compares every run's learning accuracy per
@@ -336,8 +347,14 @@ def plot(report: Report, path: Path) -> Path:
         labels.append(" / ".join(group.key) + f" (n={group.n})")
         means.append(100 * stat.mean if stat else math.nan)
         stds.append(100 * stat.std if stat and stat.n > 1 else math.nan)  # one run: no error bar, not a zero one
-    return plots.bars(labels, means, stds, path, xlabel="final average accuracy (%)",
-                      title=f"{report.experiment}: ACC, mean ± std over runs")
+    return plots.bars(
+        labels,
+        means,
+        stds,
+        path,
+        xlabel="final average accuracy (%)",
+        title=f"{report.experiment}: ACC, mean ± std over runs",
+    )
 
 
 def write_outputs(report: Report, out_dir: Path) -> list[Path]:
@@ -378,8 +395,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--fwt-reference")
     args = parser.parse_args(argv)
     client = open_store(args.tracking_uri, Path.cwd())
-    result = build_report(client, args.experiment, args.group_by.split(","), args.parent, args.filter,
-                          fwt_reference=args.fwt_reference)
+    result = build_report(
+        client, args.experiment, args.group_by.split(","), args.parent, args.filter, fwt_reference=args.fwt_reference
+    )
     print(to_markdown(result) if args.format == "markdown" else to_csv(result).rstrip("\n"), flush=True)
     print(result.note(), file=sys.stderr, flush=True)
     if args.output is not None:

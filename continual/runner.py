@@ -48,8 +48,9 @@ def run_tags(config: Mapping[str, Any], choices: Mapping[str, str]) -> dict[str,
 
 
 def _describe(stream: Stream) -> str:
-    return ", ".join(f"{t.name} ({len(t.labels)} labels, {len(t.train)}/{len(t.validation)}/{len(t.test)})"
-                     for t in stream.tasks)
+    return ", ".join(
+        f"{t.name} ({len(t.labels)} labels, {len(t.train)}/{len(t.validation)}/{len(t.test)})" for t in stream.tasks
+    )
 
 
 def _attach_log(tracker: Tracker, log_file: Path | None) -> None:
@@ -59,8 +60,16 @@ def _attach_log(tracker: Tracker, log_file: Path | None) -> None:
         tracker.log_artifact(log_file)
 
 
-def _train(config: Mapping[str, Any], parts: assemble.Parts, tracker: Tracker, state: RunState | None,
-           out_dir: Path, launch_dir: Path, learner_name: str, label: str) -> RunResult:
+def _train(
+    config: Mapping[str, Any],
+    parts: assemble.Parts,
+    tracker: Tracker,
+    state: RunState | None,
+    out_dir: Path,
+    launch_dir: Path,
+    learner_name: str,
+    label: str,
+) -> RunResult:
     """Inside the open tracking run: config and params, data, compatibility, model, the stream."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
@@ -76,12 +85,19 @@ def _train(config: Mapping[str, Any], parts: assemble.Parts, tracker: Tracker, s
     assemble.seed_everything(config["seed"])
     backbone = assemble.backbone(config)
     learner = assemble.learner(parts, backbone, config["seed"])
-    return run_stream(stream, learner, parts.router, tracker, out_dir, progress=config["progress"], state=state,
-                      label=label)
+    return run_stream(
+        stream, learner, parts.router, tracker, out_dir, progress=config["progress"], state=state, label=label
+    )
 
 
-def run_job(config: Mapping[str, Any], out_dir: Path, launch_dir: Path, choices: Mapping[str, str],
-            job: int | None = None, log_file: Path | None = None) -> RunResult:
+def run_job(
+    config: Mapping[str, Any],
+    out_dir: Path,
+    launch_dir: Path,
+    choices: Mapping[str, str],
+    job: int | None = None,
+    log_file: Path | None = None,
+) -> RunResult:
     """Validate, open the tracker, load data, then train; any failure marks the tracking run FAILED or KILLED.
 
     ``job`` is the index of this run in a multirun (its run then joins the sweep's parent run);
@@ -95,8 +111,9 @@ def run_job(config: Mapping[str, Any], out_dir: Path, launch_dir: Path, choices:
     run_name = config.get("run_name") or f"{parts.source.name}-{tags['learner']}-{tags['router']}-seed{config['seed']}"
     tracker = assemble.tracker(config["tracking"], launch_dir, run_name, tags, state.run_id if state else None)
     try:
-        result = _train(config, parts, tracker, state, out_dir, launch_dir, tags["learner"],
-                        "" if job is None else f"job {job} ")
+        result = _train(
+            config, parts, tracker, state, out_dir, launch_dir, tags["learner"], "" if job is None else f"job {job} "
+        )
         text = summary_text(result, tracker.uri, tracker.run_id, out_dir)
         (out_dir / "summary.txt").write_text(text + "\n")
         tracker.log_artifact(out_dir / "summary.txt")

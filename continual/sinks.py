@@ -64,10 +64,17 @@ def results_json(result: RunResult) -> dict:
     """The run's matrices and final metrics as plain JSON (``null`` for undefined values, never NaN)."""
     state = result.state
     final = {k: v if np.isfinite(v) else None for k, v in result.metrics.items()}
-    return {"task_names": state.task_names, "R": _json_cells(state.R), "oracle_R": _json_cells(state.oracle_R),
-            **final, "router_acc": state.router_accuracy, "oracle_avg_acc": state.oracle_average,
-            "train_seconds": state.train_seconds, "train_samples_per_s": state.train_samples_per_second,
-            "seconds": result.seconds}
+    return {
+        "task_names": state.task_names,
+        "R": _json_cells(state.R),
+        "oracle_R": _json_cells(state.oracle_R),
+        **final,
+        "router_acc": state.router_accuracy,
+        "oracle_avg_acc": state.oracle_average,
+        "train_seconds": state.train_seconds,
+        "train_samples_per_s": state.train_samples_per_second,
+        "seconds": result.seconds,
+    }
 
 
 class FileSink:
@@ -101,8 +108,9 @@ class TrackerSink:
 
     def on_step(self, record: StepRecord, state: RunState) -> None:
         task = record.report.task
-        self.tracker.log_history([({f"train_loss/{task}": loss, "train_loss": loss}, step)
-                                  for step, loss in record.losses])
+        self.tracker.log_history(
+            [({f"train_loss/{task}": loss, "train_loss": loss}, step) for step, loss in record.losses]
+        )
         self.tracker.log_metrics(record.row, step=record.step.row)
 
     def on_end(self, result: RunResult, totals: dict[str, float]) -> None:
@@ -125,6 +133,12 @@ class CheckpointSink:
 
     def on_end(self, result: RunResult, totals: dict[str, float]) -> None:
         pass
+
+
+def default_sinks(tracker: Tracker, out_dir: Path, names: list[str]) -> list[Sink]:
+    """The output folder's files, the tracker, the checkpoint: in that order (see the module docstring)."""
+    files_sink = FileSink(out_dir, names)
+    return [files_sink, TrackerSink(tracker, out_dir, files_sink), CheckpointSink(out_dir)]
 
 
 def format_matrix(R: np.ndarray, names: list[str], width: int = 10) -> str:

@@ -76,14 +76,14 @@ class TrainerConfig:
 def train_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of indices whose members have similar lengths."""
     order = rng.permutation(len(lengths))
-    lengths = np.asarray(lengths)
+    sizes = np.asarray(lengths)
     batches: list[np.ndarray] = []
     pool = batch_size * POOL_BATCHES
     for start in range(0, len(order), pool):
         chunk = order[start : start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
         batches.extend(chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)  # type: ignore[arg-type]
+    rng.shuffle(batches)
     return batches
 
 
@@ -116,8 +116,9 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def iter_padded(tokens: Sequence[Sequence[int]], batches: list[np.ndarray], pad_id: int,
-                device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+def iter_padded(
+    tokens: Sequence[Sequence[int]], batches: list[np.ndarray], pad_id: int, device: torch.device
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
     """Yield (indices, input_ids, attention_mask) for each batch of indices."""
     for idx in batches:
         ids, mask = pad([tokens[k] for k in idx], pad_id, device)
@@ -141,9 +142,16 @@ def _flat(params: ParamGroups) -> list[nn.Parameter]:
     return [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
 
 
-def fit(params: ParamGroups, epochs: Sequence[Sequence[Batch]], loss_of: Callable[[Batch], torch.Tensor],
-        cfg: TrainerConfig, name: str, modules: Iterable[nn.Module] = (), progress: bool = True,
-        on_loss: Callable[[int, float], None] | None = None) -> Fitted:
+def fit(
+    params: ParamGroups,
+    epochs: Sequence[Sequence[Batch]],
+    loss_of: Callable[[Batch], torch.Tensor],
+    cfg: TrainerConfig,
+    name: str,
+    modules: Iterable[nn.Module] = (),
+    progress: bool = True,
+    on_loss: Callable[[int, float], None] | None = None,
+) -> Fitted:
     """AdamW + linear warm-up/decay over ``epochs`` (lists of batches), minimising ``loss_of(batch)``.
 
     ``params`` (parameters, or param groups with their own ``lr``) require grad during the loop and

@@ -65,22 +65,27 @@ def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[s
 
 
 def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, object]:
-    print(f"\n## 1. end to end: {len(stream.tasks)} tasks, {sum(len(t.train.texts) for t in stream.tasks)} train / "
-          f"{sum(len(t.test.texts) for t in stream.tasks)} test examples, {trainer.epochs} epoch(s)")
+    print(
+        f"\n## 1. end to end: {len(stream.tasks)} tasks, {sum(len(t.train.texts) for t in stream.tasks)} train / "
+        f"{sum(len(t.test.texts) for t in stream.tasks)} test examples, {trainer.epochs} epoch(s)"
+    )
     ours = {}
     learner = None
     for skip in args.ours_skip_layers:  # the first variant's learner is kept for parts 2 and 3
         torch.manual_seed(0)
-        variant = AdapterPerTask(Backbone.load(), BottleneckConfig(placement=args.placement, skip_layers=skip), trainer,
-                                 progress=False)
+        variant = AdapterPerTask(
+            Backbone.load(), BottleneckConfig(placement=args.placement, skip_layers=skip), trainer, progress=False
+        )
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             result = run_stream(stream, variant, OracleRouter(), MemoryTracker(), Path(out), progress=False)
             seconds = time.perf_counter() - start
         train = sum(r.seconds for r in result.reports)
-        ours[skip] = (seconds, float(np.mean(result.R[-1])) * 100)
-        print(f"continual ({args.placement}, skip_layers={skip})  ACC {ours[skip][1]:.2f}  {seconds:.1f} s "
-              f"(train {train:.1f} s, rest {seconds - train:.1f} s)  peak RSS {peak_rss_mb():.0f} MB")
+        ours[skip] = (seconds, float(np.mean(result.state.R[-1])) * 100)
+        print(
+            f"continual ({args.placement}, skip_layers={skip})  ACC {ours[skip][1]:.2f}  {seconds:.1f} s "
+            f"(train {train:.1f} s, rest {seconds - train:.1f} s)  peak RSS {peak_rss_mb():.0f} MB"
+        )
         if learner is None:
             learner = variant
         else:
@@ -89,13 +94,25 @@ def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, ob
         return learner, None
     from peft_reference import run_peft_stream
 
-    peft = run_peft_stream(resolve_name(PACKAGED_MINILM), stream.tasks, trainer.epochs, trainer.batch_size,
-                           trainer.eval_batch_size, args.peft_lr, trainer.warmup_ratio, trainer.max_length)
-    print(f"peft LoRA reference     ACC {peft.acc * 100:.2f}  {peft.seconds:.1f} s (train {peft.train_seconds:.1f} s, "
-          f"eval {peft.eval_seconds:.1f} s)  peak RSS {peak_rss_mb():.0f} MB")
+    peft = run_peft_stream(
+        resolve_name(PACKAGED_MINILM),
+        stream.tasks,
+        trainer.epochs,
+        trainer.batch_size,
+        trainer.eval_batch_size,
+        args.peft_lr,
+        trainer.warmup_ratio,
+        trainer.max_length,
+    )
+    print(
+        f"peft LoRA reference     ACC {peft.acc * 100:.2f}  {peft.seconds:.1f} s (train {peft.train_seconds:.1f} s, "
+        f"eval {peft.eval_seconds:.1f} s)  peak RSS {peak_rss_mb():.0f} MB"
+    )
     for skip, (seconds, acc) in ours.items():
-        print(f"skip_layers={skip}: **throughput ratio {peft.seconds / seconds:.2f}x** (same examples; ACC difference "
-              f"{acc - peft.acc * 100:+.2f} points)")
+        print(
+            f"skip_layers={skip}: **throughput ratio {peft.seconds / seconds:.2f}x** (same examples; ACC difference "
+            f"{acc - peft.acc * 100:+.2f} points)"
+        )
     return learner, peft
 
 
@@ -109,7 +126,7 @@ def evaluation_growth(args, learner: AdapterPerTask, stream) -> None:
             tasks = stream.tasks[:T]
             examples = sum(len(t.test.texts) for t in tasks)
 
-            def fill(tasks=tasks) -> None:
+            def fill(tasks=tasks, memoise=memoise) -> None:
                 evaluator = Evaluator(learner, router, tasks, memoise=memoise)
                 for i in range(len(tasks)):
                     evaluator.new_step()
@@ -118,20 +135,26 @@ def evaluation_growth(args, learner: AdapterPerTask, stream) -> None:
 
             seconds = interleaved({"fill": fill}, args.eval_repeats if memoise else 1)["fill"]
             per_example[T] = seconds / examples
-            print(f"{'memoised' if memoise else 'plain   '}  T={T:2d}: {seconds:6.2f} s for {examples} test examples, "
-                  f"{per_example[T] * 1e3:.3f} ms/example")
+            print(
+                f"{'memoised' if memoise else 'plain   '}  T={T:2d}: {seconds:6.2f} s for {examples} test examples, "
+                f"{per_example[T] * 1e3:.3f} ms/example"
+            )
         print(f"  T={sizes[-1]} / T={sizes[0]} per example: **{per_example[sizes[-1]] / per_example[sizes[0]]:.2f}x**")
 
 
 def routed_inference(args, learner: AdapterPerTask, peft, stream) -> None:
-    print(f"\n## 3. routed inference: one batch of {args.batch_size} test queries over {len(learner.tasks)} adapters "
-          f"(medians of {args.repeats})")
+    print(
+        f"\n## 3. routed inference: one batch of {args.batch_size} test queries over {len(learner.tasks)} adapters "
+        f"(medians of {args.repeats})"
+    )
     texts = [text for t in stream.tasks for text in t.test.texts][:: max(1, len(stream.tasks))][: args.batch_size]
-    ids, mask = pad(learner.backbone.tokenize(texts, 128), learner.pad_id, learner.device)
+    ids, mask = pad(learner.backbone.tokenize(texts, 128), learner.backbone.pad_id, learner.device)
     n = ids.shape[0]
     mixed = torch.randint(0, len(learner.tasks), (n,), generator=torch.Generator().manual_seed(1))
-    variants = {"ours single": lambda: learner.classify(ids, mask, torch.zeros(n, dtype=torch.long)),
-                "ours mixed": lambda: learner.classify(ids, mask, mixed)}
+    variants = {
+        "ours single": lambda: learner.classify(ids, mask, torch.zeros(n, dtype=torch.long)),
+        "ours mixed": lambda: learner.classify(ids, mask, mixed),
+    }
     if peft is not None:
         batch = peft.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
         names = [peft.names[k] for k in mixed.tolist()]
@@ -150,8 +173,10 @@ def routed_inference(args, learner: AdapterPerTask, peft, stream) -> None:
         print(f"{name:12s} {n / seconds:8.1f} examples/s")
     print(f"ours mixed / ours single: **{medians['ours single'] / medians['ours mixed']:.3f}x**")
     if peft is not None:
-        print(f"peft mixed / peft single: {medians['peft single'] / medians['peft mixed']:.3f}x; "
-              f"ours mixed vs peft mixed: **{medians['peft mixed'] / medians['ours mixed']:.2f}x**")
+        print(
+            f"peft mixed / peft single: {medians['peft single'] / medians['peft mixed']:.3f}x; "
+            f"ours mixed vs peft mixed: **{medians['peft mixed'] / medians['ours mixed']:.2f}x**"
+        )
 
 
 def prefix_cache(args, stream) -> None:
@@ -159,23 +184,36 @@ def prefix_cache(args, stream) -> None:
     sub = Clinc150Domains(data_dir=str(args.data), domains=tasks, max_per_class=args.cache_per_class).load()
     sub = Stream(sub.name, sub.tasks)  # without the out-of-scope texts
     skip, layers = args.skip_layers, tuple(range(args.skip_layers, 7))
-    print(f"\n## 4. frozen-prefix cache: {len(tasks)} tasks, {args.cache_per_class} train texts per intent, "
-          f"{args.cache_epochs} epochs, Pfeiffer with adapter.skip_layers={skip}, prototype router on layers {list(layers)}")
+    print(
+        f"\n## 4. frozen-prefix cache: {len(tasks)} tasks, {args.cache_per_class} train texts per intent, "
+        f"{args.cache_epochs} epochs, Pfeiffer with adapter.skip_layers={skip}, "
+        f"prototype router on layers {list(layers)}"
+    )
     rows = {}
     for cache_mb in (args.cache_mb, 0):
         trainer = TrainerConfig(epochs=args.cache_epochs, cache_mb=cache_mb)
         learner = AdapterPerTask(Backbone.load(), BottleneckConfig(skip_layers=skip), trainer, progress=False)
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            result = run_stream(sub, learner, PrototypeRouter(layers=layers), MemoryTracker(), Path(out), progress=False)
+            result = run_stream(
+                sub, learner, PrototypeRouter(layers=layers), MemoryTracker(), Path(out), progress=False
+            )
             seconds = time.perf_counter() - start
-        rows[cache_mb] = (seconds, float(np.mean(result.R[-1])) * 100)
-        cached = f", {len(learner.cache)} texts / {learner.cache.bytes / 2**20:.0f} MB kept for evaluation" \
-            if learner.cache is not None else ""
-        print(f"cache_mb={cache_mb:<5}  ACC {rows[cache_mb][1]:.2f}  {seconds:.1f} s{cached}  peak RSS {peak_rss_mb():.0f} MB")
+        rows[cache_mb] = (seconds, float(np.mean(result.state.R[-1])) * 100)
+        cached = (
+            f", {len(learner.cache)} texts / {learner.cache.bytes / 2**20:.0f} MB kept for evaluation"
+            if learner.cache is not None
+            else ""
+        )
+        print(
+            f"cache_mb={cache_mb:<5}  ACC {rows[cache_mb][1]:.2f}  {seconds:.1f} s{cached}  "
+            f"peak RSS {peak_rss_mb():.0f} MB"
+        )
         learner.bank.remove_hooks()
-    print(f"cache on vs off: **{rows[0][0] / rows[args.cache_mb][0]:.2f}x** faster, ACC difference "
-          f"{rows[args.cache_mb][1] - rows[0][1]:+.2f}")
+    print(
+        f"cache on vs off: **{rows[0][0] / rows[args.cache_mb][0]:.2f}x** faster, ACC difference "
+        f"{rows[args.cache_mb][1] - rows[0][1]:+.2f}"
+    )
 
 
 def main() -> None:
@@ -185,8 +223,12 @@ def main() -> None:
     parser.add_argument("--max-per-class", type=int, default=None, help="cap train examples per intent")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--placement", default="pfeiffer", help="our bottleneck placement: pfeiffer | houlsby")
-    parser.add_argument("--ours-skip-layers", type=lambda v: [int(x) for x in v.split(",")], default=[0],
-                        help="AdapterDrop variants of ours in part 1, e.g. 0,2 (the first feeds parts 2 and 3)")
+    parser.add_argument(
+        "--ours-skip-layers",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[0],
+        help="AdapterDrop variants of ours in part 1, e.g. 0,2 (the first feeds parts 2 and 3)",
+    )
     parser.add_argument("--peft-lr", type=float, default=5e-3, help="learning rate of the peft LoRA reference")
     parser.add_argument("--batch-size", type=int, default=128, help="inference batch (part 3)")
     parser.add_argument("--repeats", type=int, default=15, help="repeats of the inference benchmark")
@@ -200,8 +242,10 @@ def main() -> None:
     parser.add_argument("--skip-peft", action="store_true", help="ours only (no peft installed)")
     args = parser.parse_args()
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     stream = Clinc150Domains(data_dir=str(args.data), max_per_class=args.max_per_class).load()
     stream = Stream(stream.name, stream.tasks[: args.domains])
     trainer = TrainerConfig(epochs=args.epochs)

@@ -29,7 +29,7 @@ import torch
 from continual.adapters import BottleneckConfig
 from continual.backbone import Backbone
 from continual.learners import AdapterPerTask
-from continual.streams import Task, Split
+from continual.streams import Split, Task
 from continual.training import TrainerConfig, pad
 
 
@@ -62,7 +62,7 @@ def main() -> None:
     learner.backbone.eval()
 
     texts = texts_for(args.data, args.batch_size)
-    ids, mask = pad(backbone.tokenize(texts, 128), backbone.tokenizer.pad_token_id or 0, learner.device)
+    ids, mask = pad(backbone.tokenize(texts, 128), backbone.pad_id, learner.device)
     n = ids.shape[0]
     mixed_ids = torch.randint(0, args.adapters, (n,), generator=torch.Generator().manual_seed(1))
 
@@ -91,8 +91,10 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, threads {torch.get_num_threads()}, device {learner.device}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__}, threads {torch.get_num_threads()}, device {learner.device}"
+    )
     print(f"batch {n} texts (padded to {ids.shape[1]} tokens), {args.adapters} adapters, {args.repeats} repeats\n")
     print(f"{'variant':8} {'median s':>9} {'texts/s':>9} {'vs single':>10}")
     for name, seconds in median.items():

@@ -24,10 +24,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep(folder: Path, data: Path, launcher: list[str]) -> float:
-    args = [sys.executable, "-m", "continual", "-m", "stream=clinc150_domains", f"stream.data_dir={data}",
-            "stream.domains=[banking,travel,home]", "stream.max_per_class=40", "stream.max_eval_per_class=20",
-            "trainer.epochs=1", "progress=false", "seed=0,1,2,3", f"tracking.uri=sqlite:///{folder}/mlflow.db",
-            f"hydra.sweep.dir={folder}/sweep", *launcher]
+    args = [
+        sys.executable,
+        "-m",
+        "continual",
+        "-m",
+        "stream=clinc150_domains",
+        f"stream.data_dir={data}",
+        "stream.domains=[banking,travel,home]",
+        "stream.max_per_class=40",
+        "stream.max_eval_per_class=20",
+        "trainer.epochs=1",
+        "progress=false",
+        "seed=0,1,2,3",
+        f"tracking.uri=sqlite:///{folder}/mlflow.db",
+        f"hydra.sweep.dir={folder}/sweep",
+        *launcher,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - start
@@ -45,7 +58,11 @@ def main() -> None:
     cores = os.cpu_count() or 1
     launchers = {
         "basic": [f"threads={cores}"],
-        "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"threads={max(1, cores // args.jobs)}"],
+        "joblib": [
+            "hydra/launcher=joblib",
+            f"hydra.launcher.n_jobs={args.jobs}",
+            f"threads={max(1, cores // args.jobs)}",
+        ],
     }
     times: dict[str, list[float]] = {name: [] for name in launchers}
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,8 +71,10 @@ def main() -> None:
                 times[name].append(sweep(Path(tmp) / f"{name}{r}", args.data.resolve(), launcher))
                 print(f"{name} repeat {r}: {times[name][-1]:.1f} s", flush=True)
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"\n4 jobs, {cores} CPUs: basic {median['basic']:.1f} s, joblib ({args.jobs} at once) "
-          f"{median['joblib']:.1f} s; joblib speed-up {median['basic'] / median['joblib']:.2f}x")
+    print(
+        f"\n4 jobs, {cores} CPUs: basic {median['basic']:.1f} s, joblib ({args.jobs} at once) "
+        f"{median['joblib']:.1f} s; joblib speed-up {median['basic'] / median['joblib']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -12,23 +12,24 @@ per run for each and their ratio; the runs alternate so that machine noise hits 
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from continual.tracking import MLflowTracker
+from continual.tracking.mlflow import serve
 
 
 def replay(tracker: MLflowTracker, tasks: int, folder: Path) -> None:
-    params = {"trainer": {"epochs": 1, "lr": 0.005, "batch_size": 32}, "router": {"metric": "mahalanobis"},
-              "stream": {"name": "bench", "tasks": [f"t{k}" for k in range(tasks)]}, "seed": 0}
+    params = {
+        "trainer": {"epochs": 1, "lr": 0.005, "batch_size": 32},
+        "router": {"metric": "mahalanobis"},
+        "stream": {"name": "bench", "tasks": [f"t{k}" for k in range(tasks)]},
+        "seed": 0,
+    }
     tracker.log_params(params)
     rng = np.random.default_rng(0)
     step = 0
@@ -38,9 +39,19 @@ def replay(tracker: MLflowTracker, tasks: int, folder: Path) -> None:
             step += 10
             losses.append(({f"train_loss/t{i}": float(rng.random()), "train_loss": float(rng.random())}, step))
         tracker.log_history(losses)
-        row = {f"{kind}/t{j}": float(rng.random()) for j in range(i + 1) for kind in ("acc", "router_acc", "oracle_acc")}
-        row.update(avg_acc=0.9, bwt=0.0, forgetting=0.0, learning_acc=0.9, router_acc=1.0, oracle_avg_acc=0.9,
-                   train_seconds=10.0, eval_seconds=1.0)
+        row = {
+            f"{kind}/t{j}": float(rng.random()) for j in range(i + 1) for kind in ("acc", "router_acc", "oracle_acc")
+        }
+        row.update(
+            avg_acc=0.9,
+            bwt=0.0,
+            forgetting=0.0,
+            learning_acc=0.9,
+            router_acc=1.0,
+            oracle_avg_acc=0.9,
+            train_seconds=10.0,
+            eval_seconds=1.0,
+        )
         tracker.log_metrics(row, step=i)
     tracker.log_artifact(folder)
     tracker.finish("FINISHED")
@@ -61,23 +72,11 @@ def main() -> None:
         (folder / "accuracy_matrix.csv").write_text("a,b\n0.9,\n0.9,0.8\n")
         (folder / "accuracy_matrix.png").write_bytes(np.random.bytes(60_000))
 
-        with socket.socket() as sock:  # a free loopback port
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-                                   str(port), "--workers", "2", "--backend-store-uri", f"sqlite:///{root}/server.db",
-                                   "--artifacts-destination", str(root / "server-artifacts")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server, server_uri = serve(f"sqlite:///{root}/server.db", root / "server-artifacts", workers=2)
         try:
-            for _ in range(120):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(1)
-            uris = {"sqlite": f"sqlite:///{root}/local.db", "server": f"http://127.0.0.1:{port}"}
+            uris = {"sqlite": f"sqlite:///{root}/local.db", "server": server_uri}
             times: dict[str, list[float]] = {name: [] for name in uris}
-            for name, uri in uris.items():  # warm-up: creates stores and experiments
+            for uri in uris.values():  # warm-up: creates stores and experiments
                 replay(MLflowTracker(uri, "bench", launch_dir=root), 1, folder)
             for _ in range(args.repeats):
                 for name, uri in uris.items():

@@ -39,37 +39,71 @@ class PeftResult:
         return float(np.mean(self.R[-1]))
 
 
-def run_peft_stream(model_path: str, tasks: Sequence, epochs: int, batch_size: int, eval_batch_size: int,
-                    lr: float, warmup_ratio: float, max_length: int, seed: int = 0) -> PeftResult:
+def run_peft_stream(
+    model_path: str,
+    tasks: Sequence,
+    epochs: int,
+    batch_size: int,
+    eval_batch_size: int,
+    lr: float,
+    warmup_ratio: float,
+    max_length: int,
+    seed: int = 0,
+) -> PeftResult:
     """Train a LoRA adapter per task with ``Trainer``; evaluate every seen task after every task."""
     from datasets import Dataset
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, logging as hf_logging)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+    from transformers import (
+        logging as hf_logging,
+    )
 
     hf_logging.set_verbosity_error()
     num_labels = {len(t.labels) for t in tasks}
     if len(num_labels) != 1:
-        raise SystemExit("the peft reference shares one classifier shape across adapters: tasks need equal label counts")
+        raise SystemExit(
+            "the peft reference shares one classifier shape across adapters: tasks need equal label counts"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     torch.manual_seed(seed)
     base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels.pop())
 
     def dataset(split) -> Dataset:
         ds = Dataset.from_dict({"text": list(split.texts), "label": [int(x) for x in split.labels]})
-        return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
-                      remove_columns=["text"])
+        return ds.map(
+            lambda b: tokenizer(b["text"], truncation=True, max_length=max_length),
+            batched=True,
+            remove_columns=["text"],
+        )
 
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
-                      target_modules=["query", "value"])
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"]
+    )
     result = PeftResult(R=np.full((len(tasks), len(tasks)), np.nan), tokenizer=tokenizer)
     collator = DataCollatorWithPadding(tokenizer)
     model = None
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-                                 per_device_eval_batch_size=eval_batch_size, learning_rate=lr,
-                                 warmup_steps=warmup_ratio, weight_decay=0.0, save_strategy="no",
-                                 logging_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=seed)
+        args = TrainingArguments(
+            output_dir=out,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=eval_batch_size,
+            learning_rate=lr,
+            warmup_steps=warmup_ratio,
+            weight_decay=0.0,
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=seed,
+        )
         tests = [dataset(t.test) for t in tasks]
         for i, task in enumerate(tasks):
             start = time.perf_counter()

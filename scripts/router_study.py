@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from continual.backbone import Backbone, pool
 from omegaconf import OmegaConf
 
+from continual.backbone import Backbone, pool
 from continual.routers import ClassifierRouter, EntropyRouter, PrototypeRouter, RouterInputs
 from continual.streams import Clinc150Domains
 from continual.training import TrainerConfig, eval_batches, iter_padded
@@ -36,8 +35,9 @@ def hidden_features(backbone: Backbone, texts, pooling: str) -> np.ndarray:
     out = None
     with torch.no_grad():
         for idx, ids, mask in iter_padded(tokens, eval_batches([len(t) for t in tokens], 256), 0, torch.device("cpu")):
-            states = backbone.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
-                                    output_hidden_states=True).hidden_states
+            states = backbone.model(
+                input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), output_hidden_states=True
+            ).hidden_states
             pooled = torch.stack([pool(h, mask, pooling) for h in states]).numpy()
             if out is None:
                 out = np.empty((pooled.shape[0], len(tokens), pooled.shape[2]), np.float32)
@@ -57,8 +57,12 @@ def head_certainty(run: Path, stream, cache: Path) -> dict[str, np.ndarray]:
     if [t.name for t in tasks] != stream.task_names:
         raise SystemExit(f"{run}: adapters are for {[t.name for t in tasks]}, not {stream.task_names}")
     config = OmegaConf.load(run / "config.yaml")
-    learner = AdapterPerTask(Backbone.load(), BottleneckConfig(**{k: v for k, v in config.adapter.items()
-                                                                 if k != "_target_"}), TrainerConfig(), progress=False)
+    learner = AdapterPerTask(
+        Backbone.load(),
+        BottleneckConfig(**{k: v for k, v in config.adapter.items() if k != "_target_"}),
+        TrainerConfig(),
+        progress=False,
+    )
     learner.load(run / "adapters", tasks)
     out = {}
     for j, task in enumerate(stream.tasks):
@@ -91,14 +95,15 @@ def main() -> None:
 
     certainty = head_certainty(args.run, stream, args.cache.with_name("router_study_certainty.npz")) if args.run else {}
 
-    def encoder(j: int, split: str):
-        def encode(texts):
-            def features(pooling, layers):
-                states = cached[f"{pooling}/{j}/{split}"]
-                return np.concatenate([states[k] for k in layers], axis=1)
+    def inputs(j: int, split: str) -> RouterInputs:
+        """Task ``j``'s ``split`` as a router sees it, from the cached features (and head certainties)."""
+        data = getattr(stream.tasks[j], split)
 
-            return RouterInputs(len(texts), features, lambda k: certainty[str(j)][:, k])
-        return encode
+        def features(pooling, layers):
+            states = cached[f"{pooling}/{j}/{split}"]
+            return np.concatenate([states[k] for k in layers], axis=1)
+
+        return RouterInputs(len(data), features, lambda k: certainty[str(j)][:, k], labels=data.labels)
 
     variants = {
         "mahalanobis mean last": lambda: PrototypeRouter(),
@@ -117,21 +122,25 @@ def main() -> None:
         "classifier mean [-3,-2,-1]": lambda: ClassifierRouter(layers=[-3, -2, -1]),
     }
     if certainty:
-        variants.update({
-            "entropy": lambda: EntropyRouter(),
-        })
+        variants.update(
+            {
+                "entropy": lambda: EntropyRouter(),
+            }
+        )
     print(f"{'router':36} {'router acc':>10} {'worst task':>24} {'fit s':>7}")
     for name, make in variants.items():
         router = make()
         start = time.perf_counter()
         for j, task in enumerate(stream.tasks):
-            router.add_task(j, task, encoder(j, "train"))
+            router.add_task(j, task, inputs(j, "train"), inputs(j, "validation"))
         fit = time.perf_counter() - start
-        acc = [float(np.mean(router.route(encoder(j, "test")(t.test.texts)).tasks == j))
-               for j, t in enumerate(stream.tasks)]
+        acc = [float(np.mean(router.route(inputs(j, "test")).tasks == j)) for j, t in enumerate(stream.tasks)]
         worst = int(np.argmin(acc))
-        print(f"{name:36} {100 * np.mean(acc):10.2f} {stream.tasks[worst].name + f' {100 * acc[worst]:.1f}':>24} "
-              f"{fit:7.1f}", flush=True)
+        print(
+            f"{name:36} {100 * np.mean(acc):10.2f} {stream.tasks[worst].name + f' {100 * acc[worst]:.1f}':>24} "
+            f"{fit:7.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     vocab = _vocab()
     tokenizer = BertTokenizer(vocab={word: k for k, word in enumerate(vocab)}, do_lower_case=True)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -74,10 +80,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def demo_task_files(root: Path, tasks: tuple[str, ...]) -> dict[str, dict[str, Path]]:
     """Demo tasks written as jsonl files: {task: {"train": path, "test": path}}."""
-    return {task: {split: write_jsonl(root / "data" / task / f"{split}.jsonl",
-                                      [{"text": t, "label": lab} for t, lab in demo_examples(task, split)])
-                   for split in ("train", "test")}
-            for task in tasks}
+    return {
+        task: {
+            split: write_jsonl(
+                root / "data" / task / f"{split}.jsonl",
+                [{"text": t, "label": lab} for t, lab in demo_examples(task, split)],
+            )
+            for split in ("train", "test")
+        }
+        for task in tasks
+    }
 
 
 @pytest.fixture
@@ -89,22 +101,31 @@ def demo_files(tmp_path) -> dict[str, dict[str, Path]]:
 def stream_yaml(conf: Path, files: dict[str, dict[str, Path]], name: str = "two_tasks", **task_extra) -> Path:
     """A user-written stream file ``conf/stream/<name>.yaml`` over the given files; returns ``conf``."""
     (conf / "stream").mkdir(parents=True, exist_ok=True)
-    tasks = [{"name": task, "train": str(paths["train"]), "test": str(paths["test"]), **task_extra}
-             for task, paths in files.items()]
+    tasks = [
+        {"name": task, "train": str(paths["train"]), "test": str(paths["test"]), **task_extra}
+        for task, paths in files.items()
+    ]
     (conf / "stream" / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "tasks": tasks}))
     return conf
 
 
 def tiny_overrides(tmp_path: Path, model_dir: Path, *extra: str) -> list[str]:
     """Overrides that make a run fast on the tiny model, with its store under ``tmp_path``."""
-    return [f"backbone.name={model_dir}", "trainer.epochs=1", "adapter.bottleneck_dim=4", "progress=false",
-            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", *extra]
+    return [
+        f"backbone.name={model_dir}",
+        "trainer.epochs=1",
+        "adapter.bottleneck_dim=4",
+        "progress=false",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        *extra,
+    ]
 
 
 def cli(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``continual ARGS`` in a subprocess (the real Hydra door), run from ``cwd``."""
-    return subprocess.run([sys.executable, "-m", "continual", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "continual", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -154,10 +175,10 @@ def compose(overrides: list[str], config_dir: Path | None = None):
 
 def run_in_process(out_dir: Path, overrides: list[str], config_dir: Path | None = None, launch_dir: Path | None = None):
     """One job through :func:`continual.runner.run_job`, exactly as the CLI runs it, without a subprocess."""
+    from omegaconf import OmegaConf, open_dict
+
     from continual.cli import plain
     from continual.runner import run_job
-
-    from omegaconf import OmegaConf, open_dict
 
     cfg = compose(overrides, config_dir)
     choices = dict(cfg.hydra.runtime.choices)
@@ -165,14 +186,6 @@ def run_in_process(out_dir: Path, overrides: list[str], config_dir: Path | None 
         del cfg["hydra"]
     OmegaConf.set_struct(cfg, False)
     return run_job(plain(cfg), out_dir, launch_dir or out_dir.parent, choices)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def mlflow_runs(uri: str, experiment: str = "continual") -> list:
@@ -189,8 +202,9 @@ def histories(uri: str, run_id: str, skip: tuple[str, ...] = ("seconds", "_per_s
 
     client = MlflowClient(tracking_uri=uri)
     keys = client.get_run(run_id).data.metrics
-    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
-            for k in keys if not k.endswith(skip)}
+    return {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys if not k.endswith(skip)
+    }
 
 
 @pytest.fixture(scope="session")
@@ -202,9 +216,12 @@ def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
     """
     root = tmp_path_factory.mktemp("finished")
     conf = stream_yaml(root / "conf", demo_task_files(root, ("banking", "travel")), max_per_class=20)
-    run_in_process(root / "run", ["stream=two_tasks", *tiny_overrides(root, tiny_model_dir, "router=prototype",
-                                                                      "router.accept_rate=0.9")],
-                   config_dir=conf, launch_dir=root)
+    run_in_process(
+        root / "run",
+        ["stream=two_tasks", *tiny_overrides(root, tiny_model_dir, "router=prototype", "router.accept_rate=0.9")],
+        config_dir=conf,
+        launch_dir=root,
+    )
     return root / "run"
 
 

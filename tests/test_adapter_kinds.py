@@ -9,7 +9,9 @@ from continual.adapters import AdapterBank, BitFitConfig, BottleneckConfig, LoRA
 from continual.adapters.lora import LoRA
 from continual.backbone import Backbone
 from continual.errors import ContinualError
-from conftest import batch as _batch, randomise as _randomise
+
+from conftest import batch as _batch
+from conftest import randomise as _randomise
 
 H = 32  # the tiny BERT: 2 layers, hidden 32, intermediate 64
 KINDS = {
@@ -20,10 +22,14 @@ KINDS = {
     # q, k, v, attention dense, intermediate (64), output dense + the two LayerNorms, per layer
     "bitfit": (BitFitConfig(), 2 * (3 * H + H + 64 + H + 2 * H)),
 }
-TEXTS = ["check my balance", "book a hotel in paris for two nights", "how long to boil eggs",
-         "transfer money to savings", "is a visa needed", "plain backbone please"]
-
-
+TEXTS = [
+    "check my balance",
+    "book a hotel in paris for two nights",
+    "how long to boil eggs",
+    "transfer money to savings",
+    "is a visa needed",
+    "plain backbone please",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -74,8 +80,9 @@ def test_lora_adds_the_low_rank_update(tiny_backbone):
     x = torch.randn(3, 5, H)
     with bank.routed([(0, 0, 3)]):
         got = value(x)
-    torch.testing.assert_close(got, torch.nn.functional.linear(x, value.weight, value.bias)
-                               + x @ lora.A.T @ lora.B.T * 2.0)
+    torch.testing.assert_close(
+        got, torch.nn.functional.linear(x, value.weight, value.bias) + x @ lora.A.T @ lora.B.T * 2.0
+    )
 
 
 @pytest.mark.parametrize("kind", ["pfeiffer", "lora", "prefix", "bitfit"])
@@ -87,11 +94,14 @@ def test_skip_layers_leaves_the_lowest_layers_alone(tiny_backbone, kind):
     assert sum(p.numel() for p in bank.adapters[0].parameters()) == KINDS[kind][1] // 2
 
 
-@pytest.mark.parametrize("config, message", [
-    (LoRAConfig(targets=("query", "nope")), r"adapter.targets: \['nope'\] name no Linear module in layer 0"),
-    (BottleneckConfig(skip_layers=2), "adapter.skip_layers=2 leaves no layer to adapt"),
-    (BitFitConfig(targets=("querry",)), r"adapter.targets: \['querry'\]"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (LoRAConfig(targets=("query", "nope")), r"adapter.targets: \['nope'\] name no Linear module in layer 0"),
+        (BottleneckConfig(skip_layers=2), "adapter.skip_layers=2 leaves no layer to adapt"),
+        (BitFitConfig(targets=("querry",)), r"adapter.targets: \['querry'\]"),
+    ],
+)
 def test_bad_sites_are_clear_errors(tiny_backbone, config, message):
     with pytest.raises(ContinualError, match=message):
         AdapterBank(tiny_backbone, config)
@@ -100,19 +110,24 @@ def test_bad_sites_are_clear_errors(tiny_backbone, config, message):
 def test_prefix_needs_bert_style_attention(tiny_model_dir):
     model = DistilBertModel(DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=2, hidden_dim=64))
     backbone = Backbone(model, BertTokenizer.from_pretrained(str(tiny_model_dir)), "tiny-distilbert")
-    with pytest.raises(ContinualError, match="adapter=prefix: backbone 'tiny-distilbert' \\(distilbert\\) has no BERT-style"):
+    with pytest.raises(
+        ContinualError, match="adapter=prefix: backbone 'tiny-distilbert' \\(distilbert\\) has no BERT-style"
+    ):
         AdapterBank(backbone, PrefixConfig())
     bank = AdapterBank(backbone, LoRAConfig(targets=("q_lin", "v_lin")))  # LoRA fits it by module names
     assert len(bank._site_modules) == 4
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: LoRAConfig(rank=0), "adapter.rank"),
-    (lambda: LoRAConfig(dropout=1.0), "adapter.dropout"),
-    (lambda: LoRAConfig(targets=()), "adapter.targets"),
-    (lambda: PrefixConfig(length=0), "adapter.length"),
-    (lambda: BitFitConfig(skip_layers=-1), "adapter.skip_layers"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: LoRAConfig(rank=0), "adapter.rank"),
+        (lambda: LoRAConfig(dropout=1.0), "adapter.dropout"),
+        (lambda: LoRAConfig(targets=()), "adapter.targets"),
+        (lambda: PrefixConfig(length=0), "adapter.length"),
+        (lambda: BitFitConfig(skip_layers=-1), "adapter.skip_layers"),
+    ],
+)
 def test_bad_configs(make, message):
     with pytest.raises(ContinualError, match=message):
         make()

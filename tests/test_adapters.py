@@ -3,8 +3,15 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import (BertTokenizer, DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel,
-                          RobertaConfig, RobertaModel)
+from transformers import (
+    BertTokenizer,
+    DistilBertConfig,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraModel,
+    RobertaConfig,
+    RobertaModel,
+)
 
 from continual.adapters import AdapterBank, BottleneckConfig, segments_for
 from continual.backbone import Backbone, EncoderLayout
@@ -12,7 +19,9 @@ from continual.errors import ContinualError
 from continual.learners import AdapterPerTask
 from continual.streams import DemoStream
 from continual.training import TrainerConfig
-from conftest import batch as _batch, randomise as _randomise
+
+from conftest import batch as _batch
+from conftest import randomise as _randomise
 
 FAST = TrainerConfig(epochs=1, batch_size=16, lr=5e-3)
 
@@ -37,8 +46,14 @@ def test_mixed_batch_equals_each_example_alone(tiny_backbone):
         bank.add()
     _randomise(bank)
     tiny_backbone.eval()
-    texts = ["check my balance", "book a hotel in paris for two nights", "how long to boil eggs",
-             "transfer money to savings", "is a visa needed", "plain backbone please"]
+    texts = [
+        "check my balance",
+        "book a hotel in paris for two nights",
+        "how long to boil eggs",
+        "transfer money to savings",
+        "is a visa needed",
+        "plain backbone please",
+    ]
     routes = torch.tensor([2, 0, 1, 2, 0, -1])
     ids, mask = _batch(tiny_backbone, texts)
     order, segments = segments_for(routes)
@@ -71,8 +86,13 @@ def test_earlier_adapters_heads_and_backbone_stay_bit_identical(tiny_backbone, t
     learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, seed=0, progress=False)
     learner.learn([stream.tasks[0]])
     frozen = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}
-    first = {n: t.clone() for n, t in [*learner.bank.adapters[0].state_dict().items(),
-                                        *(("head." + k, v) for k, v in learner.heads[0].state_dict().items())]}
+    first = {
+        n: t.clone()
+        for n, t in [
+            *learner.bank.adapters[0].state_dict().items(),
+            *(("head." + k, v) for k, v in learner.heads[0].state_dict().items()),
+        ]
+    }
     report = learner.learn([stream.tasks[1]])
     learner.learn([stream.tasks[2]])
     assert report.steps > 0 and report.trainable_params == learner.trainable_parameters(1)
@@ -99,33 +119,55 @@ def test_predict_routes_per_example(tiny_backbone):
     for t in stream.tasks[:3]:
         learner.learn([t])
     texts = [stream.tasks[k].test.texts[i] for k in range(3) for i in range(4)]
-    routes = torch.tensor([k for k in range(3) for _ in range(4)])[torch.randperm(12, generator=torch.Generator().manual_seed(0))]
+    routes = torch.tensor([k for k in range(3) for _ in range(4)])[
+        torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    ]
     ids, mask = _batch(tiny_backbone, texts)
     mixed = learner.classify(ids, mask, routes).labels
-    singles = torch.cat([learner.classify(*_batch(tiny_backbone, [t]), routes[i : i + 1]).labels
-                         for i, t in enumerate(texts)])
+    singles = torch.cat(
+        [learner.classify(*_batch(tiny_backbone, [t]), routes[i : i + 1]).labels for i, t in enumerate(texts)]
+    )
     assert torch.equal(mixed, singles)
     assert learner.classify(ids[:2], mask[:2], torch.tensor([-1, 0])).labels[0] == -1  # abstained: no label
     both = learner.classify(ids, mask, routes)
     alone = [learner.classify(*_batch(tiny_backbone, [t]), routes[i : i + 1]) for i, t in enumerate(texts)]
     for field in ("confidence", "certainty"):
-        torch.testing.assert_close(getattr(both, field), torch.cat([getattr(a, field) for a in alone]),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            getattr(both, field), torch.cat([getattr(a, field) for a in alone]), atol=1e-5, rtol=1e-5
+        )
     assert torch.all((both.certainty >= 0) & (both.certainty <= 1)) and torch.all(both.confidence >= 1 / 5)
 
 
 VOCAB = 120
 
 
-
-
-@pytest.mark.parametrize("make", [
-    lambda: RobertaModel(RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=64, max_position_embeddings=70)),
-    lambda: ElectraModel(ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-                                       num_attention_heads=2, intermediate_size=64)),
-    lambda: DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=64)),
-], ids=["roberta", "electra", "distilbert"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RobertaModel(
+            RobertaConfig(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=70,
+            )
+        ),
+        lambda: ElectraModel(
+            ElectraConfig(
+                vocab_size=VOCAB,
+                embedding_size=16,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+            )
+        ),
+        lambda: DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=64)),
+    ],
+    ids=["roberta", "electra", "distilbert"],
+)
 def test_other_encoder_families(tiny_model_dir, make):
     tokenizer = BertTokenizer.from_pretrained(str(tiny_model_dir))
     model = make()
@@ -152,12 +194,15 @@ def test_not_a_model_folder(tmp_path):
         Backbone.load(str(tmp_path))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"placement": "middle"}, "adapter.placement"),
-    ({"reduction_factor": 0}, "adapter.reduction_factor"),
-    ({"bottleneck_dim": -3}, "adapter.bottleneck_dim"),
-    ({"non_linearity": "swishy"}, "adapter.non_linearity"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"placement": "middle"}, "adapter.placement"),
+        ({"reduction_factor": 0}, "adapter.reduction_factor"),
+        ({"bottleneck_dim": -3}, "adapter.bottleneck_dim"),
+        ({"non_linearity": "swishy"}, "adapter.non_linearity"),
+    ],
+)
 def test_bad_adapter_config(kwargs, message):
     with pytest.raises(ContinualError, match=message):
         BottleneckConfig(**kwargs)

@@ -13,6 +13,7 @@ from transformers import BertConfig, BertModel
 from continual.backbone import Backbone
 from continual.errors import ContinualError
 from continual.streams import StreamSpec
+
 from conftest import main_in_process, mlflow_runs, one_error_line, stream_yaml
 
 
@@ -54,15 +55,22 @@ def test_test_split_without_some_label(tmp_path):
 def test_tokenizer_model_mismatch(tiny_model_dir, tmp_path):
     mismatched = tmp_path / "mismatched"
     shutil.copytree(tiny_model_dir, mismatched)
-    BertModel(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(mismatched)
+    BertModel(
+        BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(mismatched)
     with pytest.raises(ContinualError, match="tokenizer and model do not match"):
         Backbone.load(str(mismatched))
 
 
 def _cli(monkeypatch, capsys, tmp_path, *args):
-    return main_in_process(monkeypatch, capsys, *args, "progress=false", f"hydra.run.dir={tmp_path}/run",
-                           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    return main_in_process(
+        monkeypatch,
+        capsys,
+        *args,
+        "progress=false",
+        f"hydra.run.dir={tmp_path}/run",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    )
 
 
 def test_wrong_type_and_malformed_yaml(tmp_path, monkeypatch, capsys):
@@ -77,8 +85,18 @@ def test_wrong_type_and_malformed_yaml(tmp_path, monkeypatch, capsys):
 
 def test_divergence_names_task_epoch_step_and_fails_the_run(tmp_path, tiny_model_dir, demo_files, monkeypatch, capsys):
     conf = stream_yaml(tmp_path / "conf", demo_files, name="two")
-    proc = _cli(monkeypatch, capsys, tmp_path, "--config-dir", str(conf), "stream=two", f"backbone.name={tiny_model_dir}",
-                "trainer.lr=1e30", "trainer.grad_clip=0", "trainer.epochs=1")
+    proc = _cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        "--config-dir",
+        str(conf),
+        "stream=two",
+        f"backbone.name={tiny_model_dir}",
+        "trainer.lr=1e30",
+        "trainer.grad_clip=0",
+        "trainer.epochs=1",
+    )
     line = one_error_line(proc)
     assert "task 'banking': loss is" in line and "at epoch 1, step" in line
     (run,) = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
@@ -104,11 +122,13 @@ def test_divergence_in_a_later_task_keeps_earlier_rows_and_adapters(tiny_backbon
                 self.trainer = dataclasses.replace(self.trainer, lr=1e30, grad_clip=0.0)
             return super().learn(tasks, on_loss)
 
-    learner = DivergesOnTaskTwo(tiny_backbone, BottleneckConfig(bottleneck_dim=4), TrainerConfig(epochs=1),
-                                progress=False)
+    learner = DivergesOnTaskTwo(
+        tiny_backbone, BottleneckConfig(bottleneck_dim=4), TrainerConfig(epochs=1), progress=False
+    )
     with pytest.raises(ContinualError, match="task 'travel': loss is"):
-        run_stream(DemoStream(max_per_class=8).load(), learner, OracleRouter(), MemoryTracker(), tmp_path,
-                   progress=False)
+        run_stream(
+            DemoStream(max_per_class=8).load(), learner, OracleRouter(), MemoryTracker(), tmp_path, progress=False
+        )
     assert RunState.load(tmp_path).completed == 1
     assert (tmp_path / "accuracy_matrix.csv").read_text().splitlines()[1].split(",")[0] != ""
     assert [p.name for p in (tmp_path / "adapters").glob("*.safetensors")] == ["00_banking.safetensors"]
@@ -120,8 +140,9 @@ def test_parallel_jobs_creating_one_new_store(tmp_path):
         f"t = MLflowTracker('sqlite:///{tmp_path}/store/mlflow.db', 'exp', run_name=sys.argv[1]);"
         "t.log_metrics({'x': 1.0}, step=0); t.finish()"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, f"job{k}"], stderr=subprocess.PIPE, text=True)
-             for k in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, f"job{k}"], stderr=subprocess.PIPE, text=True) for k in range(4)
+    ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/store/mlflow.db")

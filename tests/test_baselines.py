@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from continual import assemble
 from continual.adapters import BottleneckConfig
 from continual.checkpoint import RunState
@@ -16,6 +17,7 @@ from continual.routers import EntropyRouter, OracleRouter, PrototypeRouter
 from continual.streams import DemoStream, Stream
 from continual.tracking import MemoryTracker
 from continual.training import TrainerConfig
+
 from conftest import compose, run_in_process
 
 ADAPTER = BottleneckConfig(bottleneck_dim=8)
@@ -24,7 +26,10 @@ TRAINER = TrainerConfig(epochs=2, batch_size=16, lr=2e-2, log_every=2)
 LEARNERS = {
     "seq_finetune": (SequentialLearner, {"base": "finetune", "backbone_lr": 1e-3}),
     "shared_adapter": (SequentialLearner, {"base": "adapter"}),
-    "replay": (SequentialLearner, {"base": "adapter", "memory": {"size": 12, "sampling": "per_class", "batch_size": 8}}),
+    "replay": (
+        SequentialLearner,
+        {"base": "adapter", "memory": {"size": 12, "sampling": "per_class", "batch_size": 8}},
+    ),
     "replay_finetune": (SequentialLearner, {"base": "finetune", "memory": {"size": 12}}),
     "ewc": (SequentialLearner, {"base": "adapter", "ewc": {"lambda": 10.0, "fisher_samples": 16}}),
     "ewc_finetune": (SequentialLearner, {"base": "finetune", "ewc": {"lambda": 10.0, "fisher_samples": 8}}),
@@ -62,10 +67,17 @@ def test_every_baseline_runs_through_run_stream_with_the_same_layout(name, tiny_
     names, head = stream.task_names, _count(torch.nn.Linear(32, 5))
     shared = _count(tiny_backbone) if LEARNERS[name][1]["base"] == "finetune" else _count(learner.bank.adapters[0])
     results = _no_nan((tmp_path / "results.json").read_text())
-    assert {p.name for p, _ in tracker.artifacts} >= {"accuracy_matrix.csv", "accuracy_matrix.png", "adapters",
-                                                       "results.json", "router.safetensors"}
-    assert sorted(p.name for p in (tmp_path / "adapters").glob("[0-9][0-9]_*.safetensors")) == \
-        ["00_banking.safetensors", "01_travel.safetensors"]
+    assert {p.name for p, _ in tracker.artifacts} >= {
+        "accuracy_matrix.csv",
+        "accuracy_matrix.png",
+        "adapters",
+        "results.json",
+        "router.safetensors",
+    }
+    assert sorted(p.name for p in (tmp_path / "adapters").glob("[0-9][0-9]_*.safetensors")) == [
+        "00_banking.safetensors",
+        "01_travel.safetensors",
+    ]
     if name == "joint":  # one step: the final row only; nothing to transfer backwards
         assert np.all(np.isnan(result.state.R[0])) and np.all(np.isfinite(result.state.R[1]))
         assert tracker.metrics["avg_acc"] == [(1, pytest.approx(np.mean(result.state.R[1])))]
@@ -129,13 +141,22 @@ def test_shared_adapter_moves_only_the_shared_adapter_and_memo_stays_exact(tiny_
     assert len(learner.memory) == 12 and set(learner.memory.tasks.tolist()) == {0, 1}
 
 
-@pytest.mark.parametrize("name, router, message", [
-    ("joint", PrototypeRouter(), "learner JointLearner trains all tasks at once and has no task stream to route: "
-                                 "use router=oracle"),
-    ("seq_finetune", EntropyRouter(), "learner SequentialLearner fine-tunes the backbone, and learned routers need it "
-                                      "frozen: use router=oracle"),
-    ("ewc_finetune", PrototypeRouter(), "use router=oracle"),
-])
+@pytest.mark.parametrize(
+    "name, router, message",
+    [
+        (
+            "joint",
+            PrototypeRouter(),
+            "learner JointLearner trains all tasks at once and has no task stream to route: use router=oracle",
+        ),
+        (
+            "seq_finetune",
+            EntropyRouter(),
+            "learner SequentialLearner fine-tunes the backbone, and learned routers need it frozen: use router=oracle",
+        ),
+        ("ewc_finetune", PrototypeRouter(), "use router=oracle"),
+    ],
+)
 def test_bad_combinations_fail_before_training(name, router, message, tiny_backbone, tmp_path):
     learner = _learner(name, tiny_backbone)
     with pytest.raises(ContinualError, match=message):
@@ -144,8 +165,14 @@ def test_bad_combinations_fail_before_training(name, router, message, tiny_backb
 
 
 def test_a_learned_router_works_on_a_shared_adapter(tiny_backbone, tmp_path):
-    result = run_stream(_stream(), _learner("shared_adapter", tiny_backbone), PrototypeRouter(), MemoryTracker(),
-                        tmp_path, progress=False)
+    result = run_stream(
+        _stream(),
+        _learner("shared_adapter", tiny_backbone),
+        PrototypeRouter(),
+        MemoryTracker(),
+        tmp_path,
+        progress=False,
+    )
     assert np.isfinite(result.state.router_accuracy)
 
 
@@ -180,12 +207,24 @@ def test_resume_after_a_kill_while_saving_equals_an_uninterrupted_run(name, tiny
     from continual.backbone import Backbone
 
     stream = _stream()
-    whole = run_stream(stream, _learner(name, Backbone.load(str(tiny_model_dir)), seed=5), OracleRouter(),
-                       MemoryTracker(), tmp_path / "whole", progress=False)
+    whole = run_stream(
+        stream,
+        _learner(name, Backbone.load(str(tiny_model_dir)), seed=5),
+        OracleRouter(),
+        MemoryTracker(),
+        tmp_path / "whole",
+        progress=False,
+    )
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run_stream(stream, _learner(name, Backbone.load(str(tiny_model_dir)), seed=5), OracleRouter(),
-                   _DiesAtStep(1), killed, progress=False)
+        run_stream(
+            stream,
+            _learner(name, Backbone.load(str(tiny_model_dir)), seed=5),
+            OracleRouter(),
+            _DiesAtStep(1),
+            killed,
+            progress=False,
+        )
     checkpoint = RunState.load(killed)
     assert checkpoint.completed == 1 and (killed / "adapters" / "state_02.safetensors").is_file()  # saved, not recorded
     learner = _learner(name, Backbone.load(str(tiny_model_dir)), seed=5)
@@ -198,8 +237,10 @@ def test_resume_after_a_kill_while_saving_equals_an_uninterrupted_run(name, tiny
         assert again.memory.tokens == learner.memory.tokens and again.memory.seen == learner.memory.seen
     if learner.ewc is not None:
         assert all(torch.equal(again.ewc.fisher[n], f) for n, f in learner.ewc.fisher.items())
-    assert sorted(p.name for p in (killed / "adapters").glob("state_*")) == ["state_01.safetensors",
-                                                                              "state_02.safetensors"]
+    assert sorted(p.name for p in (killed / "adapters").glob("state_*")) == [
+        "state_01.safetensors",
+        "state_02.safetensors",
+    ]
 
 
 def test_state_refuses_another_learner_configuration(tiny_backbone, tmp_path):
@@ -226,9 +267,18 @@ def test_every_learner_config_builds_its_learner(option, tiny_backbone):
 
 def test_the_cli_refuses_a_learned_router_on_joint_before_training(tmp_path, tiny_model_dir):
     with pytest.raises(ContinualError) as caught:
-        run_in_process(tmp_path / "run", ["learner=joint", "router=prototype", "stream.max_per_class=4",
-                                          f"backbone.name={tiny_model_dir}", "progress=false",
-                                          f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
-    assert str(caught.value) == ("learner=joint trains all tasks at once and has no task stream to route: "
-                                 "use router=oracle")
+        run_in_process(
+            tmp_path / "run",
+            [
+                "learner=joint",
+                "router=prototype",
+                "stream.max_per_class=4",
+                f"backbone.name={tiny_model_dir}",
+                "progress=false",
+                f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            ],
+        )
+    assert str(caught.value) == (
+        "learner=joint trains all tasks at once and has no task stream to route: use router=oracle"
+    )
     assert not (tmp_path / "run" / "adapters").exists()  # nothing was trained

@@ -8,13 +8,28 @@ import json
 
 import pytest
 
-from conftest import (cli, compose, copy_run, main_in_process, mlflow_runs, one_error_line, stream_yaml, tiny_overrides,
-                      write_jsonl)
+from conftest import (
+    cli,
+    compose,
+    copy_run,
+    main_in_process,
+    mlflow_runs,
+    one_error_line,
+    stream_yaml,
+    tiny_overrides,
+    write_jsonl,
+)
 
 
 def _run(tmp_path, model_dir, conf, *overrides):
-    return ["--config-dir", str(conf), "stream=two_tasks", *tiny_overrides(tmp_path, model_dir),
-            f"hydra.run.dir={tmp_path}/run", *overrides]
+    return [
+        "--config-dir",
+        str(conf),
+        "stream=two_tasks",
+        *tiny_overrides(tmp_path, model_dir),
+        f"hydra.run.dir={tmp_path}/run",
+        *overrides,
+    ]
 
 
 def test_two_task_stream_through_the_cli_into_mlflow(tmp_path, tiny_model_dir, demo_files):
@@ -32,16 +47,25 @@ def test_two_task_stream_through_the_cli_into_mlflow(tmp_path, tiny_model_dir, d
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.params["stream.order"] == "[1, 0]" and run.data.params["seed"] == "3"
     assert run.data.tags["stream"] == "two_tasks" and run.data.tags["router"] == "oracle"
-    history = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
-               for k in ("acc/travel", "acc/banking", "avg_acc", "bwt", "forgetting")}
+    history = {
+        k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+        for k in ("acc/travel", "acc/banking", "avg_acc", "bwt", "forgetting")
+    }
     assert [s for s, _ in history["acc/travel"]] == [0, 1]  # travel is learned first
     assert [s for s, _ in history["acc/banking"]] == [1]
     assert history["acc/travel"][0][1] == history["acc/travel"][1][1]
     assert history["bwt"] == [(1, 0.0)] and history["forgetting"] == [(1, 0.0)]
     assert client.get_metric_history(run.info.run_id, "train_loss/travel")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"accuracy_matrix.csv", "accuracy_matrix.png", "accuracy_curves.png", "config.yaml", "adapters",
-            "summary.txt", "results.json"} <= artifacts
+    assert {
+        "accuracy_matrix.csv",
+        "accuracy_matrix.png",
+        "accuracy_curves.png",
+        "config.yaml",
+        "adapters",
+        "summary.txt",
+        "results.json",
+    } <= artifacts
     assert any(p.endswith(".log") for p in artifacts)  # the job's log file
     adapters = {a.path for a in client.list_artifacts(run.info.run_id, "adapters")}
     assert adapters == {"adapters/00_travel.safetensors", "adapters/01_banking.safetensors"}
@@ -52,31 +76,38 @@ def test_the_default_router_is_learned_so_predict_works_on_a_default_run():
     assert compose([]).hydra.runtime.choices.router == "prototype"
 
 
-@pytest.mark.parametrize("task_extra, message, creates_run", [
-    ({"lables": ["a"]}, "unknown field 'lables'", False),
-    ({"text_field": "utterance"}, "text_field 'utterance' is not a column", True),
-    ({"labels": ["check_balance", "no_such_label"]}, "names ['no_such_label'] which do not occur", True),
-])
-def test_bad_input_is_one_line_and_marks_the_run_failed(tmp_path, tiny_model_dir, demo_files, task_extra, message,
-                                                        creates_run, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "task_extra, message, creates_run",
+    [
+        ({"lables": ["a"]}, "unknown field 'lables'", False),
+        ({"text_field": "utterance"}, "text_field 'utterance' is not a column", True),
+        ({"labels": ["check_balance", "no_such_label"]}, "names ['no_such_label'] which do not occur", True),
+    ],
+)
+def test_bad_input_is_one_line_and_marks_the_run_failed(
+    tmp_path, tiny_model_dir, demo_files, task_extra, message, creates_run, monkeypatch, capsys
+):
     conf = stream_yaml(tmp_path / "my_conf", {"banking": demo_files["banking"]}, **task_extra)
-    line = one_error_line(main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf,
-                                                                     "router=oracle")))
+    line = one_error_line(main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf, "router=oracle")))
     assert message in line
-    assert [r.info.status for r in mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")] == (["FAILED"] if creates_run
-                                                                                      else [])
+    assert [r.info.status for r in mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")] == (
+        ["FAILED"] if creates_run else []
+    )
 
 
-def test_missing_data_file_unknown_option_and_unreachable_server(tmp_path, tiny_model_dir, demo_files, monkeypatch,
-                                                                 capsys):
-    conf = stream_yaml(tmp_path / "my_conf", {"banking": {"train": tmp_path / "nope.csv",
-                                                          "test": demo_files["banking"]["test"]}})
+def test_missing_data_file_unknown_option_and_unreachable_server(
+    tmp_path, tiny_model_dir, demo_files, monkeypatch, capsys
+):
+    conf = stream_yaml(
+        tmp_path / "my_conf", {"banking": {"train": tmp_path / "nope.csv", "test": demo_files["banking"]["test"]}}
+    )
     line = one_error_line(main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf)))
     assert f"file not found: {tmp_path / 'nope.csv'}" in line
     line = one_error_line(main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf, "router=psychic")))
     assert line == "error: router=psychic: no such option; router options: classifier, entropy, oracle, prototype"
-    line = one_error_line(main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf,
-                                                                     "tracking.uri=http://127.0.0.1:9")))
+    line = one_error_line(
+        main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf, "tracking.uri=http://127.0.0.1:9"))
+    )
     assert "no MLflow server answers at http://127.0.0.1:9" in line
 
 
@@ -87,8 +118,17 @@ def _predict(monkeypatch, capsys, *args):
 def test_predict_with_a_learned_router_from_the_folder_and_from_mlflow(finished_run, tmp_path, monkeypatch, capsys):
     texts = ["what is my account balance", "book a flight to paris", "zq zq zq"]
     write_jsonl(tmp_path / "in.jsonl", [{"text": texts[1]}, {"text": texts[2]}, {"text": texts[0], "task": "banking"}])
-    proc = _predict(monkeypatch, capsys, finished_run, "--text", texts[0], "--input", tmp_path / "in.jsonl",
-                    "--output", tmp_path / "out.jsonl")
+    proc = _predict(
+        monkeypatch,
+        capsys,
+        finished_run,
+        "--text",
+        texts[0],
+        "--input",
+        tmp_path / "in.jsonl",
+        "--output",
+        tmp_path / "out.jsonl",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == [texts[0], texts[1], texts[2], texts[0]]
@@ -135,13 +175,17 @@ def test_predict_errors_are_each_one_line(finished_run, tiny_model_dir, tmp_path
     assert "no router state" in one_error_line(_predict(monkeypatch, capsys, run, "--text", "hi"))
 
 
-def test_predict_needs_tasks_for_an_oracle_run_and_a_learned_router_needs_two_tasks(tmp_path, tiny_model_dir,
-                                                                                   demo_files, monkeypatch, capsys):
+def test_predict_needs_tasks_for_an_oracle_run_and_a_learned_router_needs_two_tasks(
+    tmp_path, tiny_model_dir, demo_files, monkeypatch, capsys
+):
     conf = stream_yaml(tmp_path / "my_conf", {"banking": demo_files["banking"]}, max_per_class=10)
     line = one_error_line(main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf)))
     assert "a learned router needs a stream of at least 2 tasks" in line  # the default router, before any model
-    proc = main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf, "router=oracle",
-                                                      f"hydra.run.dir={tmp_path / 'oracle'}"))
+    proc = main_in_process(
+        monkeypatch,
+        capsys,
+        *_run(tmp_path, tiny_model_dir, conf, "router=oracle", f"hydra.run.dir={tmp_path / 'oracle'}"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = one_error_line(_predict(monkeypatch, capsys, tmp_path / "oracle", "--text", "what is my balance"))
     assert "router=oracle, which cannot route new text" in line

@@ -40,8 +40,11 @@ BUILT = ("adapter", "trainer", "router", "learner")  # groups whose objects buil
 
 def _fields(obj) -> dict:
     """An object's settings as its config names them (``lambda_`` is ``lambda``; tuples are lists)."""
-    values = {f.name.rstrip("_"): getattr(obj, f.name) for f in dataclasses.fields(obj)} \
-        if dataclasses.is_dataclass(obj) else dict(vars(obj))
+    values = (
+        {f.name.rstrip("_"): getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        if dataclasses.is_dataclass(obj)
+        else dict(vars(obj))
+    )
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
@@ -72,8 +75,13 @@ def test_every_option_composes_and_its_values_reach_the_object(group, option):
         assert config["backbone"]["name"] == "packaged:all-MiniLM-L6-v2"
 
 
-LAUNCHERS = {"basic": "BasicLauncher", "joblib": "JoblibLauncher", "ray": "RayLauncher",
-             "submitit_local": "LocalLauncher", "submitit_slurm": "SlurmLauncher"}
+LAUNCHERS = {
+    "basic": "BasicLauncher",
+    "joblib": "JoblibLauncher",
+    "ray": "RayLauncher",
+    "submitit_local": "LocalLauncher",
+    "submitit_slurm": "SlurmLauncher",
+}
 
 
 @pytest.mark.parametrize("launcher", options("hydra/launcher"))

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from continual.adapters import BottleneckConfig
+from continual.errors import ContinualError
 from continual.experiment import run_stream
 from continual.learners import AdapterPerTask
 from continual.routers import OracleRouter, RouterInputs
-from continual.errors import ContinualError
 from continual.streams import DemoStream
 from continual.tracking import MemoryTracker
 from continual.training import TrainerConfig
@@ -15,8 +15,12 @@ from continual.training import TrainerConfig
 
 def test_run_stream_fills_matrix_logs_steps_and_bwt_is_exactly_zero(tiny_backbone, tmp_path):
     stream = DemoStream(max_per_class=20).load()
-    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8),
-                             TrainerConfig(epochs=5, batch_size=16, lr=2e-2, log_every=2), progress=False)
+    learner = AdapterPerTask(
+        tiny_backbone,
+        BottleneckConfig(bottleneck_dim=8),
+        TrainerConfig(epochs=5, batch_size=16, lr=2e-2, log_every=2),
+        progress=False,
+    )
     tracker = MemoryTracker()
     result = run_stream(stream, learner, OracleRouter(), tracker, tmp_path, progress=False)
 
@@ -60,8 +64,12 @@ def _learned(tiny_backbone):
 
     torch.manual_seed(0)
     stream = DemoStream(max_per_class=12).load()
-    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8),
-                             TrainerConfig(epochs=2, batch_size=16, lr=2e-2), progress=False)
+    learner = AdapterPerTask(
+        tiny_backbone,
+        BottleneckConfig(bottleneck_dim=8),
+        TrainerConfig(epochs=2, batch_size=16, lr=2e-2),
+        progress=False,
+    )
     return stream, learner
 
 
@@ -86,6 +94,7 @@ def test_memoised_evaluation_equals_plain_and_runs_each_adapter_once(tiny_backbo
 
 def test_memo_is_invalidated_when_an_old_adapter_changes(tiny_backbone):
     import torch
+
     from continual.evaluation import Evaluator
 
     stream, learner = _learned(tiny_backbone)

@@ -28,7 +28,9 @@ def test_memory_never_holds_more_than_its_size_and_keeps_examples_intact(samplin
         assert len(memory) == len(memory.labels) == len(memory.tasks) <= 25
     assert len(memory) == 25 and memory.seen == 107
     for ids, label, owner in zip(memory.tokens, memory.labels, memory.tasks):
-        assert ids[0] // 1000 == owner and originals[(int(owner), ids[0])] == label  # token ids, label, task travel together
+        assert (
+            ids[0] // 1000 == owner and originals[(int(owner), ids[0])] == label
+        )  # token ids, label, task travel together
 
 
 def test_per_class_sampling_is_balanced_over_every_class_seen():
@@ -70,10 +72,15 @@ def test_memory_is_seeded_and_survives_its_state_dict():
     assert len(a.sample(4, np.random.default_rng(0))) == 4 and len(set(a.sample(10, np.random.default_rng(0)))) == 10
 
 
-@pytest.mark.parametrize("options, field", [({"size": 0}, "learner.memory.size"),
-                                            ({"sampling": "fifo"}, "learner.memory.sampling"),
-                                            ({"batch_size": -1}, "learner.memory.batch_size"),
-                                            ({"capacity": 3}, "learner.memory: unknown keys")])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"size": 0}, "learner.memory.size"),
+        ({"sampling": "fifo"}, "learner.memory.sampling"),
+        ({"batch_size": -1}, "learner.memory.batch_size"),
+        ({"capacity": 3}, "learner.memory: unknown keys"),
+    ],
+)
 def test_memory_config_errors_name_the_field(options, field):
     with pytest.raises(ContinualError, match=field):
         MemoryConfig.from_mapping(options)
@@ -87,7 +94,7 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_grows_when_the_weights_move():
     inputs, targets = torch.randn(8, 4), torch.randint(0, 3, (8,))
 
     def loss_of(i):
-        return nn.functional.cross_entropy(layer(inputs[i:i + 1]), targets[i:i + 1])
+        return nn.functional.cross_entropy(layer(inputs[i : i + 1]), targets[i : i + 1])
 
     ewc.consolidate(8, loss_of)
     assert all(torch.all(f >= 0) and f.sum() > 0 for f in ewc.fisher.values())
@@ -105,9 +112,14 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_grows_when_the_weights_move():
     assert torch.equal(again.fisher["bias"], ewc.fisher["bias"]) and again.penalty().item() == 0.0
 
 
-@pytest.mark.parametrize("options, field", [({"lambda": -1.0}, "learner.ewc.lambda"),
-                                            ({"fisher_samples": 1.5}, "learner.ewc.fisher_samples"),
-                                            ({"gamma": 1.0}, "learner.ewc: unknown keys")])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"lambda": -1.0}, "learner.ewc.lambda"),
+        ({"fisher_samples": 1.5}, "learner.ewc.fisher_samples"),
+        ({"gamma": 1.0}, "learner.ewc: unknown keys"),
+    ],
+)
 def test_ewc_config_errors_name_the_field(options, field):
     with pytest.raises(ContinualError, match=field):
         EWCConfig.from_mapping(options)

@@ -7,11 +7,13 @@ from continual import metrics
 
 nan = float("nan")
 # Hand-made 3-task matrix (rows: after task i; columns: task j).
-R = np.array([
-    [0.90, nan, nan],
-    [0.70, 0.80, nan],
-    [0.60, 0.85, 0.95],
-])
+R = np.array(
+    [
+        [0.90, nan, nan],
+        [0.70, 0.80, nan],
+        [0.60, 0.85, 0.95],
+    ]
+)
 
 
 def test_average_accuracy_is_mean_of_last_row():

@@ -11,9 +11,18 @@ pytestmark = pytest.mark.slow
 
 def test_default_experiment_learns_the_demo_stream(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "continual", "progress=false", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-         f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "continual",
+            "progress=false",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

@@ -17,14 +17,17 @@ def test_jsonl_csv_tsv_and_txt_inputs(tmp_path):
     assert read_queries(tmp_path / "q.txt") == [Query("hello"), Query("bye")]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("q.jsonl", '{"text": "ok"}\n{"text": \n', "q.jsonl line 2: not a JSON object"),
-    ("q.jsonl", '["just", "a", "list"]\n', "expected a JSON object with field 'text'"),
-    ("q.jsonl", '{"text": 3}\n', "line 1: field 'text' must be a non-empty string, got 3"),
-    ("q.csv", "sentence\nhello\n", "no column 'text'"),
-    ("q.parquet", "", "must be .jsonl, .csv, .tsv or .txt"),
-    ("q.txt", "\n\n", "holds no texts"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("q.jsonl", '{"text": "ok"}\n{"text": \n', "q.jsonl line 2: not a JSON object"),
+        ("q.jsonl", '["just", "a", "list"]\n', "expected a JSON object with field 'text'"),
+        ("q.jsonl", '{"text": 3}\n', "line 1: field 'text' must be a non-empty string, got 3"),
+        ("q.csv", "sentence\nhello\n", "no column 'text'"),
+        ("q.parquet", "", "must be .jsonl, .csv, .tsv or .txt"),
+        ("q.txt", "\n\n", "holds no texts"),
+    ],
+)
 def test_bad_inputs_are_one_clear_line(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(ContinualError, match=message):

@@ -62,8 +62,11 @@ def test_budget_stops_growth_with_one_warning(tiny_backbone, caplog):
         torch.testing.assert_close(states[i, :n], plain[i, :n], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("adapter", [BottleneckConfig(bottleneck_dim=8, skip_layers=1),
-                                     LoRAConfig(rank=4, skip_layers=1)], ids=["pfeiffer", "lora"])
+@pytest.mark.parametrize(
+    "adapter",
+    [BottleneckConfig(bottleneck_dim=8, skip_layers=1), LoRAConfig(rank=4, skip_layers=1)],
+    ids=["pfeiffer", "lora"],
+)
 def test_learner_with_cache_equals_learner_without(tiny_backbone, adapter):
     stream = DemoStream(max_per_class=12).load()
     results = []
@@ -75,8 +78,9 @@ def test_learner_with_cache_equals_learner_without(tiny_backbone, adapter):
         assert (learner.cache is None) == (cache_mb == 0)
         evaluator = Evaluator(learner, PrototypeRouter(layers=(1, 2)), stream.tasks[:2])
         for j, task in enumerate(stream.tasks[:2]):
-            evaluator.router.add_task(j, task, split_inputs(learner, task.train),
-                                      split_inputs(learner, task.validation))
+            evaluator.router.add_task(
+                j, task, split_inputs(learner, task.train), split_inputs(learner, task.validation)
+            )
         evals = [evaluator.evaluate(j) for j in range(2)]
         weights = torch.cat([p.detach().flatten() for p in learner.bank.parameters()])
         results.append((evals, weights, learner.cache))

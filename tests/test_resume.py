@@ -17,7 +17,16 @@ from continual.routers import OracleRouter
 from continual.streams import DemoStream
 from continual.tracking import MemoryTracker
 from continual.training import TrainerConfig
-from conftest import demo_task_files, histories, main_in_process, mlflow_runs, one_error_line, stream_yaml, tiny_overrides
+
+from conftest import (
+    demo_task_files,
+    histories,
+    main_in_process,
+    mlflow_runs,
+    one_error_line,
+    stream_yaml,
+    tiny_overrides,
+)
 
 TASKS = ("banking", "travel", "cooking")
 
@@ -29,18 +38,30 @@ def three(tmp_path):
 
 
 def _args(tmp_path, conf, model_dir, run_dir, epochs=1):
-    return ["--config-dir", str(conf), "stream=three", *tiny_overrides(tmp_path, model_dir),
-            f"trainer.epochs={epochs}", "trainer.lr=2e-2", f"hydra.run.dir={run_dir}"]
+    return [
+        "--config-dir",
+        str(conf),
+        "stream=three",
+        *tiny_overrides(tmp_path, model_dir),
+        f"trainer.epochs={epochs}",
+        "trainer.lr=2e-2",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
-def test_sigkill_in_task_two_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, three, monkeypatch,
-                                                                     capsys):
+def test_sigkill_in_task_two_then_resume_equals_an_uninterrupted_run(
+    tmp_path, tiny_model_dir, three, monkeypatch, capsys
+):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     proc = main_in_process(monkeypatch, capsys, *_args(tmp_path, three, tiny_model_dir, whole, epochs=12))
     assert proc.returncode == 0, proc.stderr[-2000:]
 
-    victim = subprocess.Popen([sys.executable, "-m", "continual", *_args(tmp_path, three, tiny_model_dir, killed, 12)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "continual", *_args(tmp_path, three, tiny_model_dir, killed, 12)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         state = killed / "checkpoint.json"
@@ -69,8 +90,9 @@ def test_sigkill_in_task_two_then_resume_equals_an_uninterrupted_run(tmp_path, t
         assert [s for s, _ in h_killed[f"acc/{name}"]] == list(range(j, 3))  # one value per step, none missing
 
 
-def test_resume_refuses_a_changed_config_and_a_plain_rerun_refuses_an_existing_run(tmp_path, tiny_model_dir, three,
-                                                                                monkeypatch, capsys):
+def test_resume_refuses_a_changed_config_and_a_plain_rerun_refuses_an_existing_run(
+    tmp_path, tiny_model_dir, three, monkeypatch, capsys
+):
     args = _args(tmp_path, three, tiny_model_dir, tmp_path / "run")
     assert main_in_process(monkeypatch, capsys, *args).returncode == 0
     assert "already holds a run" in one_error_line(main_in_process(monkeypatch, capsys, *args))
@@ -80,10 +102,16 @@ def test_resume_refuses_a_changed_config_and_a_plain_rerun_refuses_an_existing_r
 
 def test_same_seed_same_matrix_on_cpu(tiny_backbone, tmp_path):
     def once(out):
-        learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8),
-                                 TrainerConfig(epochs=2, batch_size=16, lr=2e-2), seed=7, progress=False)
-        return run_stream(DemoStream(max_per_class=12).load(), learner, OracleRouter(), MemoryTracker(), out,
-                          progress=False).state.R
+        learner = AdapterPerTask(
+            tiny_backbone,
+            BottleneckConfig(bottleneck_dim=8),
+            TrainerConfig(epochs=2, batch_size=16, lr=2e-2),
+            seed=7,
+            progress=False,
+        )
+        return run_stream(
+            DemoStream(max_per_class=12).load(), learner, OracleRouter(), MemoryTracker(), out, progress=False
+        ).state.R
 
     a, b = once(tmp_path / "a"), once(tmp_path / "b")
     np.testing.assert_array_equal(a, b)
@@ -101,5 +129,6 @@ def test_adapters_refuse_a_different_backbone(tiny_backbone, tmp_path):
         other.load(tmp_path, stream.tasks[:1])
     tiny_backbone.name = "another-model"
     with pytest.raises(ContinualError, match="saved for backbone="):
-        AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), TrainerConfig(epochs=1),
-                       progress=False).load(tmp_path, stream.tasks[:1])
+        AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), TrainerConfig(epochs=1), progress=False).load(
+            tmp_path, stream.tasks[:1]
+        )

@@ -28,8 +28,10 @@ def _world(num_tasks=3, per_class=40, seed=0):
                 labels.append(c)
         return Split(tuple(texts), np.array(labels))
 
-    tasks = [Task(f"task{t}", tuple("abc"), split(t, "train", per_class), split(t, "val", 20), split(t, "test", 20))
-             for t in range(num_tasks)]
+    tasks = [
+        Task(f"task{t}", tuple("abc"), split(t, "train", per_class), split(t, "val", 20), split(t, "test", 20))
+        for t in range(num_tasks)
+    ]
 
     def encode(texts, labels=None):
         feats = np.stack([table[t] for t in texts]).astype(np.float32)
@@ -55,8 +57,9 @@ ROUTERS = [
 
 def _learn(router, tasks, encode):
     for i, task in enumerate(tasks):
-        router.add_task(i, task, encode(task.train.texts, task.train.labels),
-                        encode(task.validation.texts, task.validation.labels))
+        router.add_task(
+            i, task, encode(task.train.texts, task.train.labels), encode(task.validation.texts, task.validation.labels)
+        )
     return router
 
 
@@ -95,12 +98,14 @@ def test_mahalanobis_beats_euclidean_when_one_direction_is_noise():
 
     def encode(texts, labels=None):
         feats = np.stack([table[t] for t in texts])
-        return RouterInputs(len(texts), lambda p, l: feats, lambda k: np.zeros(len(texts)), labels=labels)
+        return RouterInputs(len(texts), lambda pooling, layers: feats, lambda k: np.zeros(len(texts)), labels=labels)
 
     texts = [t for task in tasks for t in task.test.texts]
     truth = np.repeat([0, 1], 100)
-    acc = {m: np.mean(_learn(PrototypeRouter(metric=m, shrinkage=0.0), tasks, encode).route(encode(texts)).tasks == truth)
-           for m in ("mahalanobis", "euclidean")}
+    acc = {
+        m: np.mean(_learn(PrototypeRouter(metric=m, shrinkage=0.0), tasks, encode).route(encode(texts)).tasks == truth)
+        for m in ("mahalanobis", "euclidean")
+    }
     assert acc["mahalanobis"] > 0.9 and acc["mahalanobis"] > acc["euclidean"] + 0.2
 
 
@@ -117,7 +122,7 @@ def test_rejection_keeps_about_accept_rate_of_validation_and_rejects_far_inputs(
 
 def test_entropy_router_picks_the_most_certain_head_and_calibrates():
     certainty = {0: np.array([0.9, 0.1, 0.2, 0.05]), 1: np.array([0.2, 0.8, 0.1, 0.06])}
-    inputs = RouterInputs(4, lambda p, l: np.zeros((4, 2)), lambda k: certainty[k])
+    inputs = RouterInputs(4, lambda pooling, layers: np.zeros((4, 2)), lambda k: certainty[k])
     router = EntropyRouter()
     router.add_task(0, None, None, None)
     router.add_task(1, None, None, None)
@@ -127,7 +132,7 @@ def test_entropy_router_picks_the_most_certain_head_and_calibrates():
     task = Task("t", ("a", "b"), Split((), np.zeros(0)), Split(tuple("v" * 11), np.zeros(11)), Split((), np.zeros(0)))
     calibrated = EntropyRouter(accept_rate=0.9)
     for i in range(2):
-        calibrated.add_task(i, task, None, RouterInputs(11, lambda p, l: None, lambda k: val[k]))
+        calibrated.add_task(i, task, None, RouterInputs(11, lambda pooling, layers: None, lambda k: val[k]))
     assert calibrated.threshold == pytest.approx(0.55)
     np.testing.assert_array_equal(calibrated.route(inputs).tasks, [0, 1, -1, -1])
 
@@ -145,14 +150,17 @@ def test_router_state_checks_router_tasks_and_backbone(tmp_path):
         load_router(PrototypeRouter(), tmp_path / "empty", names, "tiny")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: PrototypeRouter(metric="manhattan"), "router.metric must be one of"),
-    (lambda: PrototypeRouter(pooling="max"), "router.pooling"),
-    (lambda: PrototypeRouter(accept_rate=1.5), r"router.accept_rate must be in \(0, 1\]"),
-    (lambda: ClassifierRouter(pseudo_per_class=0), "nothing to train"),
-    (lambda: ClassifierRouter(memory_per_class=-1), "memory_per_class must be an integer"),
-    (lambda: EntropyRouter(accept_rate=0), "accept_rate"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: PrototypeRouter(metric="manhattan"), "router.metric must be one of"),
+        (lambda: PrototypeRouter(pooling="max"), "router.pooling"),
+        (lambda: PrototypeRouter(accept_rate=1.5), r"router.accept_rate must be in \(0, 1\]"),
+        (lambda: ClassifierRouter(pseudo_per_class=0), "nothing to train"),
+        (lambda: ClassifierRouter(memory_per_class=-1), "memory_per_class must be an integer"),
+        (lambda: EntropyRouter(accept_rate=0), "accept_rate"),
+    ],
+)
 def test_bad_router_settings_are_one_clear_error(make, message):
     with pytest.raises(ContinualError, match=message):
         make()

@@ -19,16 +19,21 @@ OUT_OF_SCOPE = ("zq zq zq zq", "the the the the the the", "mmm", "quantum chromo
 
 
 def _learner(tiny_backbone):
-    return AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8),
-                          TrainerConfig(epochs=2, batch_size=16, lr=2e-2), progress=False)
+    return AdapterPerTask(
+        tiny_backbone,
+        BottleneckConfig(bottleneck_dim=8),
+        TrainerConfig(epochs=2, batch_size=16, lr=2e-2),
+        progress=False,
+    )
 
 
 def test_learned_router_run_logs_routing_cost_and_rejection(tiny_backbone, tmp_path):
     demo = DemoStream(max_per_class=12).load()
     stream = Stream(demo.name, demo.tasks[:3], OUT_OF_SCOPE)
     tracker = MemoryTracker()
-    result = run_stream(stream, _learner(tiny_backbone), PrototypeRouter(accept_rate=0.9), tracker, tmp_path,
-                        progress=False)
+    result = run_stream(
+        stream, _learner(tiny_backbone), PrototypeRouter(accept_rate=0.9), tracker, tmp_path, progress=False
+    )
     R, oracle, T = result.state.R, result.state.oracle_R, 3
     low = np.tril_indices(T)
     # correct routed = routed right AND labelled right by that same adapter, so never above the oracle
@@ -45,7 +50,9 @@ def test_learned_router_run_logs_routing_cost_and_rejection(tiny_backbone, tmp_p
     assert rows[0] == ["true_task", *stream.task_names, "rejected"]
     for row, task in zip(rows[1:], stream.tasks):
         assert sum(int(v) for v in row[1:]) == len(task.test)
-    assert result.confusion.trace() / result.confusion.sum() == pytest.approx(np.mean(result.state.router_R[-1]), abs=0.02)
+    assert result.confusion.trace() / result.confusion.sum() == pytest.approx(
+        np.mean(result.state.router_R[-1]), abs=0.02
+    )
     logged = {p.name for p, _ in tracker.artifacts}
     assert {"router_confusion.csv", "router_confusion.png", "oracle_accuracy_matrix.csv", FILENAME} <= logged
 
@@ -54,7 +61,10 @@ def test_entropy_router_memo_equals_plain_and_runs_each_adapter_once_per_test_se
     stream = DemoStream(max_per_class=12).load()
     learner = _learner(tiny_backbone)
     routers = EntropyRouter(), EntropyRouter()
-    memo, plain = Evaluator(learner, routers[0], stream.tasks), Evaluator(learner, routers[1], stream.tasks, memoise=False)
+    memo, plain = (
+        Evaluator(learner, routers[0], stream.tasks),
+        Evaluator(learner, routers[1], stream.tasks, memoise=False),
+    )
     for i, task in enumerate(stream.tasks):
         learner.learn([task])
         for router in routers:
@@ -62,8 +72,11 @@ def test_entropy_router_memo_equals_plain_and_runs_each_adapter_once_per_test_se
         memo.new_step()
         for j in range(i + 1):
             a, b = memo.evaluate(j), plain.evaluate(j)
-            assert (a.accuracy, a.router_accuracy, a.oracle_accuracy) == (b.accuracy, b.router_accuracy,
-                                                                          b.oracle_accuracy)
+            assert (a.accuracy, a.router_accuracy, a.oracle_accuracy) == (
+                b.accuracy,
+                b.router_accuracy,
+                b.oracle_accuracy,
+            )
             np.testing.assert_array_equal(a.routes, b.routes)
     # every (test set, adapter) pair ran once: T * N passes, where recomputing would be O(T^2 * N) more
     assert memo.computed == len(stream.tasks) * sum(len(t.test) for t in stream.tasks)

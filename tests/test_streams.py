@@ -20,8 +20,9 @@ def task(name, files, **extra):
 
 
 def test_jsonl_stream_loads_with_labels_carve_and_caps(demo_files):
-    stream = spec([task("banking", demo_files, max_per_class=20),
-                   task("travel", demo_files, labels=["visa_info", "book_flight"])]).load()
+    stream = spec(
+        [task("banking", demo_files, max_per_class=20), task("travel", demo_files, labels=["visa_info", "book_flight"])]
+    ).load()
     assert stream.task_names == ["banking", "travel"]
     banking, travel = stream.tasks
     assert len(banking.labels) == 5
@@ -45,21 +46,41 @@ def test_validation_carve_is_deterministic(demo_files):
 def test_other_file_formats(tmp_path, fmt):
     import pandas as pd
 
-    frames = {s: pd.DataFrame([{"utterance": t, "intent": lab} for t, lab in demo_examples("cooking", s)])
-              for s in ("train", "test")}
+    frames = {
+        s: pd.DataFrame([{"utterance": t, "intent": lab} for t, lab in demo_examples("cooking", s)])
+        for s in ("train", "test")
+    }
     paths = {}
     for split, frame in frames.items():
         paths[split] = tmp_path / f"{split}.{fmt}"
-        {"csv": lambda p: frame.to_csv(p, index=False), "parquet": frame.to_parquet,
-         "json": lambda p: frame.to_json(p, orient="records")}[fmt](paths[split])
-    stream = spec([{"name": "c", "train": str(paths["train"]), "test": str(paths["test"]),
-                    "text_field": "utterance", "label_field": "intent"}]).load()
+        if fmt == "csv":
+            frame.to_csv(paths[split], index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(paths[split])
+        else:
+            frame.to_json(paths[split], orient="records")
+    stream = spec(
+        [
+            {
+                "name": "c",
+                "train": str(paths["train"]),
+                "test": str(paths["test"]),
+                "text_field": "utterance",
+                "label_field": "intent",
+            }
+        ]
+    ).load()
     assert len(stream.tasks[0].test) == 100
 
 
 def test_relative_paths_resolve_against_data_dir(demo_files, tmp_path):
-    stream = StreamSpec.from_dict({"name": "s", "data_dir": str(tmp_path / "data"), "tasks": [
-        {"name": "travel", "train": "travel/train.jsonl", "test": "travel/test.jsonl"}]}).load()
+    stream = StreamSpec.from_dict(
+        {
+            "name": "s",
+            "data_dir": str(tmp_path / "data"),
+            "tasks": [{"name": "travel", "train": "travel/train.jsonl", "test": "travel/test.jsonl"}],
+        }
+    ).load()
     assert len(stream.tasks[0].test) == 100
 
 
@@ -70,16 +91,24 @@ def test_order_by_index_name_and_named_order(demo_files):
     assert spec(tasks, order="rev", orders={"rev": [1, 0]}).load().task_names == ["travel", "banking"]
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"name": "s"}, "missing required field 'tasks'"),
-    ({"name": "s", "tasks": [{"name": "a", "train": "x.csv"}]}, "missing required field 'test'"),
-    ({"name": "s", "tasks": [{"name": "a", "train": "x", "test": "y", "lables": ["q"]}]}, "unknown field 'lables'"),
-    ({"name": "s", "tasks": [{"name": "a", "train": "x", "test": "y"}, {"name": "a", "train": "x", "test": "y"}]},
-     "task names must be unique; repeated: ['a']"),
-    ({"name": "s", "tasks": [{"name": "a", "train": "x", "test": "y", "max_per_class": 0}]}, "positive integer"),
-    ({"name": "s", "tasks": [{"name": "a", "train": 3, "test": "y"}]}, "field 'train' must be a string"),
-    ({"name": "s", "tasks": []}, "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"name": "s"}, "missing required field 'tasks'"),
+        ({"name": "s", "tasks": [{"name": "a", "train": "x.csv"}]}, "missing required field 'test'"),
+        ({"name": "s", "tasks": [{"name": "a", "train": "x", "test": "y", "lables": ["q"]}]}, "unknown field 'lables'"),
+        (
+            {
+                "name": "s",
+                "tasks": [{"name": "a", "train": "x", "test": "y"}, {"name": "a", "train": "x", "test": "y"}],
+            },
+            "task names must be unique; repeated: ['a']",
+        ),
+        ({"name": "s", "tasks": [{"name": "a", "train": "x", "test": "y", "max_per_class": 0}]}, "positive integer"),
+        ({"name": "s", "tasks": [{"name": "a", "train": 3, "test": "y"}]}, "field 'train' must be a string"),
+        ({"name": "s", "tasks": []}, "non-empty list"),
+    ],
+)
 def test_bad_stream_files_name_the_field(raw, message):
     with pytest.raises(ContinualError) as err:
         StreamSpec.from_dict(raw)
@@ -87,13 +116,16 @@ def test_bad_stream_files_name_the_field(raw, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"train": "/nonexistent/train.jsonl"}, "file not found: /nonexistent/train.jsonl"),
-    ({"text_field": "utterance"}, "text_field 'utterance' is not a column"),
-    ({"label_field": "intent"}, "label_field 'intent' is not a column"),
-    ({"labels": ["check_balance", "no_such_label"]}, "names ['no_such_label'] which do not occur"),
-    ({"labels": ["check_balance"]}, "at least 2 labels"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"train": "/nonexistent/train.jsonl"}, "file not found: /nonexistent/train.jsonl"),
+        ({"text_field": "utterance"}, "text_field 'utterance' is not a column"),
+        ({"label_field": "intent"}, "label_field 'intent' is not a column"),
+        ({"labels": ["check_balance", "no_such_label"]}, "names ['no_such_label'] which do not occur"),
+        ({"labels": ["check_balance"]}, "at least 2 labels"),
+    ],
+)
 def test_bad_data_names_task_and_field(demo_files, change, message):
     with pytest.raises(ContinualError) as err:
         spec([{**task("banking", demo_files), **change}]).load()

@@ -1,24 +1,36 @@
 """Multiruns through real Hydra launchers into one MLflow store: parent/child runs, nothing lost."""
 
 import importlib.util
-import os
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from continual import cmdline
 from continual.errors import ContinualError
-from conftest import free_port as _free_port, main_in_process, stream_yaml
+from continual.tracking.mlflow import free_port as _free_port
+from continual.tracking.mlflow import serve
+
+from conftest import main_in_process, stream_yaml
 
 
 def _args(tmp_path, tiny_model_dir, conf, uri, *overrides, sweep="sweep"):
-    return ["--config-dir", str(conf), "-m", "stream=two_tasks", f"backbone.name={tiny_model_dir}", "trainer.epochs=1",
-            "adapter.bottleneck_dim=4", "progress=false", "threads=1", f"tracking.uri={uri}",
-            f"hydra.sweep.dir={tmp_path}/{sweep}", *overrides]
+    return [
+        "--config-dir",
+        str(conf),
+        "-m",
+        "stream=two_tasks",
+        f"backbone.name={tiny_model_dir}",
+        "trainer.epochs=1",
+        "adapter.bottleneck_dim=4",
+        "progress=false",
+        "threads=1",
+        f"tracking.uri={uri}",
+        f"hydra.sweep.dir={tmp_path}/{sweep}",
+        *overrides,
+    ]
 
 
 def _multirun(tmp_path, tiny_model_dir, conf, uri, *overrides, timeout=600, sweep="sweep"):
@@ -55,8 +67,9 @@ def sweep_conf(tmp_path, demo_files):
 
 def test_parallel_joblib_jobs_into_a_brand_new_sqlite_store(tmp_path, tiny_model_dir, sweep_conf):
     uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"
-    proc = _multirun(tmp_path, tiny_model_dir, sweep_conf, uri, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     "seed=0,1")
+    proc = _multirun(
+        tmp_path, tiny_model_dir, sweep_conf, uri, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, children = _check_sweep(uri, 2)
     assert sorted(c.data.tags["seed"] for c in children) == ["0", "1"]
@@ -70,12 +83,16 @@ def test_submitit_local_launcher(tmp_path, tiny_model_dir, sweep_conf):
     _check_sweep(uri, 2)
 
 
-def test_a_failed_job_does_not_stop_the_sweep_but_fails_its_parent_run(tmp_path, tiny_model_dir, sweep_conf,
-                                                                        monkeypatch, capsys, caplog):
+def test_a_failed_job_does_not_stop_the_sweep_but_fails_its_parent_run(
+    tmp_path, tiny_model_dir, sweep_conf, monkeypatch, capsys, caplog
+):
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # the basic launcher: jobs in turn, here in this process
     caplog.set_level("INFO")
-    proc = main_in_process(monkeypatch, capsys, *_args(tmp_path, tiny_model_dir, sweep_conf, uri,
-                                                       "hydra/launcher=basic", "trainer.lr=-1,0.01"))
+    proc = main_in_process(
+        monkeypatch,
+        capsys,
+        *_args(tmp_path, tiny_model_dir, sweep_conf, uri, "hydra/launcher=basic", "trainer.lr=-1,0.01"),
+    )
     assert proc.returncode == 2
     assert "job 1 after task 2/2" in caplog.text  # log lines say which job is where
     assert "error: job 0: trainer.lr must be a non-negative number" in proc.stderr
@@ -89,8 +106,9 @@ def test_a_failed_job_does_not_stop_the_sweep_but_fails_its_parent_run(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
-                    reason="pip install 'continual[ray]'")
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None, reason="pip install 'continual[ray]'"
+)
 def test_ray_launcher(tmp_path, tiny_model_dir, sweep_conf):
     uri = f"sqlite:///{tmp_path}/ray.db"
     proc = _multirun(tmp_path, tiny_model_dir, sweep_conf, uri, "hydra/launcher=ray", "seed=0,1", timeout=900)
@@ -106,21 +124,8 @@ def test_missing_launcher_plugin_names_the_extra(monkeypatch):
 
 @pytest.mark.slow  # a real server: 10-20 s to start
 def test_runs_and_multiruns_against_a_real_tracking_server(tmp_path, tiny_model_dir, sweep_conf):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"})
+    server, uri = serve(f"sqlite:///{tmp_path}/server.db", tmp_path / "art")
     try:
-        uri = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.time() < deadline, "mlflow server did not start in 90 s"
-                time.sleep(1)
         proc = _multirun(tmp_path, tiny_model_dir, sweep_conf, uri, "seed=0,1")
         assert proc.returncode == 0, proc.stderr[-3000:]
         parent, children = _check_sweep(uri, 2)
@@ -131,10 +136,14 @@ def test_runs_and_multiruns_against_a_real_tracking_server(tmp_path, tiny_model_
         server.wait(timeout=30)
 
 
-def test_multirun_against_an_unreachable_server_fails_in_seconds_before_any_job(tmp_path, tiny_model_dir, sweep_conf,
-                                                                                 monkeypatch, capsys):
+def test_multirun_against_an_unreachable_server_fails_in_seconds_before_any_job(
+    tmp_path, tiny_model_dir, sweep_conf, monkeypatch, capsys
+):
     start = time.time()
-    proc = main_in_process(monkeypatch, capsys, *_args(tmp_path, tiny_model_dir, sweep_conf,
-                                                       f"http://127.0.0.1:{_free_port()}", "seed=0,1"))
+    proc = main_in_process(
+        monkeypatch,
+        capsys,
+        *_args(tmp_path, tiny_model_dir, sweep_conf, f"http://127.0.0.1:{_free_port()}", "seed=0,1"),
+    )
     assert proc.returncode == 2 and "cannot open the MLflow store" in proc.stderr and "no MLflow server" in proc.stderr
     assert time.time() - start < 60 and not (tmp_path / "sweep" / "0").exists()  # no job started

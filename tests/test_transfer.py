@@ -26,7 +26,9 @@ def _state(module):
 
 
 def test_similar_starts_from_the_most_similar_task(tiny_backbone, tasks):
-    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, progress=False, transfer="similar")
+    learner = AdapterPerTask(
+        tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, progress=False, transfer="similar"
+    )
     learner.learn([tasks[0]])
     learner.learn([tasks[1]])
     first = _state(learner.bank.adapters[0])
@@ -51,7 +53,9 @@ def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp
     routes = torch.tensor([0, 1, 0, 1, 1, 0])
     mixed = learner.classify(ids, mask, routes)
     for i in range(len(texts)):  # a fused task still routes per example
-        alone = learner.classify(ids[i:i + 1, : int(mask[i].sum())], mask[i:i + 1, : int(mask[i].sum())], routes[i:i + 1])
+        alone = learner.classify(
+            ids[i : i + 1, : int(mask[i].sum())], mask[i : i + 1, : int(mask[i].sum())], routes[i : i + 1]
+        )
         assert alone.labels[0] == mixed.labels[i]
         torch.testing.assert_close(alone.confidence[0], mixed.confidence[i], rtol=1e-5, atol=1e-5)
 
@@ -65,7 +69,9 @@ def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp
         learner.bank.adapters[0]["0_ffn"].up.bias.sub_(1.0)
 
     learner.save(tmp_path)
-    restored = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, progress=False, transfer="fusion")
+    restored = AdapterPerTask(
+        tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, progress=False, transfer="fusion"
+    )
     learner.bank.remove_hooks()
     restored.load(tmp_path, tasks[:2])
     assert restored.fingerprints().tasks == learner.fingerprints().tasks

@@ -12,52 +12,55 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import cli, free_port as _free_port, stream_yaml, tiny_overrides, write_jsonl
+from continual.tracking.mlflow import free_port as _free_port
+from continual.tracking.mlflow import serve
+
+from conftest import cli, stream_yaml, tiny_overrides, write_jsonl
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--window-size=1600,1200")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--window-size=1600,1200",
+)
 
 
 def _serve(store_uri: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", store_uri, "--artifacts-destination", str(artifacts)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                return server, uri
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.terminate()
-                raise AssertionError(f"mlflow server for {store_uri} did not start")
-            time.sleep(1)
+    return serve(store_uri, artifacts)
 
 
 def _three_task_run(tmp_path, tiny_model_dir, demo_files, uri):
     from continual.streams.demo_data import demo_examples
 
     files = dict(demo_files)
-    files["cooking"] = {split: write_jsonl(tmp_path / "data" / "cooking" / f"{split}.jsonl",
-                                           [{"text": t, "label": lab} for t, lab in demo_examples("cooking", split)])
-                        for split in ("train", "test")}
+    files["cooking"] = {
+        split: write_jsonl(
+            tmp_path / "data" / "cooking" / f"{split}.jsonl",
+            [{"text": t, "label": lab} for t, lab in demo_examples("cooking", split)],
+        )
+        for split in ("train", "test")
+    }
     conf = stream_yaml(tmp_path / "my_conf", files, max_per_class=10)
-    proc = cli(tmp_path, "--config-dir", conf, "stream=two_tasks", *tiny_overrides(tmp_path, tiny_model_dir),
-               f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/run")
+    proc = cli(
+        tmp_path,
+        "--config-dir",
+        conf,
+        "stream=two_tasks",
+        *tiny_overrides(tmp_path, tiny_model_dir),
+        f"tracking.uri={uri}",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("continual")
@@ -66,8 +69,10 @@ def _three_task_run(tmp_path, tiny_model_dir, demo_files, uri):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("selenium") is None, reason='pip install -e ".[browser]"')
-@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
-                    reason="apt install chromium chromium-driver")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+    reason="apt install chromium chromium-driver",
+)
 def test_forgetting_curves_and_matrix_in_the_mlflow_ui(tmp_path, tiny_model_dir, demo_files):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -117,13 +122,33 @@ def test_tracking_server_on_postgresql(tmp_path, tiny_model_dir, demo_files):
     if run_as:
         os.chmod(home, 0o755)
         shutil.chown(data, "postgres")
-    subprocess.run([*run_as, str(pg / "initdb"), "-D", str(data), "-U", "continual", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*run_as, str(pg / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k {data} -c listen_addresses=''",
-                    "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(pg / "initdb"), "-D", str(data), "-U", "continual", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *run_as,
+            str(pg / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=''",
+            "-l",
+            str(data / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([str(pg / "createdb"), "-h", str(data), "-p", str(port), "-U", "continual", "mlflow"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(pg / "createdb"), "-h", str(data), "-p", str(port), "-U", "continual", "mlflow"],
+            check=True,
+            capture_output=True,
+        )
         server, uri = _serve(f"postgresql://continual@/mlflow?host={data}&port={port}", tmp_path / "artifacts")
         try:
             _, run_id = _three_task_run(tmp_path, tiny_model_dir, demo_files, uri)

@@ -13,9 +13,11 @@ replaces the attention computation of its sites while attached.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -53,6 +55,11 @@ class AdapterKind(Protocol):
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict: ...
 
 
+def describe(config: AdapterKind) -> str:
+    """An adapter config as JSON (kind and fields): saved with adapters and checked when they are loaded."""
+    return json.dumps({"kind": type(config).__name__, **dataclasses.asdict(config)})  # type: ignore[call-overload]
+
+
 class AdapterBank(nn.Module):
     """Per-task adapter modules (one :class:`nn.ModuleDict` of sites per task) and what applies the routed ones."""
 
@@ -67,21 +74,25 @@ class AdapterBank(nn.Module):
         sites = config.sites(backbone)
         self._site_modules = sites
         self.first_layer = min(layer_of(name) for name in sites)  # layers below it never see an adapter
-        if config.hook == "attention":
-            self._handles = [PrefixAttention(module, name, self._routed_sites) for name, module in sites.items()]
-        else:
-            self._handles = [module.register_forward_hook(self._hook(name)) for name, module in sites.items()]
+        self._handles: list[Any] = (  # what remove_hooks undoes: prefix attentions or forward hooks
+            [PrefixAttention(module, name, self._routed_sites) for name, module in sites.items()]
+            if config.hook == "attention"
+            else [module.register_forward_hook(self._hook(name)) for name, module in sites.items()]
+        )
 
-    def _routed_sites(self, site: str) -> list[tuple[nn.Module | None, int, int]]:
-        return [(None if a is None else self.adapters[a][site], start, stop) for a, start, stop in self._segments]
+    def module(self, k: int, site: str) -> Any:
+        """Task ``k``'s module at ``site`` (as its kind's ``make`` built it)."""
+        return self.adapters[k][site]  # type: ignore[index]  # adapters[k] is the ModuleDict make() returned
+
+    def _routed_sites(self, site: str) -> list[tuple[Any, int, int]]:
+        return [(None if a is None else self.module(a, site), start, stop) for a, start, stop in self._segments]
 
     def _run(self, k: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Adapter ``k`` at ``site``; a fused adapter adds the softmax-weighted updates of adapters 0..k."""
-        fusion = self.fusion[str(k)] if str(k) in self.fusion else None
-        if fusion is None:
-            return self.adapters[k][site](x, out)
-        weights = fusion[site].softmax(0)
-        return out + sum(w * (self.adapters[j][site](x, out) - out) for j, w in enumerate(weights))
+        if str(k) not in self.fusion:
+            return self.module(k, site)(x, out)
+        weights = self.fusion[str(k)][site].softmax(0)  # type: ignore[index]  # a ParameterDict per fused task
+        return out + sum(w * (self.module(j, site)(x, out) - out) for j, w in enumerate(weights))
 
     def _hook(self, site: str):
         def apply(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:
@@ -104,11 +115,15 @@ class AdapterBank(nn.Module):
         """Allocate a fresh adapter and return its index; ``fuse`` mixes in every earlier adapter (zero logits)."""
         k = len(self.adapters)
         if fuse and self.config.hook != "output":
-            raise ContinualError("learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
-                                 "use transfer=similar or none with adapter=prefix")
+            raise ContinualError(
+                "learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
+                "use transfer=similar or none with adapter=prefix"
+            )
         self.adapters.append(self.config.make(self._site_modules, self.hidden_size))
         if fuse and k > 0:
-            self.fusion[str(k)] = nn.ParameterDict({site: nn.Parameter(torch.zeros(k + 1)) for site in self._site_modules})
+            self.fusion[str(k)] = nn.ParameterDict(
+                {site: nn.Parameter(torch.zeros(k + 1)) for site in self._site_modules}
+            )
         return k
 
     def task_modules(self, k: int) -> list[nn.Module]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,7 +27,9 @@ class BitFitConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str) or not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise ContinualError(f"adapter.targets must be a non-empty list of module names or ['*'], got {self.targets!r}")
+            raise ContinualError(
+                f"adapter.targets must be a non-empty list of module names or ['*'], got {self.targets!r}"
+            )
         object.__setattr__(self, "targets", tuple(self.targets))
         check_skip_layers(self.skip_layers)
 
@@ -36,7 +38,12 @@ class BitFitConfig:
         return {name: m for name, m in sites.items() if getattr(m, "bias", None) is not None}
 
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
-        return nn.ModuleDict({name: BiasShift(m.bias.shape[0]) for name, m in sites.items()})
+        return nn.ModuleDict({name: BiasShift(_bias_size(m)) for name, m in sites.items()})
+
+
+def _bias_size(module: Any) -> int:
+    """Length of a linear or LayerNorm module's bias (:meth:`BitFitConfig.sites` keeps only those with one)."""
+    return int(module.bias.shape[0])
 
 
 class BiasShift(nn.Module):

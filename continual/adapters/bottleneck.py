@@ -38,12 +38,21 @@ class BottleneckConfig:
         if self.placement not in PLACEMENTS:
             raise ContinualError(f"adapter.placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}")
         if self.non_linearity not in ACTIVATIONS:
-            raise ContinualError(f"adapter.non_linearity must be one of {sorted(ACTIVATIONS)}, got {self.non_linearity!r}")
+            raise ContinualError(
+                f"adapter.non_linearity must be one of {sorted(ACTIVATIONS)}, got {self.non_linearity!r}"
+            )
         if self.bottleneck_dim is None:
-            if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, (int, float)) \
-                    or self.reduction_factor <= 0:
-                raise ContinualError(f"adapter.reduction_factor must be a positive number, got {self.reduction_factor!r}")
-        elif isinstance(self.bottleneck_dim, bool) or not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 1:
+            if (
+                isinstance(self.reduction_factor, bool)
+                or not isinstance(self.reduction_factor, (int, float))
+                or self.reduction_factor <= 0
+            ):
+                raise ContinualError(
+                    f"adapter.reduction_factor must be a positive number, got {self.reduction_factor!r}"
+                )
+        elif (
+            isinstance(self.bottleneck_dim, bool) or not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 1
+        ):
             raise ContinualError(f"adapter.bottleneck_dim must be a positive integer, got {self.bottleneck_dim!r}")
         check_skip_layers(self.skip_layers)
 
@@ -53,7 +62,9 @@ class BottleneckConfig:
     def sites(self, backbone) -> dict[str, nn.Module]:
         """The output projections to hook, keyed ``'<layer>_<attention|ffn>'``."""
         paths = {"attention": backbone.layout.attention_output, "ffn": backbone.layout.ffn_output}
-        return layer_sites(backbone, self.skip_layers, "adapter", {where: paths[where] for where in PLACEMENTS[self.placement]})
+        return layer_sites(
+            backbone, self.skip_layers, "adapter", {where: paths[where] for where in PLACEMENTS[self.placement]}
+        )
 
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
         """One task's adapters: a :class:`Bottleneck` per site."""

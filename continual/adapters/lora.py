@@ -44,8 +44,17 @@ class LoRAConfig:
         return named_sites(backbone, self.skip_layers, "adapter.targets", self.targets, (nn.Linear,))
 
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
-        return nn.ModuleDict({name: LoRA(m.in_features, m.out_features, self.rank, self.alpha, self.dropout)
-                              for name, m in sites.items()})
+        return nn.ModuleDict(
+            {
+                name: LoRA(m.in_features, m.out_features, self.rank, self.alpha, self.dropout)
+                for name, m in _linear(sites).items()
+            }
+        )
+
+
+def _linear(sites: dict[str, nn.Module]) -> dict[str, nn.Linear]:
+    """The sites as the linear modules :meth:`LoRAConfig.sites` found them to be."""
+    return {name: m for name, m in sites.items() if isinstance(m, nn.Linear)}
 
 
 class LoRA(nn.Module):

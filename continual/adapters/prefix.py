@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -48,12 +48,18 @@ class PrefixConfig:
                 raise ContinualError(
                     f"adapter=prefix: backbone '{backbone.name}' ({getattr(backbone.model.config, 'model_type', '?')}) "
                     "has no BERT-style self-attention with query/key/value projections; prefix tuning supports "
-                    "bert, roberta, electra and similar encoders; use adapter=lora or a bottleneck adapter")
+                    "bert, roberta, electra and similar encoders; use adapter=lora or a bottleneck adapter"
+                )
             sites[f"{i}_attention"] = found[0]
         return sites
 
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
-        return nn.ModuleDict({name: Prefix(self.length, m.key.out_features, self.init_std) for name, m in sites.items()})
+        return nn.ModuleDict({name: Prefix(self.length, _width(m), self.init_std) for name, m in sites.items()})
+
+
+def _width(attention: Any) -> int:
+    """Width of one self-attention module's key projection (a BERT-style module, as :meth:`sites` checked)."""
+    return int(attention.key.out_features)
 
 
 class Prefix(nn.Module):
@@ -79,7 +85,9 @@ def _allowed(mask: torch.Tensor | None, batch: int, length: int, device) -> torc
 class PrefixAttention:
     """Replaces one self-attention module's forward while installed; :meth:`remove` restores it."""
 
-    def __init__(self, module: nn.Module, site: str, prefixes: Callable[[str], Sequence[tuple[Prefix | None, int, int]]]):
+    def __init__(
+        self, module: nn.Module, site: str, prefixes: Callable[[str], Sequence[tuple[Prefix | None, int, int]]]
+    ):
         self.module, self.site, self.prefixes = module, site, prefixes
         self.original = module.forward
         module.forward = self.forward
@@ -91,7 +99,7 @@ class PrefixAttention:
         segments = self.prefixes(self.site)
         if not segments or all(p is None for p, _, _ in segments):
             return self.original(hidden_states, attention_mask, *args, **kwargs)
-        m = self.module
+        m: Any = self.module  # a BERT-style self-attention module (query/key/value, heads, dropout)
         batch, length, _ = hidden_states.shape
         heads, size = m.num_attention_heads, m.attention_head_size
         first = next(p for p, _, _ in segments if p is not None)
@@ -101,9 +109,12 @@ class PrefixAttention:
             n = stop - start
             if prefix is None:  # examples routed to no adapter attend to their tokens only
                 zeros = first.keys.new_zeros(n, plen, first.keys.shape[1])
-                keys.append(zeros), values.append(zeros), valid.append(torch.zeros(n, plen, dtype=torch.bool))
+                keys.append(zeros)
+                values.append(zeros)
+                valid.append(torch.zeros(n, plen, dtype=torch.bool))
             else:
-                keys.append(prefix.keys.expand(n, -1, -1)), values.append(prefix.values.expand(n, -1, -1))
+                keys.append(prefix.keys.expand(n, -1, -1))
+                values.append(prefix.values.expand(n, -1, -1))
                 valid.append(torch.ones(n, plen, dtype=torch.bool))
 
         def split(x: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, heads, L, size]
@@ -117,6 +128,7 @@ class PrefixAttention:
         prefix_ok = torch.cat(valid).to(hidden_states.device)[:, None, None, :].expand(-1, 1, allowed.shape[2], -1)
         mask = torch.cat([prefix_ok, allowed.expand(batch, 1, allowed.shape[2], length)], dim=-1)
         dropout = m.dropout.p if m.training else 0.0
-        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                         scale=getattr(m, "scaling", size ** -0.5))
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, scale=getattr(m, "scaling", size**-0.5)
+        )
         return out.transpose(1, 2).reshape(batch, length, heads * size), None

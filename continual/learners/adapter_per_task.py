@@ -29,12 +29,23 @@ import torch
 from torch import nn
 
 from continual import files
-from continual.adapters import AdapterBank, AdapterKind, segments_for
+from continual.adapters import AdapterBank, AdapterKind, describe, segments_for
 from continual.backbone import Backbone
 from continual.cache import PrefixCache
 from continual.errors import ContinualError
-from continual.learners.base import (Classified, Fingerprints, LearnReport, LossCallback, Schedule, digest, freeze,
-                                     oracle_accuracy, padded_batches, task_seed, tokenize)
+from continual.learners.base import (
+    Classified,
+    Fingerprints,
+    LearnReport,
+    LossCallback,
+    Schedule,
+    digest,
+    freeze,
+    oracle_accuracy,
+    padded_batches,
+    task_seed,
+    tokenize,
+)
 from continual.streams import Split, Task
 from continual.training import TrainerConfig, fit, pad, train_batches
 
@@ -76,8 +87,16 @@ class AdapterPerTask:
     schedule = Schedule.EACH_TASK
     router_limit = AdapterPerTaskConfig.router_limit
 
-    def __init__(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig,
-                 head_dropout: float = 0.1, seed: int = 0, progress: bool = True, transfer: str = "none") -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        adapter: AdapterKind,
+        trainer: TrainerConfig,
+        head_dropout: float = 0.1,
+        seed: int = 0,
+        progress: bool = True,
+        transfer: str = "none",
+    ) -> None:
         self.config = AdapterPerTaskConfig(head_dropout, transfer, progress)
         self.transfer = transfer
         self.centroids: list[np.ndarray] = []  # per task, for transfer=similar
@@ -95,8 +114,11 @@ class AdapterPerTask:
         # AdapterDrop leaves the lowest layers frozen and un-adapted: their outputs are cached for
         # evaluation and router features, and recomputed only once per epoch-independent text.
         self.first_layer = self.bank.first_layer
-        self.cache = PrefixCache(backbone, self.first_layer, trainer.cache_mb) \
-            if self.first_layer > 0 and trainer.cache_mb > 0 else None
+        self.cache = (
+            PrefixCache(backbone, self.first_layer, trainer.cache_mb)
+            if self.first_layer > 0 and trainer.cache_mb > 0
+            else None
+        )
 
     def _parameters(self, k: int) -> list[nn.Parameter]:
         fusion = self.bank.fusion[str(k)].parameters() if str(k) in self.bank.fusion else ()
@@ -109,8 +131,14 @@ class AdapterPerTask:
         """Distinct parameters trained so far: every task's adapter, fusion weights and head."""
         return sum(self.trainable_parameters(k) for k in range(len(self.tasks)))
 
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: PrefixCache | None,
-                pooling: str | None = None, layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: PrefixCache | None,
+        pooling: str | None = None,
+        layers: tuple[int, ...] = (-1,),
+    ) -> torch.Tensor:
         """Pooled features under the current routing, starting from ``cache``'s frozen states when given."""
         with self.trainer.autocast(self.device):
             if cache is None or min(k % (len(self.backbone.layers) + 1) for k in layers) < cache.layer:
@@ -118,8 +146,9 @@ class AdapterPerTask:
             hidden = cache.states(input_ids, attention_mask)
             return self.backbone.encode(input_ids, attention_mask, pooling, layers, cache.layer, hidden).float()
 
-    def _logits(self, k: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                cache: PrefixCache | None = None) -> torch.Tensor:
+    def _logits(
+        self, k: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: PrefixCache | None = None
+    ) -> torch.Tensor:
         with self.bank.routed([(k, 0, input_ids.shape[0])]):
             features = self._encode(input_ids, attention_mask, cache)
         return self.heads[k](self.dropout(features))
@@ -152,8 +181,12 @@ class AdapterPerTask:
         source = int(np.argmax(cosine))
         self.bank.adapters[k].load_state_dict(self.bank.adapters[source].state_dict())
         self.sources[k] = source
-        log.info("task %s: adapter initialised from task %s (cosine %.3f)", task.name, self.tasks[source].name,
-                 cosine[source])
+        log.info(
+            "task %s: adapter initialised from task %s (cosine %.3f)",
+            task.name,
+            self.tasks[source].name,
+            cosine[source],
+        )
 
     def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
         """A new adapter and head for the step's one task, trained on it while everything else stays frozen."""
@@ -172,8 +205,11 @@ class AdapterPerTask:
 
         # Over several epochs the frozen, un-adapted lower layers (AdapterDrop) are computed once per
         # text; the cache lives for this task only, since training texts are never seen again.
-        cache = PrefixCache(self.backbone, self.first_layer, cfg.cache_mb) \
-            if self.cache is not None and cfg.epochs > 1 else None
+        cache = (
+            PrefixCache(self.backbone, self.first_layer, cfg.cache_mb)
+            if self.cache is not None and cfg.epochs > 1
+            else None
+        )
 
         def loss_of(idx: np.ndarray) -> torch.Tensor:
             ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
@@ -181,12 +217,27 @@ class AdapterPerTask:
 
         # Dropout on in the adapted layers, as in standard adapter training (weights stay frozen). Layers
         # below the first adapted one stay in eval mode, so that caching them changes nothing.
-        adapted = [self.backbone] if self.first_layer == 0 else self.backbone.layers[self.first_layer:]
-        fitted = fit(params, epochs, loss_of, cfg, task.name, modules=(*adapted, self.dropout),
-                     progress=self.progress, on_loss=on_loss)
+        adapted = [self.backbone] if self.first_layer == 0 else self.backbone.layers[self.first_layer :]
+        fitted = fit(
+            params,
+            epochs,
+            loss_of,
+            cfg,
+            task.name,
+            modules=(*adapted, self.dropout),
+            progress=self.progress,
+            on_loss=on_loss,
+        )
         val_acc = oracle_accuracy(self, k, task.validation.texts, task.validation.labels)
-        return LearnReport(task.name, fitted.steps, len(tokens) * cfg.epochs, fitted.seconds, fitted.final_loss,
-                           val_acc, self.trainable_parameters(k))
+        return LearnReport(
+            task.name,
+            fitted.steps,
+            len(tokens) * cfg.epochs,
+            fitted.seconds,
+            fitted.final_loss,
+            val_acc,
+            self.trainable_parameters(k),
+        )
 
     @torch.no_grad()
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
@@ -204,8 +255,13 @@ class AdapterPerTask:
         return Classified(*(t[inverse] for t in out))
 
     @torch.no_grad()
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean",
-                 layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pooling: str = "mean",
+        layers: tuple[int, ...] = (-1,),
+    ) -> torch.Tensor:
         with self.bank.routed(()):  # no segments: the plain backbone
             return self._encode(input_ids, attention_mask, self.cache, pooling, layers)
 
@@ -216,14 +272,21 @@ class AdapterPerTask:
         per call, shared by all tasks) so that a memoised prediction can never outlive a change to it.
         """
         shared = digest(self.backbone)
-        return Fingerprints(shared, [digest(*self.bank.task_modules(k), self.heads[k], prefix=shared)
-                                     for k in range(len(self.tasks))])
+        return Fingerprints(
+            shared, [digest(*self.bank.task_modules(k), self.heads[k], prefix=shared) for k in range(len(self.tasks))]
+        )
 
     def _metadata(self, k: int, task: Task) -> dict[str, str]:
-        return {"task": task.name, "index": str(k), "labels": json.dumps(list(task.labels)),
-                "backbone": self.backbone.name, "hidden_size": str(self.backbone.hidden_size),
-                "adapter": json.dumps({"kind": type(self.bank.config).__name__, **self.bank.config.__dict__}),
-                "transfer": self.transfer, "initialised_from": str(self.sources.get(k, ""))}
+        return {
+            "task": task.name,
+            "index": str(k),
+            "labels": json.dumps(list(task.labels)),
+            "backbone": self.backbone.name,
+            "hidden_size": str(self.backbone.hidden_size),
+            "adapter": describe(self.bank.config),
+            "transfer": self.transfer,
+            "initialised_from": str(self.sources.get(k, "")),
+        }
 
     def load(self, directory: Path, tasks: Sequence[Task]) -> None:
         """Restore the adapters and heads of already learned ``tasks`` (in stream order) from :meth:`save`."""
@@ -231,9 +294,11 @@ class AdapterPerTask:
             k = len(self.tasks)
             expected = self._metadata(k, task)
             checked = {key: expected[key] for key in ("backbone", "hidden_size", "adapter", "labels", "transfer")}
-            tensors = files.read_checked(task_file(directory, k, task.name), checked,
-                                         hint="adapters only load onto the backbone, adapter config and labels "
-                                              "they were trained with")
+            tensors = files.read_checked(
+                task_file(directory, k, task.name),
+                checked,
+                hint="adapters only load onto the backbone, adapter config and labels they were trained with",
+            )
             self._allocate(task)
             self.bank.adapters[k].load_state_dict(files.strip_prefix("adapter.", tensors))
             self.heads[k].load_state_dict(files.strip_prefix("head.", tensors))
@@ -252,8 +317,10 @@ class AdapterPerTask:
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for k, task in enumerate(self.tasks):
-            tensors = {**files.with_prefix("adapter.", self.bank.adapters[k].state_dict()),
-                       **files.with_prefix("head.", self.heads[k].state_dict())}
+            tensors = {
+                **files.with_prefix("adapter.", self.bank.adapters[k].state_dict()),
+                **files.with_prefix("head.", self.heads[k].state_dict()),
+            }
             if str(k) in self.bank.fusion:
                 tensors.update(files.with_prefix("fusion.", self.bank.fusion[str(k)].state_dict()))
             paths.append(files.save_tensors(task_file(directory, k, task.name), tensors, self._metadata(k, task)))

@@ -112,10 +112,12 @@ class Learner(Protocol):
     """
 
     schedule: Schedule
-    router_limit: str | None
     backbone: Backbone
     trainer: TrainerConfig
     device: torch.device
+
+    @property
+    def router_limit(self) -> str | None: ...
 
     def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
         """Learn ``tasks`` (one task per step for ``EACH_TASK``; all of them for ``ALL_AT_END``)."""
@@ -125,8 +127,13 @@ class Learner(Protocol):
         """Each example through the module and head of its ``task_ids`` entry (negative: no task, label -1)."""
         ...
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean",
-                 layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pooling: str = "mean",
+        layers: tuple[int, ...] = (-1,),
+    ) -> torch.Tensor:
         """Pooled features of the backbone *without* any adapter: what learned routers look at."""
         ...
 
@@ -177,11 +184,12 @@ def digest(*modules: nn.Module, prefix: str = "") -> str:
     return hashed.hexdigest()
 
 
-def padded_batches(learner: Learner, tokens: Sequence[Sequence[int]],
-                   subset: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """(indices, input_ids, attention_mask) over ``tokens`` (or its ``subset``), length-sorted, on the learner's device."""
+def padded_batches(
+    learner: Learner, tokens: Sequence[Sequence[int]], subset: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """(indices, input_ids, attention_mask) over ``tokens`` (or its ``subset``), length-sorted, on the device."""
     subset = np.arange(len(tokens)) if subset is None else subset
-    order = eval_batches([len(tokens[i]) for i in subset], learner.trainer.eval_batch_size)
+    order = eval_batches([len(tokens[int(i)]) for i in subset], learner.trainer.eval_batch_size)
     pad_id = learner.backbone.pad_id
     return iter_padded(tokens, [subset[b] for b in order], pad_id, learner.device)
 
@@ -192,7 +200,7 @@ def tokenize(learner: Learner, texts: Sequence[str]) -> list[list[int]]:
 
 
 def oracle_accuracy(learner: Learner, k: int, texts: Sequence[str], labels: np.ndarray) -> float:
-    """Accuracy of task ``k``'s prediction path on labelled texts, every text given task ``k`` (``nan`` without texts)."""
+    """Accuracy of task ``k``'s prediction path on labelled texts, each given task ``k`` (``nan`` without texts)."""
     if len(texts) == 0:
         return float("nan")
     tokens = tokenize(learner, texts)

@@ -10,7 +10,9 @@ with decay 1), which keeps memory constant in the number of tasks.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +31,17 @@ class EWCConfig:
     fisher_samples: int = 256
 
     def __post_init__(self) -> None:
-        if isinstance(self.lambda_, bool) or not isinstance(self.lambda_, (int, float)) \
-                or not math.isfinite(self.lambda_) or self.lambda_ < 0:
+        if (
+            isinstance(self.lambda_, bool)
+            or not isinstance(self.lambda_, (int, float))
+            or not math.isfinite(self.lambda_)
+            or self.lambda_ < 0
+        ):
             raise ContinualError(f"learner.ewc.lambda must be a non-negative number, got {self.lambda_!r}")
         if isinstance(self.fisher_samples, bool) or not isinstance(self.fisher_samples, int) or self.fisher_samples < 0:
-            raise ContinualError(f"learner.ewc.fisher_samples must be a non-negative integer, got {self.fisher_samples!r}")
+            raise ContinualError(
+                f"learner.ewc.fisher_samples must be a non-negative integer, got {self.fisher_samples!r}"
+            )
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> EWCConfig:
@@ -60,8 +68,8 @@ class EWC:
         """``lambda / 2 * sum F (theta - anchor)^2``, or None before the first task is consolidated."""
         if not self.fisher:
             return None
-        total = sum(((p - self.anchor[n]).pow(2) * self.fisher[n]).sum() for n, p in self.params)
-        return 0.5 * self.config.lambda_ * total
+        terms = [((p - self.anchor[n]).pow(2) * self.fisher[n]).sum() for n, p in self.params]
+        return 0.5 * self.config.lambda_ * functools.reduce(operator.add, terms)
 
     def consolidate(self, examples: int, loss_of: Callable[[int], torch.Tensor]) -> None:
         """Add the Fisher of the task just learned (``loss_of(i)``: example ``i``'s loss) and re-anchor here."""
@@ -94,5 +102,5 @@ class EWC:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         device = self.params[0][1].device if self.params else torch.device("cpu")
-        self.fisher = {n[len("fisher."):]: t.to(device) for n, t in state.items() if n.startswith("fisher.")}
+        self.fisher = {n[len("fisher.") :]: t.to(device) for n, t in state.items() if n.startswith("fisher.")}
         self.reanchor()

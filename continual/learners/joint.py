@@ -39,19 +39,22 @@ class JointConfig(SequentialConfig):
         return JOINT_LIMIT
 
     def build(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, seed: int) -> JointLearner:
-        return JointLearner(backbone, adapter, trainer, self.base, self.backbone_lr, self.head_dropout, seed,
-                            self.progress)
+        return JointLearner(
+            backbone,
+            adapter,
+            trainer,
+            base=self.base,
+            backbone_lr=self.backbone_lr,
+            head_dropout=self.head_dropout,
+            seed=seed,
+            progress=self.progress,
+        )
 
 
 class JointLearner(SequentialLearner):
     """Multi-task training on the union of all tasks (per-task heads); evaluated once, after it."""
 
     schedule = Schedule.ALL_AT_END
-
-    def __init__(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, base: str = "adapter",
-                 backbone_lr: float = 5e-5, head_dropout: float = 0.1, seed: int = 0, progress: bool = True) -> None:
-        super().__init__(backbone, adapter, trainer, base=base, backbone_lr=backbone_lr, head_dropout=head_dropout,
-                         seed=seed, progress=progress)
 
     @property
     def router_limit(self) -> str | None:
@@ -67,5 +70,12 @@ class JointLearner(SequentialLearner):
         sizes = np.array([len(t.validation) for t in tasks])
         accuracies = [oracle_accuracy(self, k, t.validation.texts, t.validation.labels) for k, t in indexed]
         val_acc = float(np.dot(np.nan_to_num(accuracies), sizes) / sizes.sum()) if sizes.sum() else float("nan")
-        return LearnReport("joint", fitted.steps, len(pool.tokens) * self.trainer.epochs, fitted.seconds,
-                           fitted.final_loss, val_acc, trainable)
+        return LearnReport(
+            "joint",
+            fitted.steps,
+            len(pool.tokens) * self.trainer.epochs,
+            fitted.seconds,
+            fitted.final_loss,
+            val_acc,
+            trainable,
+        )

@@ -41,9 +41,12 @@ class MemoryConfig:
             raise ContinualError(f"learner.memory.size must be a positive integer, got {self.size!r}")
         if self.sampling not in SAMPLINGS:
             raise ContinualError(f"learner.memory.sampling must be one of {list(SAMPLINGS)}, got {self.sampling!r}")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or self.batch_size < 1):
-            raise ContinualError(f"learner.memory.batch_size must be a positive integer or null, got {self.batch_size!r}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ContinualError(
+                f"learner.memory.batch_size must be a positive integer or null, got {self.batch_size!r}"
+            )
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> MemoryConfig:
@@ -78,8 +81,9 @@ class EpisodicMemory:
         else:
             self._per_class(task, tokens, labels, rng)
 
-    def _reservoir(self, task: int, tokens: Sequence[Sequence[int]], labels: np.ndarray,
-                   rng: np.random.Generator) -> None:
+    def _reservoir(
+        self, task: int, tokens: Sequence[Sequence[int]], labels: np.ndarray, rng: np.random.Generator
+    ) -> None:
         size = self.config.size
         kept = list(zip(self.tokens, self.labels.tolist(), self.tasks.tolist()))
         for ids, label in zip(tokens, labels.tolist()):
@@ -92,8 +96,9 @@ class EpisodicMemory:
                 kept[slot] = (list(ids), label, task)
         self._set(kept)
 
-    def _per_class(self, task: int, tokens: Sequence[Sequence[int]], labels: np.ndarray,
-                   rng: np.random.Generator) -> None:
+    def _per_class(
+        self, task: int, tokens: Sequence[Sequence[int]], labels: np.ndarray, rng: np.random.Generator
+    ) -> None:
         self.seen += len(labels)
         old = sorted(set(zip(self.tasks.tolist(), self.labels.tolist())))
         classes = old + [(task, label) for label in sorted(set(labels.tolist()))]
@@ -102,9 +107,10 @@ class EpisodicMemory:
         for n, (owner, label) in enumerate(classes):
             quota = base + (n < extra)  # quotas differ by at most one and sum to size
             if owner != task:  # an older class: a random part of what it holds stays
-                source = [self.tokens[i] for i in np.flatnonzero((self.tasks == owner) & (self.labels == label))]
+                mine = np.flatnonzero((self.tasks == owner) & (self.labels == label))
+                source = [self.tokens[i] for i in mine.tolist()]
             else:
-                source = [list(tokens[i]) for i in np.flatnonzero(labels == label)]
+                source = [list(tokens[i]) for i in np.flatnonzero(labels == label).tolist()]
             keep = np.sort(rng.permutation(len(source))[:quota])
             kept += [(source[i], label, owner) for i in keep.tolist()]
         self._set(kept)
@@ -122,14 +128,24 @@ class EpisodicMemory:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Ragged token ids as one flat tensor plus lengths; labels, tasks and the ``seen`` count."""
         flat = [t for ids in self.tokens for t in ids]
-        return {"tokens": torch.tensor(flat, dtype=torch.long), "lengths": torch.tensor([len(t) for t in self.tokens],
-                                                                                     dtype=torch.long),
-                "labels": torch.from_numpy(self.labels.copy()), "tasks": torch.from_numpy(self.tasks.copy()),
-                "seen": torch.tensor([self.seen], dtype=torch.long)}
+        return {
+            "tokens": torch.tensor(flat, dtype=torch.long),
+            "lengths": torch.tensor([len(t) for t in self.tokens], dtype=torch.long),
+            "labels": torch.from_numpy(self.labels.copy()),
+            "tasks": torch.from_numpy(self.tasks.copy()),
+            "seen": torch.tensor([self.seen], dtype=torch.long),
+        }
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         flat, lengths = state["tokens"].tolist(), state["lengths"].tolist()
         offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).tolist()
-        self._set(list(zip([flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])], state["labels"].tolist(),
-                           state["tasks"].tolist())))
+        self._set(
+            list(
+                zip(
+                    [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])],
+                    state["labels"].tolist(),
+                    state["tasks"].tolist(),
+                )
+            )
+        )
         self.seen = int(state["seen"][0])

@@ -32,8 +32,17 @@ from continual.backbone import Backbone
 from continual.errors import ContinualError
 from continual.learners import shared_state
 from continual.learners.adapter_per_task import check_dropout
-from continual.learners.base import (Classified, Fingerprints, LearnReport, LossCallback, Schedule, digest, freeze,
-                                     oracle_accuracy, task_seed)
+from continual.learners.base import (
+    Classified,
+    Fingerprints,
+    LearnReport,
+    LossCallback,
+    Schedule,
+    digest,
+    freeze,
+    oracle_accuracy,
+    task_seed,
+)
 from continual.learners.ewc import EWC, EWCConfig
 from continual.learners.memory import EpisodicMemory, MemoryConfig
 from continual.streams import Task
@@ -44,7 +53,7 @@ BASES = ("adapter", "finetune")
 FINETUNE_LIMIT = "fine-tunes the backbone, and learned routers need it frozen"
 
 
-def _option(value: Any, cls: type) -> Any:
+def _option(value: Any, cls: Any) -> Any:
     """A config dataclass from itself or from its config node (a mapping), or None when absent."""
     return value if value is None or isinstance(value, cls) else cls.from_mapping(value)
 
@@ -68,8 +77,12 @@ class SequentialConfig:
     def __post_init__(self) -> None:
         if self.base not in BASES:
             raise ContinualError(f"learner.base must be one of {list(BASES)}, got {self.base!r}")
-        if isinstance(self.backbone_lr, bool) or not isinstance(self.backbone_lr, (int, float)) \
-                or not math.isfinite(self.backbone_lr) or self.backbone_lr <= 0:
+        if (
+            isinstance(self.backbone_lr, bool)
+            or not isinstance(self.backbone_lr, (int, float))
+            or not math.isfinite(self.backbone_lr)
+            or self.backbone_lr <= 0
+        ):
             raise ContinualError(f"learner.backbone_lr must be a positive number, got {self.backbone_lr!r}")
         check_dropout(self.head_dropout, "learner.head_dropout")
         object.__setattr__(self, "backbone_lr", float(self.backbone_lr))
@@ -82,8 +95,18 @@ class SequentialConfig:
         return FINETUNE_LIMIT if self.base == "finetune" else None
 
     def build(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, seed: int) -> SequentialLearner:
-        return SequentialLearner(backbone, adapter, trainer, self.base, self.backbone_lr, self.memory, self.ewc,
-                                 self.head_dropout, seed, self.progress)
+        return SequentialLearner(
+            backbone,
+            adapter,
+            trainer,
+            self.base,
+            self.backbone_lr,
+            self.memory,
+            self.ewc,
+            self.head_dropout,
+            seed,
+            self.progress,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,10 +123,19 @@ class SequentialLearner:
 
     schedule = Schedule.EACH_TASK
 
-    def __init__(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, base: str = "adapter",
-                 backbone_lr: float = 5e-5, memory: Mapping[str, Any] | MemoryConfig | None = None,
-                 ewc: Mapping[str, Any] | EWCConfig | None = None, head_dropout: float = 0.1, seed: int = 0,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        adapter: AdapterKind,
+        trainer: TrainerConfig,
+        base: str = "adapter",
+        backbone_lr: float = 5e-5,
+        memory: Mapping[str, Any] | MemoryConfig | None = None,
+        ewc: Mapping[str, Any] | EWCConfig | None = None,
+        head_dropout: float = 0.1,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
         self.config = SequentialConfig(base, backbone_lr, memory, ewc, head_dropout, progress)  # type: ignore[arg-type]
         memory_config, ewc_config = self.config.memory, self.config.ewc
         self.backbone = backbone
@@ -150,8 +182,11 @@ class SequentialLearner:
         tokens: list[list[int]] = []
         for _, task in indexed:
             tokens += self.backbone.tokenize(list(task.train.texts), self.trainer.max_length)
-        return Examples(tokens, np.concatenate([np.asarray(t.train.labels, np.int64) for _, t in indexed]),
-                        np.concatenate([np.full(len(t.train), k, np.int64) for k, t in indexed]))
+        return Examples(
+            tokens,
+            np.concatenate([np.asarray(t.train.labels, np.int64) for _, t in indexed]),
+            np.concatenate([np.full(len(t.train), k, np.int64) for k, t in indexed]),
+        )
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features through the shared weights (the one adapter, if any, on every example)."""
@@ -172,8 +207,9 @@ class SequentialLearner:
         penalty = self.ewc.penalty() if self.ewc is not None else None
         return loss if penalty is None else loss + penalty
 
-    def _train(self, name: str, pool: Examples, heads: set[int],
-               on_loss: LossCallback | None) -> tuple[Fitted, int, int]:
+    def _train(
+        self, name: str, pool: Examples, heads: set[int], on_loss: LossCallback | None
+    ) -> tuple[Fitted, int, int]:
         """Fit the shared weights and ``heads`` on ``pool`` (+ replay): (fit result, trainable params, replayed)."""
         cfg = self.trainer
         rng = np.random.default_rng([self.seed, len(self.tasks) - 1])
@@ -196,11 +232,22 @@ class SequentialLearner:
 
         head_params = [p for k in sorted(heads) for p in self.heads[k].parameters()]
         shared = list(self.shared.parameters())
-        groups = ([{"params": shared, "lr": self.backbone_lr}, {"params": head_params}] if self.base == "finetune"
-                  else [{"params": shared + head_params}])
+        groups: list[dict[str, Any]] = (
+            [{"params": shared, "lr": self.backbone_lr}, {"params": head_params}]
+            if self.base == "finetune"
+            else [{"params": shared + head_params}]
+        )
         freeze(self.backbone, self.shared, self.heads)  # only what `fit` enables trains; the rest stays as it is
-        fitted = fit(groups, batches, loss_of, cfg, name, modules=(self.backbone, self.dropout),
-                     progress=self.progress, on_loss=on_loss)
+        fitted = fit(
+            groups,
+            batches,
+            loss_of,
+            cfg,
+            name,
+            modules=(self.backbone, self.dropout),
+            progress=self.progress,
+            on_loss=on_loss,
+        )
         trainable = sum(p.numel() for p in shared) + sum(p.numel() for p in head_params)
         return fitted, trainable, sum(len(old) for e in batches for _, old in e)
 
@@ -213,22 +260,29 @@ class SequentialLearner:
 
             def loss_of(i: int) -> torch.Tensor:
                 ids, mask = pad([pool.tokens[chosen[i]]], self.backbone.pad_id, self.device)
-                return nn.functional.cross_entropy(self.heads[k](self._encode(ids, mask)), targets[chosen[i:i + 1]])
+                return nn.functional.cross_entropy(self.heads[k](self._encode(ids, mask)), targets[chosen[i : i + 1]])
 
             self.ewc.consolidate(len(chosen), loss_of)
         if self.memory is not None:
             self.memory.add(k, pool.tokens, pool.labels)
 
     def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
-        """A new head for the step's task; then the shared weights, that head (and replayed tasks' heads) train on it."""
+        """A new head for the step's task; the shared weights, that head (and replayed tasks' heads) train on it."""
         (task,) = tasks
         k = self._add_head(task)
         pool = self._examples([(k, task)])
         fitted, trainable, replayed = self._train(task.name, pool, {k}, on_loss)
         self._consolidate(k, pool)
         val_acc = oracle_accuracy(self, k, task.validation.texts, task.validation.labels)
-        return LearnReport(task.name, fitted.steps, len(pool.tokens) * self.trainer.epochs + replayed, fitted.seconds,
-                           fitted.final_loss, val_acc, trainable)
+        return LearnReport(
+            task.name,
+            fitted.steps,
+            len(pool.tokens) * self.trainer.epochs + replayed,
+            fitted.seconds,
+            fitted.final_loss,
+            val_acc,
+            trainable,
+        )
 
     @torch.no_grad()
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
@@ -242,8 +296,13 @@ class SequentialLearner:
         return out
 
     @torch.no_grad()
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean",
-                 layers: tuple[int, ...] = (-1,)) -> torch.Tensor:
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pooling: str = "mean",
+        layers: tuple[int, ...] = (-1,),
+    ) -> torch.Tensor:
         """Pooled backbone features without the shared adapter: what learned routers read."""
         plain = self.bank.routed(()) if self.bank is not None else nullcontext()  # no adapter: the backbone alone
         with plain, self.trainer.autocast(self.device):

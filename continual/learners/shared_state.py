@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from continual import files
+from continual.adapters import describe
 from continual.learners.adapter_per_task import task_file
 from continual.learners.base import freeze
 from continual.streams import Task
@@ -41,12 +42,16 @@ def _options(value: object | None) -> str:
 
 def metadata(learner: SequentialLearner, tasks: Sequence[Task]) -> dict[str, str]:
     """What a state file must agree on with the run that loads it."""
-    return {"learner": type(learner).__name__, "base": learner.base, "backbone": learner.backbone.name,
-            "adapter": json.dumps({"kind": type(learner.adapter_config).__name__,
-                                   **dataclasses.asdict(learner.adapter_config)}) if learner.base == "adapter" else "",
-            "tasks": json.dumps([t.name for t in tasks]), "labels": json.dumps([list(t.labels) for t in tasks]),
-            "memory": _options(learner.memory.config if learner.memory is not None else None),
-            "ewc": _options(learner.ewc.config if learner.ewc is not None else None)}
+    return {
+        "learner": type(learner).__name__,
+        "base": learner.base,
+        "backbone": learner.backbone.name,
+        "adapter": describe(learner.adapter_config) if learner.base == "adapter" else "",
+        "tasks": json.dumps([t.name for t in tasks]),
+        "labels": json.dumps([list(t.labels) for t in tasks]),
+        "memory": _options(learner.memory.config if learner.memory is not None else None),
+        "ewc": _options(learner.ewc.config if learner.ewc is not None else None),
+    }
 
 
 def save(learner: SequentialLearner, directory: Path) -> list[Path]:
@@ -54,11 +59,19 @@ def save(learner: SequentialLearner, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, task in enumerate(learner.tasks):
-        meta = {"task": task.name, "index": str(k), "labels": json.dumps(list(task.labels)),
-                "backbone": learner.backbone.name, "hidden_size": str(learner.backbone.hidden_size),
-                "learner": f"{type(learner).__name__}(base={learner.base})"}
-        paths.append(files.save_tensors(task_file(directory, k, task.name),
-                                        files.with_prefix("head.", learner.heads[k].state_dict()), meta))
+        meta = {
+            "task": task.name,
+            "index": str(k),
+            "labels": json.dumps(list(task.labels)),
+            "backbone": learner.backbone.name,
+            "hidden_size": str(learner.backbone.hidden_size),
+            "learner": f"{type(learner).__name__}(base={learner.base})",
+        }
+        paths.append(
+            files.save_tensors(
+                task_file(directory, k, task.name), files.with_prefix("head.", learner.heads[k].state_dict()), meta
+            )
+        )
     tensors = files.with_prefix("shared.", learner.shared.state_dict())
     for k, head in enumerate(learner.heads):
         tensors.update(files.with_prefix(f"head.{k}.", head.state_dict()))
@@ -69,7 +82,7 @@ def save(learner: SequentialLearner, directory: Path) -> list[Path]:
     n = len(learner.tasks)
     paths.append(files.save_tensors(state_path(directory, n), tensors, metadata(learner, learner.tasks)))
     for old in directory.glob("state_*.safetensors"):
-        if old.stem[len("state_"):].isdigit() and int(old.stem[len("state_"):]) < n - 1:
+        if old.stem[len("state_") :].isdigit() and int(old.stem[len("state_") :]) < n - 1:
             old.unlink()
     return paths
 
@@ -78,9 +91,11 @@ def load(learner: SequentialLearner, directory: Path, tasks: Sequence[Task]) -> 
     """Restore ``learner`` (fresh) to its state after ``tasks``, checking the file was saved for this run."""
     if not tasks:
         return
-    tensors = files.read_checked(state_path(directory, len(tasks)), metadata(learner, tasks),
-                                 hint="a learner's state only loads into the learner, backbone and tasks it was "
-                                      "saved for")
+    tensors = files.read_checked(
+        state_path(directory, len(tasks)),
+        metadata(learner, tasks),
+        hint="a learner's state only loads into the learner, backbone and tasks it was saved for",
+    )
     for task in tasks:
         learner._add_head(task)
     learner.shared.load_state_dict(files.strip_prefix("shared.", tensors))

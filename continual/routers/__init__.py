@@ -6,5 +6,13 @@ from continual.routers.entropy import EntropyRouter
 from continual.routers.oracle import OracleRouter
 from continual.routers.prototype import PrototypeRouter
 
-__all__ = ["ABSTAIN", "ClassifierRouter", "EntropyRouter", "OracleRouter", "PrototypeRouter", "Router",
-           "RouterInputs", "Routing"]
+__all__ = [
+    "ABSTAIN",
+    "ClassifierRouter",
+    "EntropyRouter",
+    "OracleRouter",
+    "PrototypeRouter",
+    "Router",
+    "RouterInputs",
+    "Routing",
+]

@@ -29,9 +29,14 @@ class RouterInputs:
     input within its task, known for the training and validation inputs a router learns from.
     """
 
-    def __init__(self, size: int, features: Callable[[str, tuple[int, ...]], np.ndarray],
-                 certainty: Callable[[int], np.ndarray], task_ids: np.ndarray | None = None,
-                 labels: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        features: Callable[[str, tuple[int, ...]], np.ndarray],
+        certainty: Callable[[int], np.ndarray],
+        task_ids: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+    ) -> None:
         self.size = size
         self.task_ids = task_ids
         self.labels = labels
@@ -93,8 +98,10 @@ class Router(Protocol):
 
 def check_accept_rate(accept_rate: float | None, where: str) -> None:
     if accept_rate is not None and (isinstance(accept_rate, bool) or not 0.0 < float(accept_rate) <= 1.0):
-        raise ContinualError(f"{where}.accept_rate must be in (0, 1] (the share of in-scope validation inputs "
-                             f"to accept) or null to never abstain, got {accept_rate!r}")
+        raise ContinualError(
+            f"{where}.accept_rate must be in (0, 1] (the share of in-scope validation inputs "
+            f"to accept) or null to never abstain, got {accept_rate!r}"
+        )
 
 
 def rejection_threshold(validation_scores: np.ndarray, accept_rate: float | None) -> float:
@@ -105,7 +112,7 @@ def rejection_threshold(validation_scores: np.ndarray, accept_rate: float | None
 
 
 def decide(scores: np.ndarray, threshold: float, support: np.ndarray | None = None) -> Routing:
-    """Route each input to its best-scoring task; abstain where ``support`` (default: that best score) < ``threshold``."""
+    """Each input to its best-scoring task; abstain where ``support`` (default: that best score) < ``threshold``."""
     tasks = scores.argmax(1)
     tasks[(scores.max(1) if support is None else support) < threshold] = ABSTAIN
     return Routing(tasks.astype(np.int64), scores)

@@ -24,16 +24,27 @@ from continual.streams import Task
 class ClassifierRouter(FeatureRouter):
     """Multinomial logistic regression on standardised frozen features; routes to the most probable task."""
 
-    def __init__(self, pooling: str = "mean", layers: Sequence[int] = (-1,), pseudo_per_class: int = 100,
-                 memory_per_class: int = 0, regularization: float = 1.0, max_iter: int = 300,
-                 shrinkage: float = 0.05, accept_rate: float | None = None, calibration_per_task: int = 200,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        pooling: str = "mean",
+        layers: Sequence[int] = (-1,),
+        pseudo_per_class: int = 100,
+        memory_per_class: int = 0,
+        regularization: float = 1.0,
+        max_iter: int = 300,
+        shrinkage: float = 0.05,
+        accept_rate: float | None = None,
+        calibration_per_task: int = 200,
+        seed: int = 0,
+    ) -> None:
         for name, value in (("pseudo_per_class", pseudo_per_class), ("memory_per_class", memory_per_class)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ContinualError(f"router.{name} must be an integer >= 0, got {value!r}")
         if pseudo_per_class == 0 and memory_per_class == 0:
-            raise ContinualError("router: pseudo_per_class and memory_per_class are both 0, so there is nothing "
-                                 "to train the classifier on")
+            raise ContinualError(
+                "router: pseudo_per_class and memory_per_class are both 0, so there is nothing "
+                "to train the classifier on"
+            )
         if not regularization > 0:
             raise ContinualError(f"router.regularization must be > 0, got {regularization!r}")
         super().__init__(pooling, layers, shrinkage, accept_rate, calibration_per_task)
@@ -41,7 +52,10 @@ class ClassifierRouter(FeatureRouter):
         self.regularization, self.max_iter, self.seed = regularization, max_iter, seed
         self.memory = np.zeros((0, 0), dtype=np.float32)
         self.memory_class = np.zeros(0, dtype=np.int64)
-        self.mean = self.scale = self.coef = self.intercept = np.zeros(0)
+        self.mean: np.ndarray = np.zeros(0)  # standardisation and the fitted model, as plain arrays
+        self.scale: np.ndarray = np.zeros(0)
+        self.coef: np.ndarray = np.zeros((0, 0))
+        self.intercept: np.ndarray = np.zeros(0)
 
     def add_task(self, index: int, task: Task, train: RouterInputs, validation: RouterInputs) -> None:
         first_class = len(self.stats.means)
@@ -49,8 +63,9 @@ class ClassifierRouter(FeatureRouter):
         if self.memory_per_class:
             labels = labels_of(train)
             rng = np.random.default_rng([self.seed, index, 1])
-            keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: self.memory_per_class]
-                                   for c in range(len(task.labels))])
+            keep = np.concatenate(
+                [rng.permutation(np.flatnonzero(labels == c))[: self.memory_per_class] for c in range(len(task.labels))]
+            )
             self.memory = features[keep] if not len(self.memory) else np.concatenate([self.memory, features[keep]])
             self.memory_class = np.concatenate([self.memory_class, first_class + labels[keep]])
         self._fit(index)
@@ -96,8 +111,15 @@ class ClassifierRouter(FeatureRouter):
         return self.stats.class_scores(features, "mahalanobis").max(1)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {**super().state_dict(), "mean": self.mean, "scale": self.scale, "coef": self.coef,
-                "intercept": self.intercept, "memory": self.memory, "memory_class": self.memory_class}
+        return {
+            **super().state_dict(),
+            "mean": self.mean,
+            "scale": self.scale,
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "memory": self.memory,
+            "memory_class": self.memory_class,
+        }
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         super().load_state_dict(state)

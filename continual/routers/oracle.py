@@ -18,14 +18,17 @@ class OracleRouter:
     def __init__(self) -> None:
         self.num_tasks = 0
 
-    def add_task(self, index: int, task: Task, train: RouterInputs | None = None,
-                 validation: RouterInputs | None = None) -> None:
+    def add_task(
+        self, index: int, task: Task, train: RouterInputs | None = None, validation: RouterInputs | None = None
+    ) -> None:
         self.num_tasks = index + 1
 
     def route(self, inputs: RouterInputs) -> Routing:
         if inputs.task_ids is None:
-            raise ContinualError("router=oracle needs the true task of every input; it cannot route new text. "
-                                 "Train with a learned router (router=prototype, classifier or entropy) to predict")
+            raise ContinualError(
+                "router=oracle needs the true task of every input; it cannot route new text. "
+                "Train with a learned router (router=prototype, classifier or entropy) to predict"
+            )
         return Routing(np.asarray(inputs.task_ids, dtype=np.int64))
 
     def state_dict(self) -> dict[str, np.ndarray]:

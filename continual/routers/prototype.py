@@ -37,8 +37,9 @@ class ClassStatistics:
             self.means, self.scatter = np.zeros((0, x.shape[1])), np.zeros((x.shape[1], x.shape[1]))
         elif x.shape[1] != self.means.shape[1]:
             raise ContinualError(f"router: features have {x.shape[1]} dimensions, the statistics {self.means.shape[1]}")
-        means = np.stack([x[labels == c].mean(0) if np.any(labels == c) else np.zeros(x.shape[1])
-                          for c in range(num_labels)])
+        means = np.stack(
+            [x[labels == c].mean(0) if np.any(labels == c) else np.zeros(x.shape[1]) for c in range(num_labels)]
+        )
         centred = x - means[labels]
         self.scatter += centred.T @ centred
         self.count += len(x)
@@ -92,8 +93,12 @@ class ClassStatistics:
         return np.stack([class_scores[:, self.class_task == t].max(1) for t in range(num_tasks)], axis=1)
 
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {f"{prefix}means": self.means, f"{prefix}class_task": self.class_task,
-                f"{prefix}scatter": self.scatter, f"{prefix}count": np.array([self.count])}
+        return {
+            f"{prefix}means": self.means,
+            f"{prefix}class_task": self.class_task,
+            f"{prefix}scatter": self.scatter,
+            f"{prefix}count": np.array([self.count]),
+        }
 
     def load_state_dict(self, state: dict[str, np.ndarray], prefix: str = "") -> None:
         self.means, self.class_task = state[f"{prefix}means"], state[f"{prefix}class_task"].astype(np.int64)
@@ -131,8 +136,14 @@ class FeatureRouter:
 
     learned = True
 
-    def __init__(self, pooling: str, layers: Sequence[int], shrinkage: float, accept_rate: float | None,
-                 calibration_per_task: int) -> None:
+    def __init__(
+        self,
+        pooling: str,
+        layers: Sequence[int],
+        shrinkage: float,
+        accept_rate: float | None,
+        calibration_per_task: int,
+    ) -> None:
         if pooling not in ("mean", "cls"):
             raise ContinualError(f"router.pooling must be 'mean' or 'cls', got {pooling!r}")
         if not 0.0 <= shrinkage <= 1.0:
@@ -196,8 +207,15 @@ class PrototypeRouter(FeatureRouter):
     ``accept_rate`` of the learned tasks' validation inputs reach is rejected (routed to -1).
     """
 
-    def __init__(self, metric: str = "mahalanobis", pooling: str = "mean", layers: Sequence[int] = (-1,),
-                 shrinkage: float = 0.05, accept_rate: float | None = None, calibration_per_task: int = 200) -> None:
+    def __init__(
+        self,
+        metric: str = "mahalanobis",
+        pooling: str = "mean",
+        layers: Sequence[int] = (-1,),
+        shrinkage: float = 0.05,
+        accept_rate: float | None = None,
+        calibration_per_task: int = 200,
+    ) -> None:
         if metric not in METRICS:
             raise ContinualError(f"router.metric must be one of {', '.join(METRICS)}, got {metric!r}")
         super().__init__(pooling, layers, shrinkage, accept_rate, calibration_per_task)

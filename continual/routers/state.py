@@ -26,6 +26,8 @@ def load_router(router: Router, directory: Path, task_names: list[str], backbone
     """Restore ``router`` from :func:`save_router`, after checking it was saved for this router, tasks and backbone."""
     path = directory / FILENAME
     if not path.is_file():
-        raise ContinualError(f"{directory}: no router state ({FILENAME}); the run has not finished a task, or it "
-                             "was made before routers were saved")
+        raise ContinualError(
+            f"{directory}: no router state ({FILENAME}); the run has not finished a task, or it "
+            "was made before routers were saved"
+        )
     router.load_state_dict(files.read_checked(path, _metadata(router, task_names, backbone), framework="np"))

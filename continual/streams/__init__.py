@@ -18,12 +18,21 @@ from continual.streams.task import Split, Stream, Task, apply_order, build_task
 class StreamSource(Protocol):
     """Anything that can produce a validated :class:`Stream`."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def load(self, launch_dir: Path | None = None) -> Stream: ...
 
 
 __all__ = [
-    "Clinc150Domains", "DemoStream", "Split", "Stream", "StreamSource", "StreamSpec", "Task", "TaskSpec",
-    "apply_order", "build_task",
+    "Clinc150Domains",
+    "DemoStream",
+    "Split",
+    "Stream",
+    "StreamSource",
+    "StreamSpec",
+    "Task",
+    "TaskSpec",
+    "apply_order",
+    "build_task",
 ]

@@ -100,9 +100,14 @@ class Clinc150Domains:
             part = {k: [p for p in pairs if p[1] in intents] for k, pairs in splits.items() if k != OOS}
             tasks.append(
                 build_task(
-                    domain, part["train"], part["test"], part["validation"],
-                    labels=sorted(intents), max_per_class=self.max_per_class,
-                    max_eval_per_class=self.max_eval_per_class, seed=self.split_seed,
+                    domain,
+                    part["train"],
+                    part["test"],
+                    part["validation"],
+                    labels=sorted(intents),
+                    max_per_class=self.max_per_class,
+                    max_eval_per_class=self.max_eval_per_class,
+                    seed=self.split_seed,
                     where=f"stream '{self.name}' domain '{domain}'",
                 )
             )

@@ -22,8 +22,14 @@ class DemoStream:
 
     def load(self, launch_dir: Path | None = None) -> Stream:
         tasks = [
-            build_task(name, demo_examples(name, "train", self.seed), demo_examples(name, "test", self.seed),
-                       max_per_class=self.max_per_class, seed=self.seed, where=f"stream '{self.name}' task '{name}'")
+            build_task(
+                name,
+                demo_examples(name, "train", self.seed),
+                demo_examples(name, "test", self.seed),
+                max_per_class=self.max_per_class,
+                seed=self.seed,
+                where=f"stream '{self.name}' task '{name}'",
+            )
             for name in DEMO_TASKS
         ]
         return Stream(self.name, apply_order(tasks, self.order, dict(self.orders)))

@@ -86,9 +86,13 @@ class TaskSpec:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise ContinualError(f"{where}: field 'validation_fraction' must be a number in [0, 1), got {fraction!r}")
         return cls(
-            **{**dict(raw), "labels": labels, "validation_fraction": float(fraction),
-               "max_per_class": _opt_int(raw.get("max_per_class"), "max_per_class", where),
-               "max_eval_per_class": _opt_int(raw.get("max_eval_per_class"), "max_eval_per_class", where)}
+            **{
+                **dict(raw),
+                "labels": labels,
+                "validation_fraction": float(fraction),
+                "max_per_class": _opt_int(raw.get("max_per_class"), "max_per_class", where),
+                "max_eval_per_class": _opt_int(raw.get("max_eval_per_class"), "max_eval_per_class", where),
+            }
         )
 
     def read(self, split: str, base_dir: Path, where: str):
@@ -131,10 +135,16 @@ class StreamSpec:
         seed = raw.get("split_seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ContinualError(f"{where}: field 'split_seed' must be an integer, got {seed!r}")
-        return cls(name=str(raw["name"]), tasks=specs, order=order, orders=orders,
-                   data_dir=raw.get("data_dir"), split_seed=seed,
-                   max_per_class=_opt_int(raw.get("max_per_class"), "max_per_class", where),
-                   max_eval_per_class=_opt_int(raw.get("max_eval_per_class"), "max_eval_per_class", where))
+        return cls(
+            name=str(raw["name"]),
+            tasks=specs,
+            order=order,
+            orders=orders,
+            data_dir=raw.get("data_dir"),
+            split_seed=seed,
+            max_per_class=_opt_int(raw.get("max_per_class"), "max_per_class", where),
+            max_eval_per_class=_opt_int(raw.get("max_eval_per_class"), "max_eval_per_class", where),
+        )
 
     def load(self, launch_dir: Path | None = None) -> Stream:
         """Read, filter and validate every task's data, then apply the order."""

@@ -124,29 +124,47 @@ def build_task(
     """
     where = where or f"task '{name}'"
     rng = random.Random(f"{seed}:{name}")  # string seeds are stable across processes (unlike hash())
-    train_labels = Counter(lab for _, lab in train)
-    if labels is not None:
-        wanted = [str(lab) for lab in labels]
-        if not wanted:
-            raise ContinualError(f"{where}: field 'labels' is empty; list the labels to keep or omit the field")
-        dupes = [lab for lab, n in Counter(wanted).items() if n > 1]
-        if dupes:
-            raise ContinualError(f"{where}: field 'labels' repeats {dupes}")
-        missing = [lab for lab in wanted if lab not in train_labels]
-        if missing:
-            known = ", ".join(sorted(train_labels)[:20]) + (" ..." if len(train_labels) > 20 else "")
-            raise ContinualError(
-                f"{where}: field 'labels' names {missing} which do not occur in the train data; "
-                f"labels present: {known or '(none)'}"
-            )
-        keep = set(wanted)
-        train = [p for p in train if p[1] in keep]
-        test = [p for p in test if p[1] in keep]
-        validation = None if validation is None else [p for p in validation if p[1] in keep]
-        label_names = tuple(wanted)
+    label_names = _chosen_labels(train, labels, where)
+    keep = set(label_names)
+    train, test = [p for p in train if p[1] in keep], [p for p in test if p[1] in keep or labels is None]
+    _check_labels(train, test, label_names, where)
+    train = _cap_per_class(train, max_per_class, rng)
+    if validation is None:
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ContinualError(f"{where}: validation_fraction must be in [0, 1), got {validation_fraction}")
+        train, validation = _carve_validation(train, validation_fraction, rng)
     else:
-        label_names = tuple(sorted(train_labels))
+        validation = [p for p in validation if p[1] in keep]
+    test = _cap_per_class(test, max_eval_per_class, rng)
+    validation = _cap_per_class(validation, max_eval_per_class, rng)
+    _check_tested(test, label_names, where)
+    index = {lab: k for k, lab in enumerate(label_names)}
+    return Task(name, label_names, *(_to_split(pairs, index, rng) for pairs in (train, validation, test)))
 
+
+def _chosen_labels(train: Pairs, labels: Sequence[str] | None, where: str) -> tuple[str, ...]:
+    """The field ``labels`` (checked against the train data), or else the sorted labels of the train split."""
+    present = Counter(lab for _, lab in train)
+    if labels is None:
+        return tuple(sorted(present))
+    wanted = [str(lab) for lab in labels]
+    if not wanted:
+        raise ContinualError(f"{where}: field 'labels' is empty; list the labels to keep or omit the field")
+    dupes = [lab for lab, n in Counter(wanted).items() if n > 1]
+    if dupes:
+        raise ContinualError(f"{where}: field 'labels' repeats {dupes}")
+    missing = [lab for lab in wanted if lab not in present]
+    if missing:
+        known = ", ".join(sorted(present)[:20]) + (" ..." if len(present) > 20 else "")
+        raise ContinualError(
+            f"{where}: field 'labels' names {missing} which do not occur in the train data; "
+            f"labels present: {known or '(none)'}"
+        )
+    return tuple(wanted)
+
+
+def _check_labels(train: Pairs, test: Pairs, label_names: tuple[str, ...], where: str) -> None:
+    """A task has train examples, two labels or more, and no test label that train lacks."""
     if not train:
         raise ContinualError(f"{where}: the train split has no examples (after filtering)")
     if len(label_names) < 2:
@@ -158,36 +176,24 @@ def build_task(
             "list the labels to keep with field 'labels'"
         )
 
-    train = _cap_per_class(train, max_per_class, rng)
-    if validation is None:
-        if not 0.0 <= validation_fraction < 1.0:
-            raise ContinualError(f"{where}: validation_fraction must be in [0, 1), got {validation_fraction}")
-        train, validation = _carve_validation(train, validation_fraction, rng)
-    else:
-        validation = [p for p in validation if p[1] in set(label_names)]
-    test = _cap_per_class(test, max_eval_per_class, rng)
-    validation = _cap_per_class(validation, max_eval_per_class, rng)
+
+def _check_tested(test: Pairs, label_names: tuple[str, ...], where: str) -> None:
+    """Every label has test examples, so that every accuracy can be measured."""
     if not test:
         raise ContinualError(f"{where}: the test split has no examples (after filtering)")
-    untested = [lab for lab in label_names if lab not in {l for _, l in test}]
+    tested = {label for _, label in test}
+    untested = [lab for lab in label_names if lab not in tested]
     if untested:
         raise ContinualError(
             f"{where}: the test split has no examples of labels {untested[:10]}; their accuracy could not be "
             "measured (drop them with field 'labels' or fix the test file)"
         )
 
-    index = {lab: k for k, lab in enumerate(label_names)}
-    return Task(
-        name=name,
-        labels=label_names,
-        train=_to_split(train, index, rng),
-        validation=_to_split(validation, index, rng),
-        test=_to_split(test, index, rng),
-    )
-
 
 def apply_order(
-    tasks: Sequence[Task], order: Sequence[int | str] | str | None, orders: dict[str, Sequence[int | str]] | None = None,
+    tasks: Sequence[Task],
+    order: Sequence[int | str] | str | None,
+    orders: dict[str, Sequence[int | str]] | None = None,
     where: str = "stream.order",
 ) -> tuple[Task, ...]:
     """Reorder (or select) tasks by position or name; a string picks a named order from ``orders``."""

@@ -7,6 +7,7 @@ shows artifacts without a server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 def normalise_uri(uri: str, launch_dir: Path) -> str:
     """Make relative sqlite/file URIs absolute (Hydra jobs may run elsewhere) and create their folder."""
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         path = path if path.is_absolute() else launch_dir / path
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
@@ -49,7 +50,7 @@ def ensure_sqlite_store(uri: str) -> None:
     """
     if not uri.startswith("sqlite:///"):
         return
-    path = Path(uri[len("sqlite:///"):])
+    path = Path(uri[len("sqlite:///") :])
     if path.exists():
         return
     from mlflow.tracking import MlflowClient
@@ -57,10 +58,8 @@ def ensure_sqlite_store(uri: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
-        try:
+        with contextlib.suppress(FileExistsError):  # another process published its store first: use that one
             os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process published its store first; use that one
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -68,7 +67,7 @@ def ensure_sqlite_store(uri: str) -> None:
 def local_artifact_root(uri: str) -> str | None:
     """Artifacts of a local sqlite store live beside the database; servers choose their own."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
     return None
 
 
@@ -85,15 +84,71 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         raise OSError(f"no MLflow server answers at {uri} ({exc})") from exc
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(store_uri: str, artifacts: Path, workers: int = 1, timeout: float = 90.0) -> tuple[Any, str]:
+    """Start ``mlflow server`` on a free loopback port and wait until it answers ``/health``.
+
+    Returns the server process (terminate it when done) and its URI. For tests and benchmarks; for
+    a shared server see ``scripts/mlflow_server.sh``.
+    """
+    import subprocess
+    import sys
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--backend-store-uri",
+        store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+    ]
+    env = {**os.environ, "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            check_server(uri, timeout=2)
+            return server, uri
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.terminate()
+                raise RuntimeError(f"mlflow server for {store_uri} did not start within {timeout:.0f} s") from None
+            time.sleep(0.5)
+
+
 class MLflowTracker:
     """Creates (or reuses) experiment ``experiment`` at ``uri`` and starts a run in it.
 
     With ``run_id`` it reopens that run instead (resuming a killed run) and marks it RUNNING again.
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str | None = None,
-                 tags: Mapping[str, str] | None = None, launch_dir: Path | None = None,
-                 run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        launch_dir: Path | None = None,
+        run_id: str | None = None,
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
@@ -109,7 +164,9 @@ class MLflowTracker:
                 self.client.update_run(run_id, status="RUNNING")
                 self.run_id = run_id
             else:
-                self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+                self.run_id = self.client.create_run(
+                    experiment_id, run_name=run_name, tags=dict(tags or {})
+                ).info.run_id
         except Exception as exc:
             raise ContinualError(f"tracking.uri={uri}: cannot open the MLflow store: {first_line(exc)}") from exc
         self.experiment_id = experiment_id
@@ -125,8 +182,9 @@ class MLflowTracker:
         found = self.client.get_experiment_by_name(name)
         if found is None:
             try:
-                return self.client.create_experiment(name, artifact_location=local_artifact_root(self.uri),
-                                                     tags=dict([EXPERIMENT_KIND]))
+                return self.client.create_experiment(
+                    name, artifact_location=local_artifact_root(self.uri), tags=dict([EXPERIMENT_KIND])
+                )
             except MlflowException:
                 found = self.client.get_experiment_by_name(name)
                 if found is None:
@@ -149,8 +207,12 @@ class MLflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), now, step) for metrics, step in rows for k, v in metrics.items()
-                 if math.isfinite(v)]
+        items = [
+            Metric(metric_key(k), float(v), now, step)
+            for metrics, step in rows
+            for k, v in metrics.items()
+            if math.isfinite(v)
+        ]
         for start in range(0, len(items), 10 * BATCH):
             self.client.log_batch(self.run_id, metrics=items[start : start + 10 * BATCH])
 
@@ -202,15 +264,21 @@ def close_sweep(sweep_dir: Path, killed: bool = False) -> tuple[int, int] | None
     if record is None:
         return None
     # this sweep's job folders (a reused sweep folder may also hold an earlier sweep's jobs)
-    jobs = sum(1 for d in sweep_dir.iterdir()
-               if (d / ".hydra").is_dir() and (d / ".hydra").stat().st_mtime >= record["started"] - 1)
+    jobs = sum(
+        1
+        for d in sweep_dir.iterdir()
+        if (d / ".hydra").is_dir() and (d / ".hydra").stat().st_mtime >= record["started"] - 1
+    )
     client = MlflowClient(tracking_uri=record["uri"])
     parent = client.get_run(record["run_id"])
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{record['run_id']}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{record['run_id']}'"
+    )
     finished = sum(c.info.status == "FINISHED" for c in children)
     now = int(time.time() * 1000)
-    client.log_batch(record["run_id"], metrics=[Metric("jobs", jobs, now, 0), Metric("jobs_finished", finished, now, 0)])
+    client.log_batch(
+        record["run_id"], metrics=[Metric("jobs", jobs, now, 0), Metric("jobs_finished", finished, now, 0)]
+    )
     status = "KILLED" if killed else "FINISHED" if jobs > 0 and finished == jobs else "FAILED"
     client.set_terminated(record["run_id"], status)
     return jobs, finished

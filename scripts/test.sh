@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), then the static checks and the tests: what CI runs on a clean clone.
+#   bash scripts/test.sh          ruff (lint + format), mypy, the default test suite (~2-4 min on 2 cores)
+#   bash scripts/test.sh slow     the slow set: packaged MiniLM, real servers, browser, PostgreSQL, launchers
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "ruff: lint"; .venv/bin/ruff check continual tests scripts
+echo "ruff: format"; .venv/bin/ruff format --check continual tests scripts
+echo "mypy"; .venv/bin/mypy
+if [ "${1:-}" = "slow" ]; then
+  .venv/bin/python -m pytest -m slow
+else
+  .venv/bin/python -m pytest
+fi
