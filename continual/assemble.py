@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from continual.routers import Router
 from continual.streams import StreamSource, StreamSpec
 from continual.tracking.base import Tracker
 from continual.training import TrainerConfig
+
+log = logging.getLogger(__name__)
 
 
 def locate(path: str, where: str) -> Any:
@@ -141,6 +144,15 @@ def backbone(config: Mapping[str, Any]) -> Backbone:
 
 
 def learner(parts: Parts, backbone: Backbone, seed: int) -> Learner:
+    """The configured learner on ``backbone``; a ``trainer.max_length`` past its position limit is capped, said once."""
+    if parts.trainer.max_length > backbone.max_tokens:
+        log.warning(
+            "trainer.max_length=%d is more than backbone '%s' can take (%d tokens): texts are cut to %d tokens",
+            parts.trainer.max_length,
+            backbone.name,
+            backbone.max_tokens,
+            backbone.max_tokens,
+        )
     return parts.learner.build(backbone, parts.adapter, parts.trainer, seed)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from continual import hub
 from continual.errors import ContinualError, first_line
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,24 @@ LAYOUTS: dict[str, EncoderLayout] = {
 
 def _get(root: Any, path: str) -> Any:
     return reduce(getattr, path.split("."), root)
+
+
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert")  # positions start after the pad id
+
+
+def position_limit(config: Any, tokenizer: Any) -> int:
+    """The most tokens one text may have: the model's position table and the tokenizer's declared maximum."""
+    limits = [
+        v
+        for v in (getattr(config, "max_position_embeddings", None), tokenizer.model_max_length)
+        if isinstance(v, int) and v > 0
+    ]
+    limit = min(limits) if limits else 512
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS and limit == getattr(
+        config, "max_position_embeddings", 0
+    ):
+        limit -= int(getattr(config, "pad_token_id", 1) or 1) + 1
+    return limit
 
 
 def resolve_name(name: str) -> str:
@@ -105,6 +124,7 @@ class Backbone(nn.Module):
         self.hidden_size = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim)
         self.input_names = tuple(tokenizer.model_input_names)
         self.pad_id: int = tokenizer.pad_token_id or 0
+        self.max_tokens = position_limit(model.config, tokenizer)
         self._capture_ready = False
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -115,16 +135,20 @@ class Backbone(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_name(name)
-        if Path(path).exists() and not (Path(path) / "config.json").is_file():
+        local = Path(path).exists()
+        if local and not (Path(path) / "config.json").is_file():
             raise ContinualError(
                 f"backbone.name: {path} is a path but holds no config.json, so it is not a model folder"
             )
+        if not local:
+            hub.reachable()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path)
         except Exception as exc:  # OSError offline / unknown id, ValueError for non-encoders, ...
+            note = "" if local else hub.unreachable_note()
             raise ContinualError(
-                f"backbone.name: cannot load '{name}' as a Hugging Face encoder: {first_line(exc)}"
+                f"backbone.name: cannot load '{name}' as a Hugging Face encoder{note}: {first_line(exc)}"
             ) from exc
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ContinualError(
@@ -134,10 +158,10 @@ class Backbone(nn.Module):
         return cls(model, tokenizer, name, pooling, layout)
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
-        """Token ids without padding; batches are padded later to their own longest member."""
+        """Token ids without padding, cut to ``max_length`` and to the model's position limit (:attr:`max_tokens`)."""
         if not texts:
             return []
-        return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        return self.tokenizer(list(texts), truncation=True, max_length=min(max_length, self.max_tokens))["input_ids"]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[batch, hidden]`` (with whatever adapters are currently routed in)."""

@@ -25,8 +25,11 @@ from continual.learners.base import LearnReport
 from continual.tracking.base import flatten
 
 FILENAME = "checkpoint.json"
+CONFIG = "config.yaml"  # the run's resolved config, as the runner saved it
+ORIGIN = "job.json"  # how the job was started (Origin)
 VERSION = 2
-IGNORED_ON_RESUME = ("resume", "progress", "threads")  # config keys that may differ between a run and its resumption
+# config keys a resumption may change: how it shows progress, the threads and device it runs on
+RESUMABLE = ("progress", "threads", "trainer.device")
 
 
 def _cells(matrix: np.ndarray) -> list[list[float | None]]:
@@ -56,6 +59,7 @@ class RunState:
     oracle_R: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     router_R: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     reports: list[LearnReport] = field(default_factory=list)
+    finished: bool = False  # every step done and the tracking run ended FINISHED: nothing left to resume
 
     def __post_init__(self) -> None:
         T = len(self.task_names)
@@ -113,6 +117,7 @@ class RunState:
             "router_acc": _cells(self.router_R),
             "oracle_acc": _cells(self.oracle_R),
             "reports": [dataclasses.asdict(r) for r in self.reports],
+            "finished": self.finished,
             "version": VERSION,
         }
         return files.write_text(directory / FILENAME, json.dumps(raw, indent=1))
@@ -137,6 +142,8 @@ class RunState:
                 _matrix(raw["oracle_acc"], T),
                 _matrix(raw["router_acc"], T),
                 [LearnReport(**r) for r in raw["reports"]],
+                # checkpoints written before the flag: a finished run had written its summary
+                bool(raw.get("finished", (directory / "summary.txt").is_file())),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ContinualError(f"{path}: not a usable checkpoint ({exc}); delete it to start the run afresh") from exc
@@ -148,22 +155,24 @@ def _row_mean(matrix: np.ndarray, row: int) -> float:
 
 def resume_state(out_dir: Path, config: dict, resume: bool) -> RunState | None:
     """The state to continue in ``out_dir``: with ``resume``, the saved one (after checking that ``config`` is
-    the one it was made with); without, None, after refusing a folder that already holds a run."""
+    the one it was made with, and that the run is not finished); without, None, after refusing a folder that
+    already holds a run."""
     state = RunState.load(out_dir)
     if not resume:
         if state is not None:
             raise ContinualError(
                 f"{out_dir} already holds a run; continue it with `continual resume {out_dir}` "
-                "(or resume=true) or choose another hydra.run.dir"
+                "or choose another hydra.run.dir"
             )
         return None
-    saved_path = out_dir / "config.yaml"
-    if state is None or not saved_path.is_file():
+    if state is not None and state.finished:
+        raise ContinualError(
+            f"{out_dir}: the run is finished ({state.completed} of {len(state.task_names)} tasks "
+            "learned); there is nothing to resume"
+        )
+    if state is None or not (out_dir / CONFIG).is_file():
         return None  # killed before the first checkpoint: nothing to continue, start afresh here
-    saved = flatten(
-        {k: v for k, v in (yaml.safe_load(saved_path.read_text()) or {}).items() if k not in IGNORED_ON_RESUME}
-    )
-    now = flatten({k: v for k, v in config.items() if k not in IGNORED_ON_RESUME})
+    saved, now = _comparable(yaml.safe_load((out_dir / CONFIG).read_text()) or {}), _comparable(config)
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
             raise ContinualError(
@@ -173,25 +182,55 @@ def resume_state(out_dir: Path, config: dict, resume: bool) -> RunState | None:
     return state
 
 
-def resume_argv(run_dir: Path, extra: list[str]) -> list[str]:
-    """Command-line arguments that re-run the job stored in ``run_dir`` into that same folder with resume on.
+def _comparable(config: dict) -> dict[str, str]:
+    return {k: v for k, v in flatten(config).items() if k != "resume" and k not in RESUMABLE}
 
-    They are the job's own overrides (``.hydra/overrides.yaml``), its ``--config-dir`` if it had one,
-    then ``extra`` (e.g. ``progress=false``).
+
+@dataclass(frozen=True)
+class Origin:
+    """How a job was started, beside its config: what ``continual resume`` needs to run it again (``job.json``).
+
+    ``launch_dir`` is where relative data paths resolve; ``choices`` the chosen option of each config
+    group (the run's tags); ``job`` its index in a multirun; ``log_file`` the log it appends to.
     """
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if not overrides_file.is_file():
-        raise ContinualError(f"continual resume: {run_dir} is not a run folder (no .hydra/overrides.yaml)")
-    overrides = [
-        str(o)
-        for o in yaml.safe_load(overrides_file.read_text()) or []
-        if not str(o).startswith(("hydra.run.dir=", "resume=", "hydra.sweep."))
-    ]
-    argv = [*overrides, f"hydra.run.dir={run_dir}", "resume=true", *extra]
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    if hydra_file.is_file():  # a --config-dir of the original command is not among the overrides
-        runtime = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
-        for source in runtime.get("config_sources") or []:
-            if source.get("provider") == "command-line" and source.get("schema") == "file":
-                argv = ["--config-dir", str(source["path"]), *argv]
-    return argv
+
+    launch_dir: str
+    choices: dict[str, str]
+    job: int | None = None
+    log_file: str | None = None
+
+    def save(self, out_dir: Path) -> None:
+        files.write_text(out_dir / ORIGIN, json.dumps(dataclasses.asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Origin:
+        path = out_dir / ORIGIN
+        if not (out_dir / CONFIG).is_file() or not path.is_file():
+            raise ContinualError(
+                f"continual resume: {out_dir} holds no run to resume (no {CONFIG} and {ORIGIN}; "
+                "a run stopped before it saved its config starts again from the command line)"
+            )
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise ContinualError(f"{path}: not a usable job record ({exc})") from exc
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> dict:
+    """The config a run was made with (``config.yaml``), ``resume`` on, and ``key=value`` changes to the keys a
+    resumption may change (:data:`RESUMABLE`); any other key is refused, since the run's config is fixed."""
+    config = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or key not in RESUMABLE:
+            raise ContinualError(
+                f"continual resume: {override!r}: a resumed run keeps its config; only "
+                f"{', '.join(f'{k}=...' for k in RESUMABLE)} may change"
+            )
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    config["resume"] = True
+    return config

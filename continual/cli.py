@@ -9,7 +9,9 @@ Config and data problems surface as one ``error: ...`` line and exit status 2.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from continual.checkpoint import resume_argv
 from continual.cmdline import check_config_files, conf_dir
-from continual.errors import ContinualError, first_line
+from continual.errors import ContinualError, Terminated, first_line, sigterm_as_interrupt
 
 log = logging.getLogger("continual")
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)  # ${pid:} in conf/config.yaml's output folders
+# conf/hydra/launcher/*.yaml deliberately share their names with the plugins' schemas, which Hydra then validates
+# them against, warning that this "automatic schema matching" is deprecated. Set on import: launcher processes
+# (joblib workers) import this module to unpickle the job.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema", category=UserWarning)
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
@@ -38,6 +44,31 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def _planned_jobs(config: DictConfig) -> int | None:
+    """How many jobs the basic sweep will launch: the product of the sweeps in ``hydra.sweeper.params`` and on
+    the command line (which wins for a key in both); None when that cannot be told (e.g. a ``glob`` sweep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = dict(config.hydra.sweeper.get("params") or {})
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    try:
+        overrides = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(arguments)}
+        count = 1
+        for override in overrides.values():
+            if override.is_sweep_override():
+                count *= len(list(override.sweep_string_iterator()))
+        return count
+    except Exception:  # a sweep kind that needs the config loader to expand
+        return None
+
+
+class _SWEEP:
+    """The multirun this process launched, if any."""
+
+    dir: Path | None = None
+    launcher = "basic"
 
 
 class SweepTracking(Callback):
@@ -66,13 +97,18 @@ class SweepTracking(Callback):
             )
         except ContinualError as exc:
             _fail(str(exc))
-        record = record_sweep(sweep_dir, tracker)  # type: ignore[arg-type]
+        record = record_sweep(sweep_dir, tracker, _planned_jobs(config))  # type: ignore[arg-type]
+        _SWEEP.dir, _SWEEP.launcher = (
+            sweep_dir,
+            launcher,
+        )  # an interrupt closes the parent (on_multirun_end never comes)
         log.info("sweep %s: parent MLflow run %s in %s", sweep_dir, record["run_id"], record["uri"])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from continual.tracking.mlflow import close_sweep
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        _SWEEP.dir = None
         counts = close_sweep(sweep_dir)
         if counts is not None and counts[1] != counts[0]:
             _fail(
@@ -105,12 +141,47 @@ def _app(cfg: DictConfig) -> float:
     return result.metrics["avg_acc"]  # lets Hydra sweepers optimise average accuracy
 
 
-def _quiet_schema_matching() -> None:
-    """conf/hydra/launcher/*.yaml deliberately share their names with the plugins' schemas, which Hydra
-    then validates them against; it also warns that this "automatic schema matching" is deprecated."""
-    import warnings
+def _check_overrides(argv: list[str]) -> None:
+    """Each ``key=value`` argument must parse as a Hydra override; Hydra's own message runs to four lines."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
-    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema", category=UserWarning)
+    parser = OverridesParser.create()
+    for arg in argv:
+        if "=" in arg and not arg.startswith("-"):
+            try:
+                parser.parse_overrides([arg])
+            except OverrideParseException as exc:
+                raise ContinualError(
+                    f"{arg}: not a valid override ({first_line(exc)}); quote lists in the shell, "
+                    "e.g. 'stream.order=[0,1]'"
+                ) from exc
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: one line (the run itself was marked KILLED and stays resumable), a sweep's parent closed."""
+    from continual.tracking.mlflow import close_sweep
+
+    if _SWEEP.dir is not None:  # joblib's worker processes die with this one, before they can end their runs
+        close_sweep(_SWEEP.dir, killed=True, reap=_SWEEP.launcher == "joblib")
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    print(
+        f"{what}: the run was marked KILLED; continue it with `continual resume <its folder>`",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+
+def _resume(argv: list[str]) -> None:
+    """``continual resume RUN_DIR [progress=false threads=N trainer.device=...]``: no Hydra, the saved config."""
+    from continual.runner import quiet_libraries, resume_job
+
+    if not argv or argv[0].startswith("-"):
+        raise ContinualError("usage: continual resume RUN_DIR [progress=false] [threads=N] [trainer.device=cpu]")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    quiet_libraries()
+    resume_job(Path(argv[0]), argv[1:])
 
 
 def _subcommand(name: str, argv: list[str]) -> None:
@@ -128,18 +199,20 @@ def main() -> None:
     """Console entry point: ``continual [overrides...]``, ``-m``, ``resume DIR``, ``predict RUN``, ``report``."""
     args = sys.argv[1:]
     try:
-        if args[:1] in (["predict"], ["report"]):
-            _subcommand(args[0], args[1:])
-            return
-        if args == ["resume"]:
-            raise ContinualError("usage: continual resume RUN_DIR [progress=false]")
-        if args[:1] == ["resume"]:
-            sys.argv = [sys.argv[0], *resume_argv(Path(args[1]).resolve(), args[2:])]
-        check_config_files(sys.argv[1:])
+        with sigterm_as_interrupt():
+            if args[:1] in (["predict"], ["report"]):
+                _subcommand(args[0], args[1:])
+                return
+            if args[:1] == ["resume"]:
+                _resume(args[1:])
+                return
+            check_config_files(sys.argv[1:])
+            _check_overrides(sys.argv[1:])
+            _app()
     except ContinualError as exc:
         _fail(str(exc))
-    _quiet_schema_matching()
-    _app()
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
 
 
 if __name__ == "__main__":

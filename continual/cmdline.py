@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 from pathlib import Path
 from typing import NoReturn
 
@@ -64,6 +65,40 @@ def _check_yaml(path: Path) -> None:
         raise ContinualError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
 
 
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_folder(path: Path, flag: str) -> None:
+    """``path`` is, or can be made, a folder this process may write (checked before any work is done)."""
+    found = _existing_ancestor(path.absolute())
+    if not found.is_dir():
+        what = "is a file" if found == path.absolute() else f"lies under {found}, which is a file"
+        raise ContinualError(f"{flag}={path}: {what}; give a folder")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise ContinualError(f"{flag}={path}: {found} is not writable")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """``path`` is, or can be made, a file this process may write: not a folder, its folder creatable."""
+    if path.is_dir():
+        raise ContinualError(f"{flag} {path} is a folder; give a file path")
+    check_output_folder(path.parent, flag)
+
+
+def _check_unused(folder: Path, flag: str, resuming: bool) -> None:
+    """Hydra writes its files into the output folder before a job starts: refuse a folder holding a run first."""
+    if flag == "hydra.run.dir" and not resuming and (folder / "checkpoint.json").is_file():
+        raise ContinualError(
+            f"{folder} already holds a run; continue it with `continual resume {folder}` "
+            "or choose another hydra.run.dir"
+        )
+    if flag == "hydra.sweep.dir" and (folder / "sweep_run.json").is_file():
+        raise ContinualError(f"{folder} already holds a sweep; choose another hydra.sweep.dir")
+
+
 def check_config_files(argv: list[str]) -> None:
     """Parse every config file and check ``group=option`` overrides (and launchers) before Hydra does."""
     dirs = config_dirs(argv)
@@ -71,6 +106,10 @@ def check_config_files(argv: list[str]) -> None:
         _check_yaml(path)
     for arg in argv:
         group, sep, value = arg.partition("=")
+        if group in ("hydra.run.dir", "hydra.sweep.dir"):
+            check_output_folder(Path(value), group)
+            _check_unused(Path(value), group, resuming="resume=true" in argv)
+            continue
         if group == "hydra/launcher":
             for choice in value.split(","):
                 check_launcher(choice)

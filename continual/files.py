@@ -9,10 +9,12 @@ disagrees with what the loader expects, naming the first key that differs.
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -32,6 +34,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         tmp.replace(path)
+    except OSError as exc:  # a full disk, a read-only folder: one line; the previous file stays as it was
+        raise ContinualError(f"{path}: cannot write ({exc.strerror or exc}); the previous version is kept") from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -50,7 +54,7 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
     # clone: safetensors refuses tensors that share storage, which state dicts of some encoders contain
     plain = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata=dict(metadata))
+        _safetensors_write(lambda: save_file(plain, str(tmp), metadata=dict(metadata)), path)
     return path
 
 
@@ -58,9 +62,18 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[
     """Save numpy arrays as safetensors with ``metadata``, atomically."""
     from safetensors.numpy import save_file
 
+    plain = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     with atomic_path(path) as tmp:
-        save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, str(tmp), metadata=dict(metadata))
+        _safetensors_write(lambda: save_file(plain, str(tmp), metadata=dict(metadata)), path)
     return path
+
+
+def _safetensors_write(write: Callable[[], None], path: Path) -> None:
+    """safetensors reports I/O failures (a full disk) as its own error type: make them the OSError they are."""
+    try:
+        write()
+    except SafetensorError as exc:
+        raise OSError(errno.EIO, first_line(exc)) from exc
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -102,3 +115,48 @@ def with_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, t
 def strip_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The entries of ``tensors`` under ``prefix``, with the prefix removed (the inverse of :func:`with_prefix`)."""
     return {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``<folder>/.lock``, held while the block runs.
+
+    The operating system releases the lock when its process ends, however it ends, so a lock left by a
+    killed process never blocks. A second process (a second run into the same folder, a resume while
+    the run still trains, two resumes at once) gets one line naming the holder's PID.
+    """
+
+    FILENAME = ".lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle = (self.folder / self.FILENAME).open("a+")
+        except OSError as exc:
+            raise ContinualError(f"{self.folder}: cannot create the run folder ({exc.strerror or exc})") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ContinualError(
+                f"{self.folder} is in use by another continual process (PID {holder}); wait for it "
+                "to end, or stop it and `continual resume` the folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the lock
+            self._handle = None

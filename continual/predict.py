@@ -7,7 +7,6 @@ field or ``--task``), which bypasses the router, as an oracle run needs.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import tempfile
@@ -21,8 +20,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from continual import assemble
-from continual.cmdline import subcommand_parser
+from continual import assemble, files
+from continual.cmdline import check_output_file, subcommand_parser
 from continual.errors import ContinualError, first_line
 from continual.evaluation import encode_texts
 from continual.learners import saved_tasks
@@ -30,6 +29,7 @@ from continual.learners.base import Learner, padded_batches, tokenize
 from continual.routers.base import ABSTAIN, Router
 from continual.routers.state import FILENAME as ROUTER_FILE
 from continual.routers.state import load_router
+from continual.streams.sources import FORMATS, read_records, read_text
 
 CHUNK = 1024  # texts routed together; bounds memory on large input files
 
@@ -41,48 +41,33 @@ class Query:
 
 
 def read_queries(path: Path, text_field: str = "text") -> list[Query]:
-    """Texts from ``.jsonl`` (objects with ``text_field``, optional ``task``), ``.csv`` or ``.txt`` (one per line)."""
-    if not path.is_file():
-        raise ContinualError(f"--input: file not found: {path}")
-    suffix = path.suffix.lower()
-    rows: list[dict] = []
-    if suffix in (".jsonl", ".json"):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ContinualError(f"{path} line {n}: not a JSON object ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise ContinualError(f"{path} line {n}: expected a JSON object with field '{text_field}'")
-            rows.append({"_where": f"{path} line {n}", **row})
-    elif suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-            if text_field not in (reader.fieldnames or []):
-                raise ContinualError(
-                    f"{path}: no column '{text_field}' (columns: {reader.fieldnames}); choose one with --text-field"
-                )
-            rows = [{"_where": f"{path} row {n}", **row} for n, row in enumerate(reader, 1)]
-    elif suffix == ".txt":
-        rows = [
-            {"_where": f"{path} line {n}", text_field: line}
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-            if line.strip()
-        ]
+    """Texts from ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` (rows with ``text_field`` and an optional
+    ``task``) or ``.txt`` (one text per line), read as training reads stream files (UTF-8, a BOM ignored)."""
+    where = "--input"
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise ContinualError(f"{where}: file not found: {path}")
+        lines = read_text(path, where).splitlines()
+        records = [(f"{path} line {n}", {text_field: line}) for n, line in enumerate(lines, 1) if line.strip()]
+    elif path.suffix.lower() in FORMATS:
+        records = read_records(path, where)
     else:
-        raise ContinualError(f"--input: {path} must be .jsonl, .csv, .tsv or .txt")
-    queries = []
-    for row in rows:
-        text = row.get(text_field)
-        if not isinstance(text, str) or not text.strip():
-            raise ContinualError(f"{row['_where']}: field '{text_field}' must be a non-empty string, got {text!r}")
-        task = row.get("task") or None
-        queries.append(Query(text, None if task is None else str(task)))
-    if not queries:
-        raise ContinualError(f"--input: {path} holds no texts")
-    return queries
+        raise ContinualError(f"{where}: {path} must be .jsonl, .json, .csv, .tsv, .parquet or .txt")
+    if not records:
+        raise ContinualError(f"{where}: {path} holds no texts")
+    return [_query(location, row, text_field) for location, row in records]
+
+
+def _query(location: str, row: dict, text_field: str) -> Query:
+    if text_field not in row:
+        raise ContinualError(
+            f"--input: {location} has no field '{text_field}' (fields: {', '.join(row)}); choose one with --text-field"
+        )
+    text = row[text_field]
+    if not isinstance(text, str) or not text.strip():
+        raise ContinualError(f"--input: {location}: field '{text_field}' must be a non-empty string, got {text!r}")
+    task = row.get("task") or None
+    return Query(text, None if task is None else str(task))
 
 
 class Predictor:
@@ -188,17 +173,15 @@ def run_folder(run: str, tracking_uri: str, scratch: Path) -> Path:
     run_id = run[len("runs:/") :].strip("/") if run.startswith("runs:/") else run
     if not (len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id)):
         raise ContinualError(f"continual predict: {run} is neither a run folder nor an MLflow run id")
-    from mlflow.artifacts import download_artifacts
+    from continual.tracking.mlflow import open_store
 
-    from continual.tracking.mlflow import normalise_uri
-
-    uri = normalise_uri(tracking_uri, Path.cwd())
+    client = open_store(tracking_uri, Path.cwd())
     try:
         for name in ("config.yaml", "adapters", ROUTER_FILE):
-            download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(scratch), tracking_uri=uri)
+            client.download_artifacts(run_id, name, str(scratch))
     except Exception as exc:  # MlflowException / OSError: missing run, artifact or store
         raise ContinualError(
-            f"continual predict: cannot fetch artifacts of run {run_id} from {uri}: {first_line(exc)}"
+            f"continual predict: cannot fetch artifacts of run {run_id} from {client.tracking_uri}: {first_line(exc)}"
         ) from exc
     return scratch
 
@@ -214,6 +197,9 @@ def saved_config(folder: Path, overrides: list[str]) -> dict[str, Any]:
 
 
 def _queries(args: Any) -> list[Query]:
+    blank = [n for n, text in enumerate(args.text, 1) if not text.strip()]
+    if blank:
+        raise ContinualError(f"--text: text {blank[0]} is empty; give a non-empty text")
     queries = [Query(t, args.task) for t in args.text]
     if args.input is not None:
         queries += [
@@ -254,15 +240,18 @@ def main(argv: list[str]) -> None:
     from continual.runner import quiet_libraries
 
     args = _arguments(argv)
+    if args.output is not None:
+        check_output_file(args.output, "--output")
     queries = _queries(args)
     with tempfile.TemporaryDirectory(prefix="continual-predict-") as scratch:
         folder = run_folder(args.run, args.tracking_uri, Path(scratch))
         quiet_libraries()
         predictor = _predictor(folder, args.overrides, queries, progress=not args.no_progress)
-        out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
-        try:
+        if args.output is None:
             for record in predictor.predict(queries):
+                sys.stdout.write(json.dumps(record) + "\n")
+            return
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with files.atomic_path(args.output) as tmp, tmp.open("w", encoding="utf-8") as out:
+            for record in predictor.predict(queries):  # an existing --output file stays whole until this is done
                 out.write(json.dumps(record) + "\n")
-        finally:
-            if args.output:
-                out.close()

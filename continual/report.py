@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from continual.cmdline import subcommand_parser
+from continual.cmdline import check_output_folder, subcommand_parser
 from continual.errors import ContinualError, first_line
+from continual.tracking.mlflow import open_store
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -111,26 +112,6 @@ class Report:
             reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
             text += f"; skipped {sum(self.skipped.values())} runs ({reasons})"
         return text
-
-
-def open_store(uri: str, launch_dir: Path | None = None) -> MlflowClient:
-    """An MLflow client for ``uri``; a relative sqlite path resolves against ``launch_dir`` and must exist."""
-    from mlflow.tracking import MlflowClient
-
-    from continual.tracking.mlflow import check_server
-
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :])
-        path = path if path.is_absolute() else (launch_dir or Path.cwd()) / path
-        if not path.is_file():  # MLflow would silently create an empty store here
-            raise ContinualError(f"no MLflow store at {path} (give the store with --tracking-uri)")
-        uri = f"sqlite:///{path}"
-    try:
-        if uri.startswith(("http://", "https://")):
-            check_server(uri)
-        return MlflowClient(tracking_uri=uri)
-    except Exception as exc:
-        raise ContinualError(f"cannot open the MLflow store {uri}: {first_line(exc)}") from exc
 
 
 def collect_runs(
@@ -394,6 +375,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     parser.add_argument("--fwt-reference")
     args = parser.parse_args(argv)
+    if args.output is not None:
+        check_output_folder(args.output, "--output")
     client = open_store(args.tracking_uri, Path.cwd())
     result = build_report(
         client, args.experiment, args.group_by.split(","), args.parent, args.filter, fwt_reference=args.fwt_reference

@@ -9,20 +9,21 @@ marks it FAILED (KILLED on an interrupt), with the rows finished so far and the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from continual import assemble
-from continual.checkpoint import RunState, resume_state
-from continual.errors import ContinualError
+from continual import assemble, files
+from continual.checkpoint import CONFIG, Origin, RunState, resume_config, resume_state
+from continual.errors import ContinualError, sigterm_as_interrupt
 from continual.experiment import RunResult, check_compatible, run_stream
+from continual.files import RunLock
 from continual.sinks import summary_text
 from continual.streams import Stream
 from continual.tracking.base import Tracker
-from continual.tracking.mlflow import child_tags
+from continual.tracking.mlflow import child_tags, close_sweep
 
 log = logging.getLogger("continual")
 
@@ -71,11 +72,10 @@ def _train(
     label: str,
 ) -> RunResult:
     """Inside the open tracking run: config and params, data, compatibility, model, the stream."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
         tracker.log_params(config)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
-        tracker.log_artifact(out_dir / "config.yaml")
+        files.write_text(out_dir / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
+        tracker.log_artifact(out_dir / CONFIG)
     stream = parts.source.load(launch_dir)
     log.info("stream %s: %s", stream.name, _describe(stream))
     check_compatible(stream.tasks, parts.router, parts.learner.router_limit, f"learner={learner_name}")
@@ -98,27 +98,49 @@ def run_job(
     job: int | None = None,
     log_file: Path | None = None,
 ) -> RunResult:
-    """Validate, open the tracker, load data, then train; any failure marks the tracking run FAILED or KILLED.
+    """Validate, lock the folder, open the tracker, load data, then train; a failure marks the run FAILED or KILLED.
 
     ``job`` is the index of this run in a multirun (its run then joins the sweep's parent run);
-    ``log_file``, if it exists at the end, is attached to the tracking run.
+    ``log_file``, if it exists at the end, is attached to the tracking run. One process at a time
+    writes a run folder (:class:`continual.files.RunLock`); SIGTERM ends the job as Ctrl-C does.
     """
     quiet_libraries()
     parts = assemble.parts(config)
-    state = resume_state(out_dir, dict(config), bool(config.get("resume")))
-    tags = {**run_tags(config, choices), **(child_tags(out_dir, job) if job is not None else {})}
-    assemble.set_threads(config.get("threads"))
-    run_name = config.get("run_name") or f"{parts.source.name}-{tags['learner']}-{tags['router']}-seed{config['seed']}"
-    tracker = assemble.tracker(config["tracking"], launch_dir, run_name, tags, state.run_id if state else None)
-    try:
-        result = _train(
-            config, parts, tracker, state, out_dir, launch_dir, tags["learner"], "" if job is None else f"job {job} "
+    with RunLock(out_dir), sigterm_as_interrupt():
+        state = resume_state(out_dir, dict(config), bool(config.get("resume")))
+        if state is None:
+            Origin(str(launch_dir), dict(choices), job, log_file.name if log_file else None).save(out_dir)
+        tags = {**run_tags(config, choices), **(child_tags(out_dir, job) if job is not None else {})}
+        assemble.set_threads(config.get("threads"))
+        name = config.get("run_name") or f"{parts.source.name}-{tags['learner']}-{tags['router']}-seed{config['seed']}"
+        tracker = assemble.tracker(config["tracking"], launch_dir, name, tags, state.run_id if state else None)
+        label = "" if job is None else f"job {job} "
+        result, text = _tracked(
+            tracker,
+            log_file,
+            out_dir,
+            lambda: _train(config, parts, tracker, state, out_dir, launch_dir, tags["learner"], label),
         )
+        if state is not None:
+            close_sweep(out_dir.parent, only_if_done=True)  # a resumed job of a multirun may be its last to finish
+    print(text, flush=True)
+    return result
+
+
+def _tracked(
+    tracker: Tracker, log_file: Path | None, out_dir: Path, train: Callable[[], RunResult]
+) -> tuple[RunResult, str]:
+    """``train()`` inside the tracking run: FINISHED with the summary and log attached, else FAILED/KILLED."""
+    try:
+        result = train()
         text = summary_text(result, tracker.uri, tracker.run_id, out_dir)
         (out_dir / "summary.txt").write_text(text + "\n")
         tracker.log_artifact(out_dir / "summary.txt")
         _attach_log(tracker, log_file)
         tracker.finish("FINISHED")
+        result.state.finished = True
+        result.state.save(out_dir)
+        return result, text
     except BaseException as exc:
         partial = out_dir / "accuracy_matrix.csv"
         if partial.is_file():  # the rows finished so far stay visible next to the failed run
@@ -128,5 +150,30 @@ def run_job(
         _attach_log(tracker, log_file)
         tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    print(text, flush=True)
-    return result
+
+
+def resume_job(run_dir: Path, overrides: list[str]) -> RunResult:
+    """``continual resume RUN_DIR``: the run's saved config, launch folder and choices, into the same folder
+    and tracking run, from its first unfinished task. No config is composed again, so the run continues
+    exactly as it was made (``overrides`` may only change how it runs: progress, threads, device)."""
+    run_dir = run_dir.resolve()
+    origin = Origin.load(run_dir)
+    config = resume_config(run_dir, overrides)
+    log_file = run_dir / origin.log_file if origin.log_file else None
+    handler = _append_log(log_file) if log_file else None
+    try:
+        return run_job(config, run_dir, Path(origin.launch_dir), origin.choices, origin.job, log_file)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _append_log(path: Path) -> logging.Handler:
+    """Log lines of the resumed job also go to its log file, as Hydra set it up for the first start."""
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    return handler

@@ -101,21 +101,35 @@ class FileSink:
 
 
 class TrackerSink:
-    """Metric rows and training losses per step; run totals and the files worth keeping at the end."""
+    """Metric rows and training losses per step; run totals and the files worth keeping at the end.
+
+    Nothing is logged twice: a step whose row reached the tracker before a kill (the row's last key,
+    ``avg_acc``, is logged last) is skipped when the resumed run redoes it, and so are losses and totals
+    already there. This closes the gap between logging a step and checkpointing it.
+    """
+
+    DONE = "avg_acc"  # the row's key logged last: its presence at a step means the whole step was logged
 
     def __init__(self, tracker: Tracker, out_dir: Path, files_sink: FileSink) -> None:
         self.tracker, self.out_dir, self.files = tracker, out_dir, files_sink
+        self.logged = {key: tracker.logged_steps(key) for key in (self.DONE, "train_loss", "total_train_seconds")}
 
     def on_step(self, record: StepRecord, state: RunState) -> None:
-        task = record.report.task
+        i, task = record.step.row, record.report.task
+        if i in self.logged[self.DONE]:
+            return
+        losses = [(step, loss) for step, loss in record.losses if step not in self.logged["train_loss"]]
+        rest = {k: v for k, v in record.row.items() if k != self.DONE}
         self.tracker.log_history(
-            [({f"train_loss/{task}": loss, "train_loss": loss}, step) for step, loss in record.losses]
+            [({f"train_loss/{task}": loss, "train_loss": loss}, step) for step, loss in losses]
+            + [(rest, i), ({self.DONE: record.row[self.DONE]}, i)]
         )
-        self.tracker.log_metrics(record.row, step=record.step.row)
 
     def on_end(self, result: RunResult, totals: dict[str, float]) -> None:
         # run-level totals for `continual report` (the per-step trainable_params/train_seconds are one step's)
-        self.tracker.log_metrics(totals, step=len(result.state.task_names) - 1)
+        last = len(result.state.task_names) - 1
+        if last not in self.logged["total_train_seconds"]:
+            self.tracker.log_metrics(totals, step=last)
         for path in self.files.outputs:
             self.tracker.log_artifact(path)
         self.tracker.log_artifact(self.out_dir / "adapters", "adapters")

@@ -8,6 +8,7 @@ most padding work. Evaluation sorts the whole split by length; results do not de
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
@@ -58,8 +59,7 @@ class TrainerConfig:
             raise ContinualError(f"trainer.warmup_ratio must be < 1, got {self.warmup_ratio}")
         if self.precision not in ("fp32", "bf16"):
             raise ContinualError(f"trainer.precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
-            raise ContinualError(f"trainer.device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        check_device(self.device)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -71,6 +71,20 @@ class TrainerConfig:
         if self.precision == "bf16":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+
+def check_device(device: object) -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine (one line if not)."""
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+        raise ContinualError(f"trainer.device must be auto, cpu, cuda[:N] or mps, got {device!r}")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            where = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
+            raise ContinualError(f"trainer.device={device}: this machine has {where}; use trainer.device=auto or cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ContinualError("trainer.device=mps: this machine has no MPS device; use trainer.device=auto or cpu")
 
 
 def train_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -32,7 +32,9 @@ ROWS = [{"text": f"sentence {k}", "label": "ab"[k % 2]} for k in range(20)]
 def test_non_string_text_is_rejected(tmp_path):
     bad = _jsonl(tmp_path / "bad.jsonl", ROWS[:3] + [{"text": 12345, "label": "a"}])
     good = _jsonl(tmp_path / "good.jsonl", ROWS)
-    with pytest.raises(ContinualError, match=r"text_field 'text' of .*bad.jsonl row 3 is int 12345, expected a string"):
+    with pytest.raises(
+        ContinualError, match=r"text_field 'text' of .*bad.jsonl line 4 is int 12345, expected a string"
+    ):
         _stream(bad, good).load()
 
 
@@ -150,3 +152,118 @@ def test_parallel_jobs_creating_one_new_store(tmp_path):
     assert sorted(r.info.run_name for r in runs) == ["job0", "job1", "job2", "job3"]
     assert all(r.info.status == "FINISHED" and r.data.metrics["x"] == 1.0 for r in runs)
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["mlflow.db"]  # no temp files left
+
+
+# --- every case of "No fault loses or duplicates data": one error line, before any model is loaded ---------------
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a backbone fails the test: these errors must come before any model is loaded."""
+    from continual import assemble
+
+    def refuse(config):
+        raise AssertionError("a model was loaded before the error")
+
+    monkeypatch.setattr(assemble, "backbone", refuse)
+
+
+def _csv(path, text):
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return str(path)
+
+
+CONFIG_CASES = [
+    (["trainer.device=cuda"], "trainer.device=cuda: this machine has no CUDA device"),
+    (["learner.head_dropout=2"], "learner.head_dropout must be a number in [0, 1), got 2"),
+    (["seed=-1"], "seed must be an integer >= 0, got -1"),
+    (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
+    (["threads=-1"], "threads must be an integer >= 1 or null, got -1"),
+    (["threads=abc"], "threads must be an integer >= 1 or null, got 'abc'"),
+    (["stream.order=[0"], "stream.order=[0: not a valid override"),
+    (["router=prototype", "stream.max_per_class=1"], "a learned router needs a stream of at least 2 tasks"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CONFIG_CASES, ids=[" ".join(c[0]) for c in CONFIG_CASES])
+def test_bad_options_are_one_line_before_any_model(tmp_path, overrides, message, no_model, monkeypatch, capsys):
+    args = ["stream.order=[0]"] if "max_per_class" in " ".join(overrides) else []
+    line = one_error_line(_cli(monkeypatch, capsys, tmp_path, *overrides, *args))
+    assert message in line
+
+
+def test_output_folders_that_cannot_be_written(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("x")
+    line = one_error_line(main_in_process(monkeypatch, capsys, f"hydra.run.dir={tmp_path / 'a-file'}"))
+    assert line.endswith("is a file; give a folder")
+    line = one_error_line(main_in_process(monkeypatch, capsys, f"hydra.run.dir={tmp_path / 'a-file' / 'run'}"))
+    assert "which is a file; give a folder" in line
+
+
+TWO_LABELS = "text,label\nhello there,a\nhow are you,b\ngood morning,a\nsee you soon,b\n"
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ({"name": "x/y"}, "task name 'x/y' may use only letters, digits"),
+        ({"name": "../../escaped"}, "task name '../../escaped' may use only"),
+        ({"name": "x:1"}, "task name 'x:1' may use only"),  # would share the metric key acc/x_1 with x_1
+        ({"text_field": "label"}, "text_field and label_field are both 'label'"),
+    ],
+)
+def test_task_fields_that_would_fail_late_or_silently(tmp_path, task, message):
+    path = _csv(tmp_path / "d.csv", TWO_LABELS)
+    raw = {"name": "s", "tasks": [{"name": "t", "train": path, "test": path, **task}]}
+    with pytest.raises(ContinualError) as err:
+        StreamSpec.from_dict(raw)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "train, extra, message",
+    [
+        (TWO_LABELS + "a,b,c,d\n", {}, "d.csv line 6 has 4 fields, the header has 2"),
+        (b"text,label\nhello,a\n\xff\xfe,b\n", {}, "d.csv line 3 is not UTF-8 text"),
+        ('{"text": "hi", "label": "a"}\n{"text": "yo", "label": ""}\n', {}, "label_field 'label' of"),
+        ('{"text": "hi", "label": "a"}\n{"text": "yo" "label": "b"}\n', {}, "d.jsonl line 2 is not JSON"),
+        (TWO_LABELS, {"validation": "other"}, "the validation split has labels that never occur in train: ['c']"),
+    ],
+)
+def test_file_errors_name_file_and_line(tmp_path, train, extra, message):
+    suffix = ".jsonl" if isinstance(train, str) and train.startswith("{") else ".csv"
+    path = _csv(tmp_path / f"d{suffix}", train)
+    test = _csv(tmp_path / "test.csv", TWO_LABELS)
+    if "validation" in extra:
+        extra = {"validation": _csv(tmp_path / "val.csv", "text,label\nanother one,c\n")}
+    raw = {"name": "s", "tasks": [{"name": "t", "train": path, "test": test, **extra}]}
+    with pytest.raises(ContinualError) as err:
+        StreamSpec.from_dict(raw).load()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_labels_stay_the_strings_the_file_holds(tmp_path):
+    text = "text,label\nhello there,01\nhow are you,02\ngood day,NA\nbye now,None\nmorning,01\nsoon,02\n"
+    path = _csv(tmp_path / "d.csv", text)
+    task = StreamSpec.from_dict({"name": "s", "tasks": [{"name": "t", "train": path, "test": path}]}).load().tasks[0]
+    assert task.labels == ("01", "02", "NA", "None")  # not 1 and 2, not "empty"
+    raw = {"name": "s", "tasks": [{"name": "t", "train": path, "test": path, "labels": ["01", "02"]}]}
+    assert StreamSpec.from_dict(raw).load().tasks[0].labels == ("01", "02")
+    bom = _csv(tmp_path / "bom.csv", "\ufeff" + text)
+    assert (
+        StreamSpec.from_dict({"name": "s", "tasks": [{"name": "t", "train": bom, "test": bom}]}).load().tasks[0].labels
+    )
+
+
+def test_an_unreachable_hub_dataset_fails_in_seconds(tmp_path):
+    import time
+
+    from continual import hub
+
+    if hub.reachable():
+        pytest.skip("the Hub answers here")
+    raw = {"name": "s", "tasks": [{"name": "t", "train": "train", "test": "test", "dataset": "nobody/no-such-set"}]}
+    start = time.perf_counter()
+    with pytest.raises(ContinualError, match="the Hub is unreachable and it is not in the local cache"):
+        StreamSpec.from_dict(raw).load()
+    assert time.perf_counter() - start < 15

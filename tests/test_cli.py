@@ -80,7 +80,7 @@ def test_the_default_router_is_learned_so_predict_works_on_a_default_run():
     "task_extra, message, creates_run",
     [
         ({"lables": ["a"]}, "unknown field 'lables'", False),
-        ({"text_field": "utterance"}, "text_field 'utterance' is not a column", True),
+        ({"text_field": "utterance"}, "text_field 'utterance' is not a field of", True),
         ({"labels": ["check_balance", "no_such_label"]}, "names ['no_such_label'] which do not occur", True),
     ],
 )

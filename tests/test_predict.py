@@ -15,22 +15,31 @@ def test_jsonl_csv_tsv_and_txt_inputs(tmp_path):
     assert read_queries(tmp_path / "q.csv", "utterance") == [Query("hello, there", "travel"), Query("bye")]
     assert read_queries(tmp_path / "q.tsv") == [Query("hello")]
     assert read_queries(tmp_path / "q.txt") == [Query("hello"), Query("bye")]
+    (tmp_path / "bom.csv").write_bytes("\ufefftext,task\nhello,banking\n".encode())  # as spreadsheets save it
+    assert read_queries(tmp_path / "bom.csv") == [Query("hello", "banking")]
 
 
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("q.jsonl", '{"text": "ok"}\n{"text": \n', "q.jsonl line 2: not a JSON object"),
-        ("q.jsonl", '["just", "a", "list"]\n', "expected a JSON object with field 'text'"),
+        ("q.jsonl", '{"text": "ok"}\n{"text": \n', "q.jsonl line 2 is not JSON"),
+        ("q.jsonl", '["just", "a", "list"]\n', "q.jsonl line 1 is list, expected a JSON object"),
         ("q.jsonl", '{"text": 3}\n', "line 1: field 'text' must be a non-empty string, got 3"),
-        ("q.csv", "sentence\nhello\n", "no column 'text'"),
-        ("q.parquet", "", "must be .jsonl, .csv, .tsv or .txt"),
+        (
+            "q.csv",
+            "sentence\nhello\n",
+            "q.csv line 2 has no field 'text' (fields: sentence); choose one with --text-field",
+        ),
+        ("q.xml", "", "must be .jsonl, .json, .csv, .tsv, .parquet or .txt"),
+        ("q.csv", b"text\n\xff\xfe\n", "q.csv line 2 is not UTF-8 text"),
         ("q.txt", "\n\n", "holds no texts"),
     ],
 )
 def test_bad_inputs_are_one_clear_line(tmp_path, name, content, message):
-    (tmp_path / name).write_text(content)
-    with pytest.raises(ContinualError, match=message):
-        read_queries(tmp_path / name)
+    path = tmp_path / name
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.raises(ContinualError) as err:
+        read_queries(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ContinualError, match="file not found"):
         read_queries(tmp_path / "missing.jsonl")

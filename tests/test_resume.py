@@ -93,11 +93,18 @@ def test_sigkill_in_task_two_then_resume_equals_an_uninterrupted_run(
 def test_resume_refuses_a_changed_config_and_a_plain_rerun_refuses_an_existing_run(
     tmp_path, tiny_model_dir, three, monkeypatch, capsys
 ):
-    args = _args(tmp_path, three, tiny_model_dir, tmp_path / "run")
+    run = tmp_path / "run"
+    args = _args(tmp_path, three, tiny_model_dir, run)
     assert main_in_process(monkeypatch, capsys, *args).returncode == 0
     assert "already holds a run" in one_error_line(main_in_process(monkeypatch, capsys, *args))
+    line = one_error_line(main_in_process(monkeypatch, capsys, "resume", run))
+    assert "the run is finished (3 of 3 tasks learned); there is nothing to resume" in line
+    state = json.loads((run / "checkpoint.json").read_text())
+    (run / "checkpoint.json").write_text(json.dumps({**state, "finished": False}))  # as if killed at the very end
     line = one_error_line(main_in_process(monkeypatch, capsys, *args, "resume=true", "trainer.lr=0.5"))
     assert "config differs" in line and "trainer.lr" in line
+    line = one_error_line(main_in_process(monkeypatch, capsys, "resume", run, "trainer.lr=0.5"))
+    assert "'trainer.lr=0.5': a resumed run keeps its config" in line
 
 
 def test_same_seed_same_matrix_on_cpu(tiny_backbone, tmp_path):

@@ -120,8 +120,8 @@ def test_bad_stream_files_name_the_field(raw, message):
     "change, message",
     [
         ({"train": "/nonexistent/train.jsonl"}, "file not found: /nonexistent/train.jsonl"),
-        ({"text_field": "utterance"}, "text_field 'utterance' is not a column"),
-        ({"label_field": "intent"}, "label_field 'intent' is not a column"),
+        ({"text_field": "utterance"}, "text_field 'utterance' is not a field of"),
+        ({"label_field": "intent"}, "label_field 'intent' is not a field of"),
         ({"labels": ["check_balance", "no_such_label"]}, "names ['no_such_label'] which do not occur"),
         ({"labels": ["check_balance"]}, "at least 2 labels"),
     ],

@@ -28,7 +28,7 @@ from typing import Any
 
 from continual.errors import ContinualError
 from continual.streams.sources import read_file, read_hub
-from continual.streams.task import Stream, Task, apply_order, build_task, check_unique_names
+from continual.streams.task import Stream, Task, apply_order, build_task, check_task_name, check_unique_names
 
 
 def _check_keys(raw: Mapping[str, Any], cls: type, where: str, required: Sequence[str]) -> None:
@@ -77,6 +77,12 @@ class TaskSpec:
         for key in ("name", "train", "test", "validation", "text_field", "label_field", "format", "dataset"):
             if raw.get(key) is not None and not isinstance(raw[key], str):
                 raise ContinualError(f"{where}: field '{key}' must be a string, got {raw[key]!r}")
+        check_task_name(raw["name"], where)
+        if raw.get("text_field", "text") == raw.get("label_field", "label"):
+            raise ContinualError(
+                f"{where}: text_field and label_field are both '{raw.get('text_field', 'text')}'; "
+                "a task would learn to read its labels"
+            )
         labels = raw.get("labels")
         if labels is not None:
             if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ def build_task(
     config entry in error messages.
     """
     where = where or f"task '{name}'"
+    check_task_name(name, where)
     rng = random.Random(f"{seed}:{name}")  # string seeds are stable across processes (unlike hash())
     label_names = _chosen_labels(train, labels, where)
     keep = set(label_names)
@@ -134,12 +136,27 @@ def build_task(
             raise ContinualError(f"{where}: validation_fraction must be in [0, 1), got {validation_fraction}")
         train, validation = _carve_validation(train, validation_fraction, rng)
     else:
-        validation = [p for p in validation if p[1] in keep]
+        validation = _given_validation(validation, keep, labels is None, where)
     test = _cap_per_class(test, max_eval_per_class, rng)
     validation = _cap_per_class(validation, max_eval_per_class, rng)
     _check_tested(test, label_names, where)
     index = {lab: k for k, lab in enumerate(label_names)}
     return Task(name, label_names, *(_to_split(pairs, index, rng) for pairs in (train, validation, test)))
+
+
+def _given_validation(validation: Pairs, keep: set[str], all_labels: bool, where: str) -> Pairs:
+    """A validation file's pairs for the task's labels; as for test, a label train lacks is an error, and a
+    validation split left empty is one too (a silent empty split would switch off early checks)."""
+    unknown = sorted({lab for _, lab in validation} - keep)
+    if unknown and all_labels:
+        raise ContinualError(
+            f"{where}: the validation split has labels that never occur in train: {unknown[:10]}; "
+            "list the labels to keep with field 'labels'"
+        )
+    kept = [p for p in validation if p[1] in keep]
+    if not kept:
+        raise ContinualError(f"{where}: the validation split has no examples of the task's labels {sorted(keep)[:10]}")
+    return kept
 
 
 def _chosen_labels(train: Pairs, labels: Sequence[str] | None, where: str) -> tuple[str, ...]:
@@ -222,6 +239,18 @@ def apply_order(
     if not picked:
         raise ContinualError(f"{where}: the order selects no task")
     return tuple(picked)
+
+
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+
+
+def check_task_name(name: object, where: str) -> None:
+    """A task name becomes part of metric keys (``acc/<task>``) and file names: a safe charset, checked early."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise ContinualError(
+            f"{where}: task name {name!r} may use only letters, digits, '_', '-' and '.', starting with a letter or "
+            "digit, at most 100 characters (it names metric keys and files)"
+        )
 
 
 def check_unique_names(names: Sequence[str], where: str) -> None:

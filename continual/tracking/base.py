@@ -49,6 +49,10 @@ class Tracker(Protocol):
         """Many ``(metrics, step)`` rows at once (a task's training losses): one round trip, not one per row."""
         ...
 
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which ``key`` already has a value: a resumed run logs nothing a second time."""
+        ...
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Attach a file, or a folder's contents, under ``artifact_path``."""
         ...

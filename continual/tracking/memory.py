@@ -33,6 +33,9 @@ class MemoryTracker:
         for metrics, step in rows:
             self.log_metrics(metrics, step)
 
+    def logged_steps(self, key: str) -> set[int]:
+        return {step for step, _ in self.metrics.get(metric_key(key), [])}
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
 

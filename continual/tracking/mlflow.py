@@ -134,6 +134,25 @@ def serve(store_uri: str, artifacts: Path, workers: int = 1, timeout: float = 90
             time.sleep(0.5)
 
 
+def open_store(uri: str, launch_dir: Path | None = None) -> Any:
+    """An MLflow client for an existing store (reading, never creating): a relative sqlite path resolves
+    against ``launch_dir`` and must exist, a server must answer within seconds."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        path = path if path.is_absolute() else (launch_dir or Path.cwd()) / path
+        if not path.is_file():  # MLflow would silently create an empty store here
+            raise ContinualError(f"no MLflow store at {path} (give the store with --tracking-uri)")
+        uri = f"sqlite:///{path}"
+    try:
+        if uri.startswith(("http://", "https://")):
+            check_server(uri)
+        return MlflowClient(tracking_uri=uri)
+    except Exception as exc:
+        raise ContinualError(f"cannot open the MLflow store {uri}: {first_line(exc)}") from exc
+
+
 class MLflowTracker:
     """Creates (or reuses) experiment ``experiment`` at ``uri`` and starts a run in it.
 
@@ -216,6 +235,9 @@ class MLflowTracker:
         for start in range(0, len(items), 10 * BATCH):
             self.client.log_batch(self.run_id, metrics=items[start : start + 10 * BATCH])
 
+    def logged_steps(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, metric_key(key))}
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
@@ -232,10 +254,11 @@ class MLflowTracker:
 SWEEP_FILE = "sweep_run.json"
 
 
-def record_sweep(sweep_dir: Path, tracker: MLflowTracker) -> dict:
-    """Write ``sweep_run.json`` in ``sweep_dir``: the parent run that the sweep's jobs join as children."""
+def record_sweep(sweep_dir: Path, tracker: MLflowTracker, jobs: int | None = None) -> dict:
+    """Write ``sweep_run.json`` in ``sweep_dir``: the parent run that the sweep's jobs join as children, and how
+    many jobs it plans (a job that never started keeps a resumed sweep from closing as FINISHED)."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    record = {"run_id": tracker.run_id, "uri": tracker.uri, "started": time.time()}
+    record = {"run_id": tracker.run_id, "uri": tracker.uri, "started": time.time(), "jobs": jobs}
     (sweep_dir / SWEEP_FILE).write_text(json.dumps(record))
     return record
 
@@ -254,9 +277,23 @@ def child_tags(job_dir: Path, job: int) -> dict[str, str]:
     return {"mlflow.parentRunId": record["run_id"], "sweep": str(job_dir.parent), "job": str(job)}
 
 
-def close_sweep(sweep_dir: Path, killed: bool = False) -> tuple[int, int] | None:
-    """Log the sweep's job counts on its parent run and end it: FINISHED if every job finished, KILLED if
-    ``killed``, else FAILED. Returns (jobs, finished jobs), or None when ``sweep_dir`` has no parent run."""
+def _reap(client: Any, run: Any, job_dir: Path) -> None:
+    """A job whose process was killed before it could end its run: attach its log, mark it KILLED."""
+    for log_file in job_dir.glob("*.log"):
+        client.log_artifact(run.info.run_id, str(log_file))
+    client.set_terminated(run.info.run_id, "KILLED")
+
+
+def close_sweep(
+    sweep_dir: Path, killed: bool = False, only_if_done: bool = False, reap: bool = False
+) -> tuple[int, int] | None:
+    """End a sweep's parent run with its job counts: FINISHED if every job finished, KILLED if ``killed``, else
+    FAILED; with ``only_if_done``, only if every job finished (a resumed job closing its sweep). With ``reap``
+    (the jobs were local processes that died with the launcher), job runs still RUNNING are marked KILLED,
+    with their log attached: their folders stay resumable.
+
+    Returns (jobs, finished jobs), or None when ``sweep_dir`` has no parent run.
+    """
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -264,21 +301,27 @@ def close_sweep(sweep_dir: Path, killed: bool = False) -> tuple[int, int] | None
     if record is None:
         return None
     # this sweep's job folders (a reused sweep folder may also hold an earlier sweep's jobs)
-    jobs = sum(
+    started = sum(
         1
         for d in sweep_dir.iterdir()
         if (d / ".hydra").is_dir() and (d / ".hydra").stat().st_mtime >= record["started"] - 1
     )
+    jobs = max(started, record.get("jobs") or 0)
     client = MlflowClient(tracking_uri=record["uri"])
     parent = client.get_run(record["run_id"])
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{record['run_id']}'"
     )
     finished = sum(c.info.status == "FINISHED" for c in children)
+    if reap:
+        for child in (c for c in children if c.info.status == "RUNNING"):
+            _reap(client, child, sweep_dir / child.data.tags.get("job", "?"))
+    done = jobs > 0 and finished == jobs
+    if only_if_done and not done:
+        return jobs, finished
     now = int(time.time() * 1000)
     client.log_batch(
         record["run_id"], metrics=[Metric("jobs", jobs, now, 0), Metric("jobs_finished", finished, now, 0)]
     )
-    status = "KILLED" if killed else "FINISHED" if jobs > 0 and finished == jobs else "FAILED"
-    client.set_terminated(record["run_id"], status)
+    client.set_terminated(record["run_id"], "KILLED" if killed else "FINISHED" if done else "FAILED")
     return jobs, finished
