@@ -15,7 +15,8 @@ import importlib
 import inspect
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ import torch
 from continual.adapters import AdapterKind
 from continual.backbone import Backbone
 from continual.errors import ContinualError
-from continual.learners import Learner, LearnerConfig
-from continual.routers import Router
+from continual.learners import Head, Learner, LearnerConfig
+from continual.routers import HeadRouter, Reads, Router
 from continual.streams import StreamSource, StreamSpec
 from continual.tracking.base import Tracker
 from continual.training import TrainerConfig
@@ -94,11 +95,7 @@ def _check_int(config: Mapping[str, Any], key: str, minimum: int, optional: bool
 
 
 # run folders saved before learners had config classes name the learner class itself
-_LEARNER_TARGETS = {
-    "continual.learners.AdapterPerTask": "continual.learners.AdapterPerTaskConfig",
-    "continual.learners.SequentialLearner": "continual.learners.SequentialConfig",
-    "continual.learners.JointLearner": "continual.learners.JointConfig",
-}
+_LEARNER_TARGETS = {"continual.learners.AdapterPerTask": "continual.learners.AdapterPerTaskConfig"}
 
 
 @dataclass(frozen=True)
@@ -119,13 +116,27 @@ def parts(config: Mapping[str, Any]) -> Parts:
     learner = dict(config["learner"])
     target = str(learner.get("_target_", ""))
     learner["_target_"] = _LEARNER_TARGETS.get(target, target)
+    learner_config: LearnerConfig = build(learner, "learner")
     return Parts(
         trainer=build(config["trainer"], "trainer"),
         adapter=build(config["adapter"], "adapter"),
-        router=build(config["router"], "router"),
+        router=router_for(learner_config, build(config["router"], "router")),
         source=stream_source(config["stream"]),
-        learner=build(learner, "learner"),
+        learner=learner_config,
     )
+
+
+def router_for(learner: LearnerConfig, router: Router) -> Router:
+    """The configured router, except for a learner with one head over all labels: it routes itself."""
+    if learner.head is Head.ALL_SEEN and router.reads is not Reads.ONE_HEAD:
+        if router.reads is not Reads.TASK_IDS:
+            log.info(
+                "the learner has one head over all labels seen so far: it predicts by its own argmax "
+                "(router=head), not with router %s",
+                type(router).__name__,
+            )
+        return HeadRouter()
+    return router
 
 
 def tracker(
@@ -162,7 +173,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_threads(threads: int | None) -> None:
-    """torch CPU threads for this process (None: torch's default); parallel jobs share the cores."""
-    if threads:
-        torch.set_num_threads(int(threads))
+@contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """torch CPU threads while the block runs (None: as they are); parallel jobs share the cores. The count is
+    restored afterwards: a job run in a process that goes on (a notebook, a basic multirun) leaves it as it was."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

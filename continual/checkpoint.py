@@ -25,6 +25,7 @@ from continual.learners.base import LearnReport
 from continual.tracking.base import flatten
 
 FILENAME = "checkpoint.json"
+ORACLE_KEYS = ("oracle_bwt", "oracle_forgetting")
 CONFIG = "config.yaml"  # the run's resolved config, as the runner saved it
 ORIGIN = "job.json"  # how the job was started (Origin)
 VERSION = 2
@@ -83,10 +84,15 @@ class RunState:
         return filled[-1] if filled else -1
 
     def metrics(self) -> dict[str, float]:
-        """ACC, BWT, forgetting, learning accuracy over the rows filled so far (see :mod:`continual.metrics`)."""
+        """ACC, BWT, forgetting, learning accuracy over the rows filled so far (see :mod:`continual.metrics`), without
+        task ids, and the same with the task given (``oracle_`` keys)."""
         if self.last_row < 0:
-            return dict.fromkeys(metrics.summary(np.zeros((1, 1))), float("nan"))
-        return metrics.summary(metrics.prefix(self.R, self.last_row))
+            return dict.fromkeys([*metrics.summary(np.zeros((1, 1))), *ORACLE_KEYS], float("nan"))
+        given = metrics.summary(metrics.prefix(self.oracle_R, self.last_row))
+        return {
+            **metrics.summary(metrics.prefix(self.R, self.last_row)),
+            **{f"oracle_{k}": given[k] for k in ("bwt", "forgetting")},
+        }
 
     @property
     def router_accuracy(self) -> float:

@@ -1,7 +1,8 @@
 """Routed evaluation that fills the accuracy matrix without recomputing what cannot have changed.
 
-An example counts as correct only if the router sends it to its own task's adapter *and* that
-adapter predicts its label. Every cell also gets the oracle-routed accuracy of the same adapters, so
+An example counts as correct only if the router sends it to an adapter whose head then gives it its
+own class: its own task's adapter and label, or, where tasks share a label space, any task's adapter
+that gives the same label. Every cell also gets the oracle-routed accuracy of the same adapters, so
 the cost of routing is visible task by task.
 
 Adapter outputs are remembered per (test set, adapter) together with the learner's fingerprint of
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 
-from continual.learners.base import Fingerprints, Learner, padded_batches, tokenize
+from continual.learners.base import Fingerprints, Head, Learner, SingleHead, padded_batches, tokenize
 from continual.routers.base import Router, RouterInputs
 from continual.streams import Split, Task
+from continual.streams.task import class_index
 
 UNKNOWN = -2  # output not computed yet (-1 is "abstained")
 OUT_OF_SCOPE = "out_of_scope"
@@ -94,8 +97,24 @@ def encode_texts(learner: Learner, texts: Sequence[str], labels: np.ndarray | No
         return outputs.certainty
 
     return RouterInputs(
-        len(texts), lambda pooling, layers: features_of(learner, tokenized(), pooling, layers), certainty, labels=labels
+        len(texts),
+        lambda pooling, layers: features_of(learner, tokenized(), pooling, layers),
+        certainty,
+        labels=labels,
+        head_scores=(lambda: head_scores_of(learner, tokenized())) if learner.head is Head.ALL_SEEN else None,
     )
+
+
+def head_scores_of(learner: Learner, tokens: Sequence[Sequence[int]]) -> np.ndarray:
+    """``[n, tasks]``: each task's best label score from a single-head learner's one head."""
+    single = cast(SingleHead, learner)  # Head.ALL_SEEN learners provide task_scores (see SingleHead)
+    rows: list[tuple[np.ndarray, np.ndarray]] = [
+        (idx, single.task_scores(ids, mask).float().cpu().numpy()) for idx, ids, mask in padded_batches(learner, tokens)
+    ]
+    out = np.zeros((len(tokens), rows[0][1].shape[1] if rows else 0), np.float32)
+    for idx, values in rows:
+        out[idx] = values
+    return out
 
 
 def split_inputs(learner: Learner, split: Split) -> RouterInputs:
@@ -117,12 +136,14 @@ class Evaluator:
         self.learner = learner
         self.router = router
         self.tasks = tasks
+        self.class_ids = class_index(tasks)  # labels compared by class: shared label spaces count across tasks
         self.memoise = memoise
         self.tokens: dict[SetKey, list[list[int]]] = {j: tokenize(learner, t.test.texts) for j, t in enumerate(tasks)}
         if len(out_of_scope):
             self.tokens[OUT_OF_SCOPE] = tokenize(learner, out_of_scope)
         self._outputs: dict[tuple[SetKey, int], _Outputs] = {}
         self._features: dict[tuple[SetKey, str, tuple[int, ...]], tuple[str, np.ndarray]] = {}
+        self._head: dict[SetKey, tuple[list[str], np.ndarray]] = {}
         self._fingerprints: Fingerprints | None = None
         self.computed = 0
 
@@ -161,14 +182,24 @@ class Evaluator:
             )
         return cached[1]
 
+    def _head_scores(self, key: SetKey) -> np.ndarray:
+        """A single-head learner's task scores on set ``key``, while every task's fingerprint holds."""
+        fingerprints = self._fingerprint().tasks
+        cached = self._head.get(key)
+        if cached is None or cached[0] != fingerprints:
+            cached = self._head[key] = (fingerprints, head_scores_of(self.learner, self.tokens[key]))
+        return cached[1]
+
     def inputs(self, key: SetKey) -> RouterInputs:
         n = len(self.tokens[key])
         truth = np.full(n, key, np.int64) if isinstance(key, int) else None
+        single = self.learner.head is Head.ALL_SEEN
         return RouterInputs(
             n,
             lambda pooling, layers: self._frozen_features(key, pooling, layers),
             lambda k: self._adapter(key, k, np.ones(n, bool)).certainty,
             truth,
+            head_scores=(lambda: self._head_scores(key)) if single else None,
         )
 
     @torch.no_grad()
@@ -177,19 +208,19 @@ class Evaluator:
         if not self.memoise:  # the plain path: nothing survives from one evaluation to the next
             self._outputs.clear()
             self._features.clear()
+            self._head.clear()
             self._fingerprints = None
         before = self.computed
         labels = self.tasks[j].test.labels
         routes = self.router.route(self.inputs(j)).tasks
-        preds = np.full(len(labels), -1, dtype=np.int64)
+        predicted = np.full(len(labels), -1, dtype=np.int64)  # the class each input was given (-1: none)
         for k in np.unique(routes[routes >= 0]).tolist():
             mine = routes == k
-            preds[mine] = self._adapter(j, k, mine).labels[mine]
+            predicted[mine] = self.class_ids[k][self._adapter(j, k, mine).labels[mine]]
         oracle = self._adapter(j, j, np.ones(len(labels), bool)).labels
-        right_task = routes == j
         return TaskEval(
-            float(np.mean(right_task & (preds == labels))),
-            float(np.mean(right_task)),
+            float(np.mean(predicted == self.class_ids[j][labels])),
+            float(np.mean(routes == j)),
             float(np.mean(oracle == labels)),
             len(labels),
             self.computed - before,

@@ -29,8 +29,8 @@ from continual import metrics
 from continual.checkpoint import RunState
 from continual.errors import ContinualError
 from continual.evaluation import Evaluator, TaskEval, split_inputs
-from continual.learners.base import Learner, LearnReport, Step, steps
-from continual.routers.base import Router
+from continual.learners.base import Head, Learner, LearnReport, Step, steps
+from continual.routers.base import Reads, Router
 from continual.routers.state import save_router
 from continual.sinks import Sink, default_sinks
 from continual.streams import Stream, Task
@@ -73,11 +73,19 @@ class RunResult:
         return self.state.metrics()
 
 
-def check_compatible(tasks: Sequence[Task], router: Router, router_limit: str | None, learner: str) -> None:
+def check_compatible(tasks: Sequence[Task], router: Router, head: Head, learner: str) -> None:
     """Every problem between stream, learner and router that would otherwise surface after training."""
-    if router.learned and router_limit:
-        raise ContinualError(f"{learner} {router_limit}: use router=oracle")
-    if router.learned and len(tasks) < 2:
+    if head is Head.ALL_SEEN and router.reads is not Reads.ONE_HEAD:
+        raise ContinualError(
+            f"{learner} has one head over all labels seen so far: it predicts without task ids by "
+            f"its own argmax (router=head), not by {type(router).__name__}"
+        )
+    if head is Head.PER_TASK and router.reads is Reads.ONE_HEAD:
+        raise ContinualError(
+            f"router=head reads one head over all labels, and {learner} has one head per task: use "
+            "router=prototype, classifier, entropy or oracle"
+        )
+    if router.reads in (Reads.FEATURES, Reads.TASK_HEADS) and len(tasks) < 2:
         raise ContinualError(
             f"router: a learned router needs a stream of at least 2 tasks (this one has "
             f"{len(tasks)}); with one task there is nothing to route, use router=oracle"
@@ -93,7 +101,9 @@ def check_compatible(tasks: Sequence[Task], router: Router, router_limit: str | 
 def metric_row(state: RunState, record: StepRecord, names: Sequence[str], extra: dict[str, float]) -> dict[str, float]:
     """Everything logged at step ``i`` (the row just filled): the matrices' summaries, per-task values, costs."""
     i, report = record.step.row, record.report
-    row = metrics.summary(metrics.prefix(state.R, i))
+    row = metrics.summary(metrics.prefix(state.R, i))  # no task id: class-incremental for every learner
+    given = metrics.summary(metrics.prefix(state.oracle_R, i))  # task id given: task-incremental
+    row.update({"oracle_bwt": given["bwt"], "oracle_forgetting": given["forgetting"]})
     row.update({f"acc/{names[j]}": state.R[i, j] for j in range(i + 1)})
     row.update({f"router_acc/{names[j]}": state.router_R[i, j] for j in range(i + 1)})
     row.update({f"oracle_acc/{names[j]}": state.oracle_R[i, j] for j in range(i + 1)})
@@ -236,7 +246,7 @@ def run_stream(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     names = stream.task_names
-    check_compatible(stream.tasks, router, learner.router_limit, f"learner {type(learner).__name__}")
+    check_compatible(stream.tasks, router, learner.head, f"learner {type(learner).__name__}")
     state = state or RunState(names)
     if state.task_names != names:
         raise ContinualError(f"{out_dir}: the checkpoint is for tasks {state.task_names}, this stream has {names}")

@@ -26,7 +26,7 @@ from continual.errors import ContinualError, first_line
 from continual.evaluation import encode_texts
 from continual.learners import saved_tasks
 from continual.learners.base import Learner, padded_batches, tokenize
-from continual.routers.base import ABSTAIN, Router
+from continual.routers.base import ABSTAIN, Reads, Router
 from continual.routers.state import FILENAME as ROUTER_FILE
 from continual.routers.state import load_router
 from continual.streams.sources import FORMATS, read_records, read_text
@@ -223,7 +223,7 @@ def _predictor(folder: Path, overrides: list[str], queries: list[Query], progres
     if unknown:
         raise ContinualError(f"continual predict: tasks {unknown} are not tasks of this run; tasks: {names}")
     parts = assemble.parts(config)
-    if not parts.router.learned and any(q.task is None for q in queries):
+    if parts.router.reads is Reads.TASK_IDS and any(q.task is None for q in queries):
         raise ContinualError(
             "continual predict: this run used router=oracle, which cannot route new text; give "
             "each text its task (--task NAME or a 'task' field) or train with a learned router"

@@ -20,6 +20,7 @@ from continual.checkpoint import CONFIG, Origin, RunState, resume_config, resume
 from continual.errors import ContinualError, sigterm_as_interrupt
 from continual.experiment import RunResult, check_compatible, run_stream
 from continual.files import RunLock
+from continual.routers import Reads, Router
 from continual.sinks import summary_text
 from continual.streams import Stream
 from continual.tracking.base import Tracker
@@ -41,9 +42,11 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def run_tags(config: Mapping[str, Any], choices: Mapping[str, str]) -> dict[str, str]:
-    """The run's tags: the chosen option of each config group, the seed and the task order."""
+def run_tags(config: Mapping[str, Any], choices: Mapping[str, str], router: Router) -> dict[str, str]:
+    """The run's tags: the chosen option of each config group (the router actually used), the seed, the order."""
     tags = {k: str(choices.get(k, "")) for k in TAGGED_CHOICES}
+    if router.reads is Reads.ONE_HEAD:
+        tags["router"] = "head"
     tags.update(seed=str(config["seed"]), order=str(config["stream"].get("order")))
     return tags
 
@@ -78,7 +81,7 @@ def _train(
         tracker.log_artifact(out_dir / CONFIG)
     stream = parts.source.load(launch_dir)
     log.info("stream %s: %s", stream.name, _describe(stream))
-    check_compatible(stream.tasks, parts.router, parts.learner.router_limit, f"learner={learner_name}")
+    check_compatible(stream.tasks, parts.router, parts.learner.head, f"learner={learner_name}")
     if state is None:  # written before any training so that even task 0 can be resumed into this run
         state = RunState(stream.task_names, run_id=tracker.run_id)
         state.save(out_dir)
@@ -106,12 +109,11 @@ def run_job(
     """
     quiet_libraries()
     parts = assemble.parts(config)
-    with RunLock(out_dir), sigterm_as_interrupt():
+    with RunLock(out_dir), sigterm_as_interrupt(), assemble.threads(config.get("threads")):
         state = resume_state(out_dir, dict(config), bool(config.get("resume")))
         if state is None:
             Origin(str(launch_dir), dict(choices), job, log_file.name if log_file else None).save(out_dir)
-        tags = {**run_tags(config, choices), **(child_tags(out_dir, job) if job is not None else {})}
-        assemble.set_threads(config.get("threads"))
+        tags = {**run_tags(config, choices, parts.router), **(child_tags(out_dir, job) if job is not None else {})}
         name = config.get("run_name") or f"{parts.source.name}-{tags['learner']}-{tags['router']}-seed{config['seed']}"
         tracker = assemble.tracker(config["tracking"], launch_dir, name, tags, state.run_id if state else None)
         label = "" if job is None else f"job {job} "

@@ -166,24 +166,24 @@ def format_matrix(R: np.ndarray, names: list[str], width: int = 10) -> str:
 
 
 def _pct(value: float) -> str:
-    return f"{100 * value:.2f}" if np.isfinite(value) else "n/a (one row of R)"
+    return f"{100 * value:.2f}" if np.isfinite(value) else "n/a"
 
 
 def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Path) -> str:
-    """The closing summary: the matrix, the metrics, where things are and how to look at them."""
+    """The closing summary: the matrix, both protocols' metrics, where things are and how to look at them."""
     state = result.state
     m = {**result.last_row, **result.metrics}
     lines = [
         "",
-        "accuracy matrix R[i, j] (%): row = after training task i, column = task j",
+        "accuracy matrix R[i, j] (%), no task id: row = after training task i, column = task j",
         format_matrix(state.R, state.task_names),
         "",
-        f"ACC (avg accuracy)  {_pct(m['avg_acc'])}",
-        f"BWT                 {_pct(m['bwt'])}",
-        f"forgetting          {_pct(m['forgetting'])}",
+        f"{'':20}{'no task id':>12}{'task id given':>15}",
+        f"{'ACC (avg accuracy)':20}{_pct(m['avg_acc']):>12}{_pct(state.oracle_average):>15}",
+        f"{'BWT':20}{_pct(m['bwt']):>12}{_pct(m['oracle_bwt']):>15}",
+        f"{'forgetting':20}{_pct(m['forgetting']):>12}{_pct(m['oracle_forgetting']):>15}",
         f"learning accuracy   {_pct(m['learning_acc'])}",
-        f"router accuracy     {_pct(state.router_accuracy)}",
-        f"oracle-routed ACC   {_pct(state.oracle_average)} (same adapters, true task given)",
+        f"router accuracy     {_pct(state.router_accuracy)} (inputs sent to their own task)",
         *([f"OOS recall          {_pct(m['oos_recall'])} (out-of-scope inputs rejected)"] if "oos_recall" in m else []),
         f"train time          {state.train_seconds:.1f} s ({state.train_samples_per_second:.0f} samples/s); "
         f"total {result.seconds:.1f} s",

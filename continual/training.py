@@ -165,13 +165,17 @@ def fit(
     modules: Iterable[nn.Module] = (),
     progress: bool = True,
     on_loss: Callable[[int, float], None] | None = None,
+    after_backward: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> Fitted:
     """AdamW + linear warm-up/decay over ``epochs`` (lists of batches), minimising ``loss_of(batch)``.
 
     ``params`` (parameters, or param groups with their own ``lr``) require grad during the loop and
     are frozen again afterwards; ``modules`` are in train mode (dropout on) during the loop and in
     eval mode afterwards. Every ``cfg.log_every`` steps (and at the last) ``on_loss(step, loss)`` is
-    called. A non-finite loss stops training with one line naming task ``name``.
+    called. ``after_backward`` may change the gradients before they are clipped (A-GEM);
+    ``after_step`` runs after each optimizer step (DER++ fills its memory). A non-finite loss stops
+    training with one line naming task ``name``.
     """
     flat = _flat(params)
     total = sum(len(e) for e in epochs)
@@ -196,10 +200,14 @@ def fit(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if after_backward is not None:
+                    after_backward()
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(flat, cfg.grad_clip)
                 optimizer.step()
                 schedule.step()
+                if after_step is not None:
+                    after_step()
                 step += 1
                 bar.update()
                 if step % cfg.log_every == 0 or step == total:

@@ -1,4 +1,4 @@
-"""The baseline learners on the tiny random BERT and a 2-task stream: run, forget, remember, resume, refuse."""
+"""The single-head baselines on the tiny random BERT: both protocols, the expanding head, each technique, resume."""
 
 import json
 
@@ -9,12 +9,13 @@ import torch
 from continual import assemble
 from continual.adapters import BottleneckConfig
 from continual.checkpoint import RunState
+from continual.cli import plain
 from continual.errors import ContinualError
 from continual.evaluation import Evaluator
-from continual.experiment import run_stream
-from continual.learners import JointLearner, SequentialLearner
-from continual.routers import EntropyRouter, OracleRouter, PrototypeRouter
-from continual.streams import DemoStream, Stream
+from continual.experiment import check_compatible, run_stream
+from continual.learners import Head, JointConfig, Schedule, SingleHeadConfig
+from continual.routers import HeadRouter, OracleRouter, PrototypeRouter
+from continual.streams import DemoStream, Stream, Task
 from continual.tracking import MemoryTracker
 from continual.training import TrainerConfig
 
@@ -22,33 +23,28 @@ from conftest import compose, run_in_process
 
 ADAPTER = BottleneckConfig(bottleneck_dim=8)
 TRAINER = TrainerConfig(epochs=2, batch_size=16, lr=2e-2, log_every=2)
-# name -> (class, options): the conf/learner files, scaled down to the tiny model
+# name -> config: the conf/learner files, scaled down to the tiny model
 LEARNERS = {
-    "seq_finetune": (SequentialLearner, {"base": "finetune", "backbone_lr": 1e-3}),
-    "shared_adapter": (SequentialLearner, {"base": "adapter"}),
-    "replay": (
-        SequentialLearner,
-        {"base": "adapter", "memory": {"size": 12, "sampling": "per_class", "batch_size": 8}},
+    "seq_finetune": SingleHeadConfig(base="finetune", backbone_lr=1e-3, progress=False),
+    "shared_adapter": SingleHeadConfig(base="adapter", progress=False),
+    "replay": SingleHeadConfig(
+        method="er", memory={"size": 12, "sampling": "per_class", "batch_size": 8}, progress=False
     ),
-    "replay_finetune": (SequentialLearner, {"base": "finetune", "memory": {"size": 12}}),
-    "ewc": (SequentialLearner, {"base": "adapter", "ewc": {"lambda": 10.0, "fisher_samples": 16}}),
-    "ewc_finetune": (SequentialLearner, {"base": "finetune", "ewc": {"lambda": 10.0, "fisher_samples": 8}}),
-    "joint": (JointLearner, {"base": "adapter"}),
+    "derpp": SingleHeadConfig(base="adapter", method="derpp", memory={"size": 12, "batch_size": 8}, progress=False),
+    "lwf": SingleHeadConfig(base="adapter", method="lwf", progress=False),
+    "ewc": SingleHeadConfig(method="ewc", ewc={"lambda": 10.0, "fisher_samples": 8}, progress=False),
+    "agem": SingleHeadConfig(base="adapter", method="agem", memory={"size": 12, "batch_size": 8}, progress=False),
+    "joint": JointConfig(base="adapter", progress=False),
 }
 
 
-def _stream() -> Stream:
+def _stream(tasks: int = 2) -> Stream:
     demo = DemoStream(max_per_class=10).load()
-    return Stream("two", demo.tasks[:2])
+    return Stream("two", demo.tasks[:tasks])
 
 
 def _learner(name, backbone, seed=0):
-    cls, options = LEARNERS[name]
-    return cls(backbone, ADAPTER, TRAINER, seed=seed, progress=False, **options)
-
-
-def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    return LEARNERS[name].build(backbone, ADAPTER, TRAINER, seed)
 
 
 def _no_nan(text: str):
@@ -59,134 +55,98 @@ def _no_nan(text: str):
 
 
 @pytest.mark.parametrize("name", sorted(LEARNERS))
-def test_every_baseline_runs_through_run_stream_with_the_same_layout(name, tiny_backbone, tmp_path):
+def test_every_baseline_runs_both_protocols_on_one_growing_head(name, tiny_backbone, tmp_path):
     stream = _stream()
     learner = _learner(name, tiny_backbone)
     tracker = MemoryTracker()
-    result = run_stream(stream, learner, OracleRouter(), tracker, tmp_path, progress=False)
-    names, head = stream.task_names, _count(torch.nn.Linear(32, 5))
-    shared = _count(tiny_backbone) if LEARNERS[name][1]["base"] == "finetune" else _count(learner.bank.adapters[0])
+    result = run_stream(stream, learner, HeadRouter(), tracker, tmp_path, progress=False)
+    R, oracle = result.state.R, result.state.oracle_R
+    assert learner.classifier.out_features == 10 and len(learner.classes) == 10  # 5 + 5 labels, one head
     results = _no_nan((tmp_path / "results.json").read_text())
-    assert {p.name for p, _ in tracker.artifacts} >= {
-        "accuracy_matrix.csv",
-        "accuracy_matrix.png",
-        "adapters",
-        "results.json",
-        "router.safetensors",
-    }
     assert sorted(p.name for p in (tmp_path / "adapters").glob("[0-9][0-9]_*.safetensors")) == [
         "00_banking.safetensors",
         "01_travel.safetensors",
     ]
     if name == "joint":  # one step: the final row only; nothing to transfer backwards
-        assert np.all(np.isnan(result.state.R[0])) and np.all(np.isfinite(result.state.R[1]))
-        assert tracker.metrics["avg_acc"] == [(1, pytest.approx(np.mean(result.state.R[1])))]
-        assert all(tracker.metrics[f"acc/{n}"] == [(1, result.state.R[1, j])] for j, n in enumerate(names))
-        assert "bwt" not in tracker.metrics and "forgetting" not in tracker.metrics
-        assert results["bwt"] is None and results["avg_acc"] == pytest.approx(np.mean(result.state.R[1]))
-        assert tracker.metrics["trainable_params"] == [(1, shared + 2 * head)]
-        assert "val_acc/joint" in tracker.metrics and "train_loss/joint" in tracker.metrics
+        assert np.all(np.isnan(R[0])) and np.all(np.isfinite(R[1])) and np.all(np.isfinite(oracle[1]))
+        assert tracker.metrics["avg_acc"] == [(1, pytest.approx(np.mean(R[1])))]
+        assert "bwt" not in tracker.metrics and results["bwt"] is None
         assert RunState.load(tmp_path).completed == 2
         return
-    assert np.all(np.isfinite(result.state.R[np.tril_indices(2)])) and np.isnan(result.state.R[0, 1])
-    for j, task in enumerate(names):
+    assert np.all(np.isfinite(R[np.tril_indices(2)])) and np.isnan(R[0, 1])
+    for j, task in enumerate(stream.task_names):
         assert [s for s, _ in tracker.metrics[f"acc/{task}"]] == list(range(j, 2))
-        assert f"train_loss/{task}" in tracker.metrics and f"val_acc/{task}" in tracker.metrics
-    assert [s for s, _ in tracker.metrics["bwt"]] == [1] and results["bwt"] == pytest.approx(result.metrics["bwt"])
-    replayed_heads = 1 if "replay" in name else 0  # task 1 replays task 0 through task 0's head
-    assert [v for _, v in tracker.metrics["trainable_params"]] == [shared + head, shared + (1 + replayed_heads) * head]
-    assert tracker.metrics["router_acc"][-1][1] == 1.0
-
-
-def test_seq_finetune_moves_the_backbone_and_old_predictions(tiny_backbone):
-    stream = _stream()
-    learner = _learner("seq_finetune", tiny_backbone)
-    before = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}
-    learner.learn([stream.tasks[0]])
-    after_first = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}
-    assert any(not torch.equal(before[n], after_first[n]) for n in before)
-    assert not any(p.requires_grad for p in tiny_backbone.parameters())  # frozen again outside training
-    ids = _pad(tiny_backbone.tokenize(list(stream.tasks[0].test.texts), 32))
-    task_ids = torch.zeros(ids[0].shape[0], dtype=torch.long)
-    old, digest = learner.classify(*ids, task_ids).confidence, learner.fingerprints()
-    learner.learn([stream.tasks[1]])
-    assert any(not torch.equal(after_first[n], t) for n, t in tiny_backbone.state_dict().items())
-    # task 0's head is untouched, yet its outputs moved (forgetting), and so did its fingerprint
-    assert not torch.allclose(old, learner.classify(*ids, task_ids).confidence)
-    assert learner.fingerprints().tasks[0] != digest.tasks[0] and learner.fingerprints().backbone != digest.backbone
-
-
-def _pad(tokens):
-    from continual.training import pad
-
-    return pad(tokens, 0, torch.device("cpu"))
-
-
-def test_shared_adapter_moves_only_the_shared_adapter_and_memo_stays_exact(tiny_backbone):
-    stream = _stream()
-    learner = _learner("replay", tiny_backbone)
-    backbone = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}
-    router = OracleRouter()
-    memo, plain = (Evaluator(learner, router, stream.tasks, memoise=m) for m in (True, False))
-    states = []
-    for i, task in enumerate(stream.tasks):
-        learner.learn([task])
-        router.add_task(i, task, None, None)
-        memo.new_step()
-        states.append({n: t.clone() for n, t in learner.bank.adapters[0].state_dict().items()})
-        for j in range(i + 1):  # old heads and the shared adapter changed: the memo must recompute, not reuse
-            assert memo.evaluate(j).accuracy == plain.evaluate(j).accuracy
-    assert any(not torch.equal(states[0][n], states[1][n]) for n in states[0])
-    assert all(torch.equal(backbone[n], t) for n, t in tiny_backbone.state_dict().items())
-    assert len(learner.memory) == 12 and set(learner.memory.tasks.tolist()) == {0, 1}
-
-
-@pytest.mark.parametrize(
-    "name, router, message",
-    [
-        (
-            "joint",
-            PrototypeRouter(),
-            "learner JointLearner trains all tasks at once and has no task stream to route: use router=oracle",
-        ),
-        (
-            "seq_finetune",
-            EntropyRouter(),
-            "learner SequentialLearner fine-tunes the backbone, and learned routers need it frozen: use router=oracle",
-        ),
-        ("ewc_finetune", PrototypeRouter(), "use router=oracle"),
-    ],
-)
-def test_bad_combinations_fail_before_training(name, router, message, tiny_backbone, tmp_path):
-    learner = _learner(name, tiny_backbone)
-    with pytest.raises(ContinualError, match=message):
-        run_stream(_stream(), learner, router, MemoryTracker(), tmp_path, progress=False)
-    assert learner.tasks == []
-
-
-def test_a_learned_router_works_on_a_shared_adapter(tiny_backbone, tmp_path):
-    result = run_stream(
-        _stream(),
-        _learner("shared_adapter", tiny_backbone),
-        PrototypeRouter(),
-        MemoryTracker(),
-        tmp_path,
-        progress=False,
+        assert [v for _, v in tracker.metrics[f"oracle_acc/{task}"]] == list(oracle[j:, j])
+    assert [s for s, _ in tracker.metrics["oracle_bwt"]] == [1] and results["oracle_bwt"] == pytest.approx(
+        oracle[1, 0] - oracle[0, 0]
     )
-    assert np.isfinite(result.state.router_accuracy)
+    assert np.all(R[np.tril_indices(2)] <= oracle[np.tril_indices(2)] + 1e-12)  # a task id can only help
 
 
-def test_bad_options_name_their_config_field(tiny_backbone):
-    with pytest.raises(ContinualError, match="learner.base must be one of"):
-        SequentialLearner(tiny_backbone, ADAPTER, TRAINER, base="lora")
-    with pytest.raises(ContinualError, match="learner.memory.sampling"):
-        SequentialLearner(tiny_backbone, ADAPTER, TRAINER, memory={"sampling": "ring"})
-    with pytest.raises(ContinualError, match="learner.backbone_lr"):
-        SequentialLearner(tiny_backbone, ADAPTER, TRAINER, base="finetune", backbone_lr=0)
-    with pytest.raises(ContinualError, match="joint sees every task at once: it takes no memory"):
-        assemble.build({"_target_": "continual.learners.JointConfig", "memory": {"size": 4}}, "learner")
-    with pytest.raises(ContinualError, match=r"learner.head_dropout must be a number in \[0, 1\), got 2"):
-        assemble.build({"_target_": "continual.learners.SequentialConfig", "head_dropout": 2}, "learner")
+def test_sequential_fine_tuning_collapses_without_task_ids_but_not_with_them(tiny_model_dir, tmp_path):
+    from continual.backbone import Backbone
+
+    learner = SingleHeadConfig(base="finetune", backbone_lr=1e-3, progress=False).build(
+        Backbone.load(str(tiny_model_dir)), ADAPTER, TrainerConfig(epochs=8, batch_size=16, lr=2e-2), 0
+    )
+    result = run_stream(_stream(3), learner, HeadRouter(), MemoryTracker(), tmp_path, progress=False)
+    state = result.state
+    # the head now favours the last task's labels: the first task's inputs are sent there (class-IL) ...
+    assert state.router_R[2, 0] < 0.35 and state.R[2, 0] < state.R[0, 0] - 0.2
+    # ... while, told the task, the same logits still tell its labels apart much better
+    assert state.oracle_R[2, 0] > state.R[2, 0] + 0.2 and result.metrics["bwt"] < result.metrics["oracle_bwt"]
+
+
+def test_the_head_keeps_old_rows_when_it_grows_and_a_shared_label_space_adds_no_class(tiny_backbone):
+    learner = _learner("shared_adapter", tiny_backbone)
+    banking, travel = _stream().tasks
+    learner.learn([banking])
+    rows = learner.classifier.weight.detach().clone()
+    learner._add_task(travel)
+    assert torch.equal(learner.classifier.weight[:5], rows) and learner.classifier.out_features == 10
+    again = Task("banking_again", banking.labels, banking.train, banking.validation, banking.test)
+    shared = [Task(t.name, t.labels, t.train, t.validation, t.test, label_space="s") for t in (banking, again)]
+    learner = _learner("shared_adapter", tiny_backbone)
+    learner.learn(shared[:1])
+    learner._add_task(shared[1])
+    assert learner.classifier.out_features == 5 and list(learner.task_classes[1]) == [0, 1, 2, 3, 4]
+
+
+def test_a_shared_label_space_counts_a_right_label_from_any_task(tiny_backbone):
+    """Two tasks with the same labels in one space: every input routed to task 0's adapter still counts."""
+    from continual.learners import AdapterPerTask
+    from continual.routers import Reads, Routing
+
+    banking = _stream().tasks[0]
+    tasks = [
+        Task(name, banking.labels, banking.train, banking.validation, banking.test, label_space="s")
+        for name in ("a", "b")
+    ]
+
+    class Always0:
+        reads, accept_rate = Reads.FEATURES, None
+
+        def route(self, inputs):
+            return Routing(np.zeros(inputs.size, dtype=np.int64))
+
+    learner = AdapterPerTask(tiny_backbone, ADAPTER, TRAINER, progress=False)
+    for task in tasks:
+        learner.learn([task])
+    evaluation = Evaluator(learner, Always0(), tasks).evaluate(1)
+    assert evaluation.router_accuracy == 0.0  # all went to the other task ...
+    per_task = Evaluator(learner, Always0(), [Task(t.name, t.labels, t.train, t.validation, t.test) for t in tasks])
+    assert per_task.evaluate(1).accuracy == 0.0  # ... which is always wrong with a label space per task,
+    assert evaluation.accuracy == Evaluator(learner, OracleRouter(), tasks).evaluate(0).oracle_accuracy  # not here
+
+
+def test_memories_are_bounded_saved_and_counted_in_the_stored_bytes(tiny_backbone, tmp_path):
+    tracker = MemoryTracker()
+    learner = _learner("derpp", tiny_backbone)
+    run_stream(_stream(), learner, HeadRouter(), tracker, tmp_path, progress=False)
+    assert len(learner.technique.tokens) == 12 and all(len(z) <= 10 for z in learner.technique.logits)
+    assert {len(z) for z in learner.technique.logits} == {5, 10}  # logits as stored: before and after travel came
+    state = next((tmp_path / "adapters").glob("state_02.safetensors"))
+    assert tracker.metrics["artifact_bytes"][-1][1] >= state.stat().st_size > 0
 
 
 class _DiesAtStep(MemoryTracker):
@@ -196,13 +156,13 @@ class _DiesAtStep(MemoryTracker):
         super().__init__()
         self.step = step
 
-    def log_metrics(self, metrics, step):
-        if step == self.step:
+    def log_history(self, rows):
+        if any(step == self.step and "avg_acc" in metrics for metrics, step in rows):
             raise KeyboardInterrupt("killed")
-        super().log_metrics(metrics, step)
+        super().log_history(rows)
 
 
-@pytest.mark.parametrize("name", ["replay", "ewc", "replay_finetune"])
+@pytest.mark.parametrize("name", ["replay", "derpp", "lwf", "ewc"])
 def test_resume_after_a_kill_while_saving_equals_an_uninterrupted_run(name, tiny_model_dir, tmp_path):
     from continual.backbone import Backbone
 
@@ -210,7 +170,7 @@ def test_resume_after_a_kill_while_saving_equals_an_uninterrupted_run(name, tiny
     whole = run_stream(
         stream,
         _learner(name, Backbone.load(str(tiny_model_dir)), seed=5),
-        OracleRouter(),
+        HeadRouter(),
         MemoryTracker(),
         tmp_path / "whole",
         progress=False,
@@ -220,23 +180,23 @@ def test_resume_after_a_kill_while_saving_equals_an_uninterrupted_run(name, tiny
         run_stream(
             stream,
             _learner(name, Backbone.load(str(tiny_model_dir)), seed=5),
-            OracleRouter(),
+            HeadRouter(),
             _DiesAtStep(1),
             killed,
             progress=False,
         )
-    checkpoint = RunState.load(killed)
-    assert checkpoint.completed == 1 and (killed / "adapters" / "state_02.safetensors").is_file()  # saved, not recorded
+    state = RunState.load(killed)
+    assert state.completed == 1 and (killed / "adapters" / "state_02.safetensors").is_file()  # saved, not recorded
     learner = _learner(name, Backbone.load(str(tiny_model_dir)), seed=5)
-    resumed = run_stream(stream, learner, OracleRouter(), MemoryTracker(), killed, progress=False, state=checkpoint)
+    resumed = run_stream(stream, learner, HeadRouter(), MemoryTracker(), killed, progress=False, state=state)
     np.testing.assert_array_equal(resumed.state.R, whole.state.R)
+    np.testing.assert_array_equal(resumed.state.oracle_R, whole.state.oracle_R)
     again = _learner(name, Backbone.load(str(tiny_model_dir)), seed=5)
     again.load(killed / "adapters", stream.tasks)
     assert learner.fingerprints() == again.fingerprints()
-    if learner.memory is not None:
-        assert again.memory.tokens == learner.memory.tokens and again.memory.seen == learner.memory.seen
-    if learner.ewc is not None:
-        assert all(torch.equal(again.ewc.fisher[n], f) for n, f in learner.ewc.fisher.items())
+    assert {k: v.tolist() for k, v in again.technique.state_dict().items()} == {
+        k: v.tolist() for k, v in learner.technique.state_dict().items()
+    }
     assert sorted(p.name for p in (killed / "adapters").glob("state_*")) == [
         "state_01.safetensors",
         "state_02.safetensors",
@@ -247,38 +207,63 @@ def test_state_refuses_another_learner_configuration(tiny_backbone, tmp_path):
     learner = _learner("replay", tiny_backbone)
     learner.learn(_stream().tasks[:1])
     learner.save(tmp_path)
-    other = SequentialLearner(tiny_backbone, ADAPTER, TRAINER, memory={"size": 99}, progress=False)
-    with pytest.raises(ContinualError, match="saved for memory="):
+    other = SingleHeadConfig(method="er", memory={"size": 99}).build(tiny_backbone, ADAPTER, TRAINER, 0)
+    with pytest.raises(ContinualError, match="saved for learner="):
         other.load(tmp_path, _stream().tasks[:1])
 
 
-@pytest.mark.parametrize("option", ["seq_finetune", "shared_adapter", "replay", "ewc", "joint"])
-def test_every_learner_config_builds_its_learner(option, tiny_backbone):
-    from continual.cli import plain
-    from continual.learners import Schedule
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"base": "lora"}, "learner.base must be one of"),
+        ({"method": "icarl"}, "learner.method must be one of"),
+        ({"method": "er", "memory": {"sampling": "ring"}}, "learner.memory.sampling"),
+        ({"backbone_lr": 0}, "learner.backbone_lr"),
+        ({"head_dropout": 2}, r"learner.head_dropout must be a number in \[0, 1\), got 2"),
+        ({"derpp": {"gamma": 1}}, "learner.derpp: unknown keys"),
+        ({"lwf": {"temperature": 0}}, "learner.lwf.temperature must be > 0"),
+    ],
+)
+def test_bad_options_name_their_config_field(values, message):
+    with pytest.raises(ContinualError, match=message):
+        assemble.build({"_target_": "continual.learners.SingleHeadConfig", **values}, "learner")
+    with pytest.raises(ContinualError, match="joint sees every task at once"):
+        assemble.build({"_target_": "continual.learners.JointConfig", "method": "er"}, "learner")
 
+
+@pytest.mark.parametrize("option", ["seq_finetune", "shared_adapter", "replay", "derpp", "lwf", "ewc", "agem", "joint"])
+def test_every_learner_config_builds_its_learner(option, tiny_backbone):
     config = assemble.build(plain(compose([f"learner={option}", "progress=false"]).learner), "learner")
     learner = config.build(tiny_backbone, ADAPTER, TRAINER, seed=0)
-    assert (learner.schedule is Schedule.ALL_AT_END) == (option == "joint")
-    assert learner.router_limit == config.router_limit
-    assert (learner.router_limit is None) == (option in ("shared_adapter", "replay", "ewc"))
-    assert (learner.memory is not None) == (option == "replay") and (learner.ewc is not None) == (option == "ewc")
-
-
-def test_the_cli_refuses_a_learned_router_on_joint_before_training(tmp_path, tiny_model_dir):
-    with pytest.raises(ContinualError) as caught:
-        run_in_process(
-            tmp_path / "run",
-            [
-                "learner=joint",
-                "router=prototype",
-                "stream.max_per_class=4",
-                f"backbone.name={tiny_model_dir}",
-                "progress=false",
-                f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-            ],
-        )
-    assert str(caught.value) == (
-        "learner=joint trains all tasks at once and has no task stream to route: use router=oracle"
+    assert (learner.schedule is Schedule.ALL_AT_END) == (option == "joint") and learner.head is Head.ALL_SEEN
+    assert learner.config.method == {"replay": "er"}.get(
+        option, option if option in ("derpp", "lwf", "ewc", "agem") else "none"
     )
-    assert not (tmp_path / "run" / "adapters").exists()  # nothing was trained
+
+
+def test_routers_and_learners_that_do_not_fit_are_one_line():
+    tasks = _stream().tasks
+    with pytest.raises(ContinualError, match="has one head over all labels seen so far"):
+        check_compatible(tasks, PrototypeRouter(), Head.ALL_SEEN, "learner=seq_finetune")
+    with pytest.raises(ContinualError, match="router=head reads one head over all labels"):
+        check_compatible(tasks, HeadRouter(), Head.PER_TASK, "learner=adapter_per_task")
+    check_compatible(tasks[:1], HeadRouter(), Head.ALL_SEEN, "learner=seq_finetune")  # one task is fine
+
+
+def test_a_single_head_learner_routes_itself_whatever_router_is_configured(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    result = run_in_process(
+        run,
+        [
+            "learner=shared_adapter",
+            "router=prototype",
+            "stream.max_per_class=4",
+            f"backbone.name={tiny_model_dir}",
+            "progress=false",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        ],
+    )
+    from conftest import mlflow_runs
+
+    (logged,) = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert logged.data.tags["router"] == "head" and np.isfinite(result.state.router_accuracy)

@@ -9,7 +9,7 @@ from torch import nn
 
 from continual.errors import ContinualError
 from continual.learners import EpisodicMemory, EWCConfig, MemoryConfig
-from continual.learners.ewc import EWC
+from continual.learners.techniques import AGEM, EWC, options
 
 
 def _task(n: int, labels: int, offset: int = 0) -> tuple[list[list[int]], np.ndarray]:
@@ -86,41 +86,73 @@ def test_memory_config_errors_name_the_field(options, field):
         MemoryConfig.from_mapping(options)
 
 
+def _penalty(ewc):
+    return ewc.penalty(None, None, None, None, None)
+
+
 def test_ewc_penalty_is_zero_at_the_anchor_and_grows_when_the_weights_move():
     torch.manual_seed(0)
     layer = nn.Linear(4, 3)
-    ewc = EWC(EWCConfig(lambda_=2.0), list(layer.named_parameters()))
-    assert ewc.penalty() is None  # nothing consolidated yet
+    ewc = EWC(EWCConfig(lambda_=2.0, fisher_samples=0, decay=0.5), list(layer.named_parameters()), seed=0)
+    assert _penalty(ewc) is None  # nothing consolidated yet
     inputs, targets = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    data = ([[i] for i in range(8)], targets.numpy())
 
     def loss_of(i):
         return nn.functional.cross_entropy(layer(inputs[i : i + 1]), targets[i : i + 1])
 
-    ewc.consolidate(8, loss_of)
+    ewc.end_task(0, data, loss_of)
     assert all(torch.all(f >= 0) and f.sum() > 0 for f in ewc.fisher.values())
-    assert ewc.penalty().item() == 0.0
+    assert _penalty(ewc).item() == 0.0
     with torch.no_grad():
         layer.weight.add_(0.1)
-    moved = ewc.penalty().item()
+    moved = _penalty(ewc).item()
     expected = 0.5 * 2.0 * (ewc.fisher["weight"] * 0.01).sum().item()
     assert moved > 0 and moved == pytest.approx(expected)
     first = {n: f.clone() for n, f in ewc.fisher.items()}
-    ewc.consolidate(8, loss_of)  # a second task: Fisher accumulates, the anchor moves here
-    assert torch.all(ewc.fisher["weight"] >= first["weight"]) and ewc.penalty().item() == 0.0
-    again = EWC(EWCConfig(lambda_=2.0), list(layer.named_parameters()))
+    ewc.end_task(1, data, loss_of)  # online EWC: decay * old Fisher + the new one; the anchor moves here
+    new = ewc.fisher["weight"] - 0.5 * first["weight"]
+    assert torch.all(new >= -1e-7) and new.sum() > 0 and _penalty(ewc).item() == 0.0
+    again = EWC(EWCConfig(lambda_=2.0), list(layer.named_parameters()), seed=0)
     again.load_state_dict(ewc.state_dict())
-    assert torch.equal(again.fisher["bias"], ewc.fisher["bias"]) and again.penalty().item() == 0.0
+    assert torch.equal(again.fisher["bias"], ewc.fisher["bias"]) and _penalty(again).item() == 0.0
 
 
 @pytest.mark.parametrize(
-    "options, field",
+    "values, field",
     [
         ({"lambda": -1.0}, "learner.ewc.lambda"),
         ({"fisher_samples": 1.5}, "learner.ewc.fisher_samples"),
+        ({"decay": 2}, "learner.ewc.decay"),
         ({"gamma": 1.0}, "learner.ewc: unknown keys"),
     ],
 )
-def test_ewc_config_errors_name_the_field(options, field):
+def test_ewc_config_errors_name_the_field(values, field):
     with pytest.raises(ContinualError, match=field):
-        EWCConfig.from_mapping(options)
-    assert EWCConfig.from_mapping({"lambda": 5}).lambda_ == 5
+        options(EWCConfig, values, "learner.ewc")
+    assert options(EWCConfig, {"lambda": 5}, "learner.ewc").lambda_ == 5
+
+
+def test_agem_projects_a_gradient_that_would_raise_the_memory_loss():
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 2)
+    agem = AGEM(MemoryConfig(size=8, batch_size=8), seed=0)
+    features = {i: torch.randn(4) for i in range(8)}
+    agem.end_task(0, ([[i] for i in range(8)], np.array([0, 1] * 4)), lambda i: None)
+
+    def forward(tokens):
+        return layer(torch.stack([features[t[0]] for t in tokens]))
+
+    params = list(layer.parameters())
+    memory_loss = nn.functional.cross_entropy(forward([[i] for i in range(8)]), torch.tensor([0, 1] * 4))
+    reference = torch.autograd.grad(memory_loss, params)
+    for p, r in zip(params, reference):
+        p.grad = -r.clone()  # straight up the memory's loss
+    agem.after_backward(forward, params, np.random.default_rng(0))
+    projected = torch.cat([p.grad.flatten() for p in params])
+    ref = torch.cat([r.flatten() for r in reference])
+    assert torch.dot(projected, ref).item() == pytest.approx(0.0, abs=1e-6)  # no longer against the memory
+    for p, r in zip(params, reference):
+        p.grad = r.clone()  # a gradient that agrees with the memory is left alone
+    agem.after_backward(forward, params, np.random.default_rng(0))
+    assert all(torch.equal(p.grad, r) for p, r in zip(params, reference))

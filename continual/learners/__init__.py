@@ -1,28 +1,41 @@
 """Learners: how a model takes in one task after another (the product and the baselines)."""
 
 from continual.learners.adapter_per_task import AdapterPerTask, AdapterPerTaskConfig, saved_tasks
-from continual.learners.base import Classified, Fingerprints, Learner, LearnerConfig, LearnReport, Schedule, Step, steps
-from continual.learners.ewc import EWCConfig
-from continual.learners.joint import JointConfig, JointLearner
+from continual.learners.base import (
+    Classified,
+    Fingerprints,
+    Head,
+    Learner,
+    LearnerConfig,
+    LearnReport,
+    Schedule,
+    SingleHead,
+    Step,
+    steps,
+)
 from continual.learners.memory import EpisodicMemory, MemoryConfig
-from continual.learners.sequential import SequentialConfig, SequentialLearner
+from continual.learners.single_head import JointConfig, SingleHeadConfig, SingleHeadLearner
+from continual.learners.techniques import DerppConfig, EWCConfig, LwfConfig
 
 __all__ = [
     "AdapterPerTask",
     "AdapterPerTaskConfig",
     "Classified",
+    "DerppConfig",
     "EWCConfig",
     "EpisodicMemory",
     "Fingerprints",
+    "Head",
     "JointConfig",
-    "JointLearner",
     "LearnReport",
     "Learner",
     "LearnerConfig",
+    "LwfConfig",
     "MemoryConfig",
     "Schedule",
-    "SequentialConfig",
-    "SequentialLearner",
+    "SingleHead",
+    "SingleHeadConfig",
+    "SingleHeadLearner",
     "Step",
     "saved_tasks",
     "steps",

@@ -36,6 +36,7 @@ from continual.errors import ContinualError
 from continual.learners.base import (
     Classified,
     Fingerprints,
+    Head,
     LearnReport,
     LossCallback,
     Schedule,
@@ -65,7 +66,7 @@ class AdapterPerTaskConfig:
     transfer: str = "none"
     progress: bool = True
 
-    router_limit = None  # per-task modules on a frozen backbone: every router can choose among them
+    head = Head.PER_TASK  # per-task modules on a frozen backbone: a router chooses among them
 
     def __post_init__(self) -> None:
         check_dropout(self.head_dropout, "learner.head_dropout")
@@ -85,7 +86,7 @@ class AdapterPerTask:
     """Adapter + head per task; per-example routed prediction through one backbone pass."""
 
     schedule = Schedule.EACH_TASK
-    router_limit = AdapterPerTaskConfig.router_limit
+    head = Head.PER_TASK
 
     def __init__(
         self,

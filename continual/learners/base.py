@@ -27,6 +27,13 @@ from continual.training import TrainerConfig, eval_batches, iter_padded
 LossCallback = Callable[[int, float], None]  # (optimizer step within the step's training, loss)
 
 
+class Head(Enum):
+    """How a learner's heads cover the labels, and so how it is evaluated without task ids."""
+
+    PER_TASK = "one module and head per task"  # a router chooses the task (class-IL), or the oracle (task-IL)
+    ALL_SEEN = "one head over all labels seen so far"  # argmax over all (class-IL) or the task's (task-IL)
+
+
 class Schedule(Enum):
     """When the run loop hands a learner its tasks."""
 
@@ -101,8 +108,9 @@ class Learner(Protocol):
     What a new learner must provide (and nothing else is used):
 
     * ``schedule``: :class:`Schedule` — when the loop calls :meth:`learn` and with which tasks.
-    * ``router_limit``: ``None`` if any router may choose its tasks; else one line saying why only the
-      oracle can (e.g. fine-tuning moves the frozen features that learned routers read).
+    * ``head``: :class:`Head` — ``PER_TASK`` learners are routed by the configured router;
+      ``ALL_SEEN`` learners (one expanding head) route themselves and must also provide
+      :meth:`SingleHead.task_scores`.
     * ``backbone``, ``trainer``, ``device``: how test texts are tokenized, batched and placed, exactly
       as for training (see :func:`padded_batches`).
     * :meth:`learn`, :meth:`classify`, :meth:`features`: learning and inference.
@@ -112,12 +120,10 @@ class Learner(Protocol):
     """
 
     schedule: Schedule
+    head: Head
     backbone: Backbone
     trainer: TrainerConfig
     device: torch.device
-
-    @property
-    def router_limit(self) -> str | None: ...
 
     def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
         """Learn ``tasks`` (one task per step for ``EACH_TASK``; all of them for ``ALL_AT_END``)."""
@@ -154,12 +160,20 @@ class Learner(Protocol):
         ...
 
 
+class SingleHead(Learner, Protocol):
+    """A learner with one head over every label seen so far (``head = Head.ALL_SEEN``)."""
+
+    def task_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[batch, tasks]``: for each task learned, the head's best score among that task's labels."""
+        ...
+
+
 class LearnerConfig(Protocol):
     """A learner's options, validated on construction; what the run needs before any model is loaded."""
 
     @property
-    def router_limit(self) -> str | None:
-        """As :attr:`Learner.router_limit`, known from the options alone (checked before the backbone loads)."""
+    def head(self) -> Head:
+        """As :attr:`Learner.head`, known from the options alone (the router is chosen before the backbone loads)."""
         ...
 
     def build(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, seed: int) -> Learner: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 import numpy as np
@@ -24,9 +25,11 @@ class RouterInputs:
     """What a router may look at for ``size`` inputs; each view is computed once, on first use.
 
     ``features(pooling, layers)`` are backbone features *without* adapters, ``[size, dim]``;
-    ``certainty(k)`` is task ``k``'s head certainty (1 - normalised entropy) per input; ``task_ids``
-    is the true task of each input, known only in evaluation; ``labels`` the label index of each
-    input within its task, known for the training and validation inputs a router learns from.
+    ``certainty(k)`` is task ``k``'s head certainty (1 - normalised entropy) per input;
+    ``head_scores()`` is, for a learner with one head over all labels, each task's best label score
+    per input ``[size, tasks]``; ``task_ids`` is the true task of each input, known only in
+    evaluation; ``labels`` the label index of each input within its task, known for the training and
+    validation inputs a router learns from.
     """
 
     def __init__(
@@ -36,13 +39,16 @@ class RouterInputs:
         certainty: Callable[[int], np.ndarray],
         task_ids: np.ndarray | None = None,
         labels: np.ndarray | None = None,
+        head_scores: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.size = size
         self.task_ids = task_ids
         self.labels = labels
+        self._head_scores_fn = head_scores
         self._features_fn, self._certainty_fn = features, certainty
         self._features: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._certainty: dict[int, np.ndarray] = {}
+        self._head_scores: np.ndarray | None = None
 
     def features(self, pooling: str = "mean", layers: Sequence[int] = (-1,)) -> np.ndarray:
         key = (pooling, tuple(layers))
@@ -55,6 +61,13 @@ class RouterInputs:
             self._certainty[k] = self._certainty_fn(k)
         return self._certainty[k]
 
+    def head_scores(self) -> np.ndarray:
+        if self._head_scores_fn is None:
+            raise ValueError("these inputs come from a learner with one head per task: it has no single head to read")
+        if self._head_scores is None:
+            self._head_scores = self._head_scores_fn()
+        return self._head_scores
+
 
 @dataclass(frozen=True)
 class Routing:
@@ -64,14 +77,23 @@ class Routing:
     scores: np.ndarray | None = None
 
 
+class Reads(Enum):
+    """What a router looks at to choose a task: which learners it fits, whether it can route new text."""
+
+    TASK_IDS = "the true task of each input"  # the oracle: task-incremental evaluation only
+    FEATURES = "frozen backbone features"  # per-task learners; learns from each task's data
+    TASK_HEADS = "every task's head"  # per-task learners; runs each task's adapter and head
+    ONE_HEAD = "the learner's one head over all labels seen so far"  # single-head learners: class-IL argmax
+
+
 class Router(Protocol):
     """Maps each input to a learned task (whose adapter and head then label it), or to none.
 
     What a new router must provide:
 
-    * ``learned``: False only for a router that needs the true task of every input (the oracle);
-      a learned router chooses on its own, needs a stream of at least two tasks, and can serve
-      ``continual predict`` on new text.
+    * ``reads``: :class:`Reads`, what it looks at. Every router but the oracle chooses on its own and
+      can serve ``continual predict`` on new text; ``ONE_HEAD`` routers serve learners with one head
+      over all labels, the others learners with one module and head per task.
     * ``accept_rate``: None if it never abstains; else the share of in-scope validation inputs it
       accepts (its rejection threshold is calibrated on them; tasks then need validation data, and
       a stream's out-of-scope texts are scored).
@@ -80,7 +102,7 @@ class Router(Protocol):
     * :meth:`state_dict`, :meth:`load_state_dict`: everything :meth:`route` needs, as named arrays.
     """
 
-    learned: bool
+    reads: Reads
     accept_rate: float | None
 
     def add_task(self, index: int, task: Task, train: RouterInputs, validation: RouterInputs) -> None:
@@ -116,3 +138,23 @@ def decide(scores: np.ndarray, threshold: float, support: np.ndarray | None = No
     tasks = scores.argmax(1)
     tasks[(scores.max(1) if support is None else support) < threshold] = ABSTAIN
     return Routing(tasks.astype(np.int64), scores)
+
+
+class StatelessRouter:
+    """What a router that learns nothing from the data keeps: how many tasks it has seen (the oracle, the head)."""
+
+    accept_rate: float | None = None
+
+    def __init__(self) -> None:
+        self.num_tasks = 0
+
+    def add_task(
+        self, index: int, task: Task, train: RouterInputs | None = None, validation: RouterInputs | None = None
+    ) -> None:
+        self.num_tasks = index + 1
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"num_tasks": np.array([self.num_tasks])}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.num_tasks = int(state["num_tasks"][0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from continual.routers.base import RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
+from continual.routers.base import Reads, RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
 from continual.streams import Task
 
 
@@ -22,7 +22,7 @@ class EntropyRouter:
     raise an input's best certainty, making the stored scores conservative).
     """
 
-    learned = True
+    reads = Reads.TASK_HEADS
 
     def __init__(self, accept_rate: float | None = None) -> None:
         check_accept_rate(accept_rate, "router")

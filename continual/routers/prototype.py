@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from continual.errors import ContinualError
-from continual.routers.base import RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
+from continual.routers.base import Reads, RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
 from continual.streams import Task
 
 METRICS = ("mahalanobis", "cosine", "euclidean")
@@ -134,7 +134,7 @@ class FeatureRouter:
     Subclasses implement ``_scores(features) -> [inputs, tasks]`` (higher = more likely).
     """
 
-    learned = True
+    reads = Reads.FEATURES
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from continual.streams.clinc150 import Clinc150Domains
+from continual.streams.clinc150 import Clinc150Domains, Clinc150Intents
 from continual.streams.demo import DemoStream
 from continual.streams.spec import StreamSpec, TaskSpec
 from continual.streams.task import Split, Stream, Task, apply_order, build_task
@@ -26,6 +26,7 @@ class StreamSource(Protocol):
 
 __all__ = [
     "Clinc150Domains",
+    "Clinc150Intents",
     "DemoStream",
     "Split",
     "Stream",

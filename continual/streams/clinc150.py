@@ -1,4 +1,4 @@
-"""CLINC150 split by domain: 10 tasks of 15 intents each (a domain-incremental stream).
+"""CLINC150 as streams: by domain (10 tasks of 15 intents) or by a seeded shuffle of its intents.
 
 With ``data_dir`` the stream reads ``data_full.json`` (``{"train": [[text, intent], ...], "val": ...,
 "test": ..., "oos_test": ...}``) and ``domains.json`` (``{domain: [intent, ...]}``) as published in clinc/oos-eval.
@@ -11,13 +11,14 @@ Hub) come along as the stream's ``out_of_scope`` texts, for evaluating routers t
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from continual.errors import ContinualError
 from continual.streams.sources import read_hub
-from continual.streams.task import Pairs, Stream, apply_order, build_task
+from continual.streams.task import Pairs, Stream, apply_order, build_task, label_space_of
 
 HUB_ID, HUB_CONFIG = "clinc_oos", "plus"
 SPLITS = {"train": "train", "validation": "val", "test": "test"}  # our name -> data_full.json key
@@ -34,19 +35,19 @@ def _read_json(path: Path, where: str):
 
 
 @dataclass(frozen=True)
-class Clinc150Domains:
-    """Stream source for CLINC150 domains; ``domains`` selects/orders domains before ``order`` applies."""
+class _Clinc150:
+    """What both CLINC150 streams share: where the data is, caps, order, out-of-scope texts, label space."""
 
-    name: str = "clinc150_domains"
+    name: str = "clinc150"
     data_dir: str | None = None
     domains_file: str | None = None
-    domains: Sequence[str] | None = None
     order: Sequence[int | str] | str | None = None
     orders: Mapping[str, Sequence[int | str]] = field(default_factory=dict)
     max_per_class: int | None = None
     max_eval_per_class: int | None = None
     split_seed: int = 0
     out_of_scope: bool = True
+    label_space: str = "per_task"
 
     def _resolve(self, value: str, launch_dir: Path) -> Path:
         path = Path(value).expanduser()
@@ -84,23 +85,24 @@ class Clinc150Domains:
             raise ContinualError(f"{where}: {path} must map each domain to a list of intents")
         return mapping
 
+    def _groups(self, launch_dir: Path) -> dict[str, list[str]]:
+        """Task name -> its intents, in the stream's default order."""
+        raise NotImplementedError
+
     def load(self, launch_dir: Path | None = None) -> Stream:
         launch_dir = Path.cwd() if launch_dir is None else launch_dir
-        domain_map = self._domain_map(launch_dir)
-        names = list(self.domains) if self.domains is not None else list(domain_map)
-        unknown = [d for d in names if d not in domain_map]
-        if unknown:
-            raise ContinualError(f"stream '{self.name}' field 'domains': unknown {unknown}; known: {list(domain_map)}")
+        groups = self._groups(launch_dir)
         # Validate the order on names alone, before the (large) data file is read.
-        names = [t.name for t in apply_order([_Named(n) for n in names], self.order, dict(self.orders))]  # type: ignore[misc]
+        names = [t.name for t in apply_order([_Named(n) for n in groups], self.order, dict(self.orders))]  # type: ignore[misc]
         splits = self._splits(launch_dir)
         tasks = []
-        for domain in names:
-            intents = set(domain_map[domain])
+        for name in names:
+            intents = set(groups[name])
             part = {k: [p for p in pairs if p[1] in intents] for k, pairs in splits.items() if k != OOS}
+            where = f"stream '{self.name}' task '{name}'"
             tasks.append(
                 build_task(
-                    domain,
+                    name,
                     part["train"],
                     part["test"],
                     part["validation"],
@@ -108,11 +110,53 @@ class Clinc150Domains:
                     max_per_class=self.max_per_class,
                     max_eval_per_class=self.max_eval_per_class,
                     seed=self.split_seed,
-                    where=f"stream '{self.name}' domain '{domain}'",
+                    where=where,
+                    label_space=label_space_of(self.label_space, None, where),
                 )
             )
         out_of_scope = tuple(t for t, _ in splits[OOS]) if self.out_of_scope else ()
         return Stream(self.name, tuple(tasks), out_of_scope)
+
+
+@dataclass(frozen=True)
+class Clinc150Domains(_Clinc150):
+    """CLINC150 by domain: 10 tasks of 15 intents (``domains`` selects and orders domains before ``order``)."""
+
+    name: str = "clinc150_domains"
+    domains: Sequence[str] | None = None
+
+    def _groups(self, launch_dir: Path) -> dict[str, list[str]]:
+        domain_map = self._domain_map(launch_dir)
+        names = list(self.domains) if self.domains is not None else list(domain_map)
+        unknown = [d for d in names if d not in domain_map]
+        if unknown:
+            raise ContinualError(f"stream '{self.name}' field 'domains': unknown {unknown}; known: {list(domain_map)}")
+        return {name: domain_map[name] for name in names}
+
+
+@dataclass(frozen=True)
+class Clinc150Intents(_Clinc150):
+    """CLINC150's 150 intents shuffled with ``assignment_seed`` and cut into ``tasks`` tasks of equal size.
+
+    Tasks cross domains, so the stream is class-incremental with no domain shift to route by: the
+    setting of "Learn or Recall?" (ACL 2024; 15 tasks of 10 intents). Tasks are named
+    ``intents_01``, ``intents_02``, ...; the same seed always gives the same assignment.
+    """
+
+    name: str = "clinc150_intents"
+    tasks: int = 15
+    assignment_seed: int = 0
+
+    def _groups(self, launch_dir: Path) -> dict[str, list[str]]:
+        intents = sorted(i for group in self._domain_map(launch_dir).values() for i in group)
+        if isinstance(self.tasks, bool) or not isinstance(self.tasks, int) or not 2 <= self.tasks <= len(intents) // 2:
+            raise ContinualError(
+                f"stream '{self.name}' field 'tasks' must be an integer from 2 to "
+                f"{len(intents) // 2} (at least two intents per task), got {self.tasks!r}"
+            )
+        random.Random(f"clinc150_intents/{self.assignment_seed}").shuffle(intents)
+        width = len(str(self.tasks))
+        return {f"intents_{k + 1:0{width}d}": sorted(intents[k :: self.tasks]) for k in range(self.tasks)}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from continual.streams.demo_data import DEMO_TASKS, demo_examples
-from continual.streams.task import Stream, apply_order, build_task
+from continual.streams.task import Stream, apply_order, build_task, label_space_of
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class DemoStream:
     orders: Mapping[str, Sequence[int | str]] = field(default_factory=dict)
     max_per_class: int | None = None
     seed: int = 0
+    label_space: str = "per_task"
 
     def load(self, launch_dir: Path | None = None) -> Stream:
         tasks = [
@@ -29,6 +30,7 @@ class DemoStream:
                 max_per_class=self.max_per_class,
                 seed=self.seed,
                 where=f"stream '{self.name}' task '{name}'",
+                label_space=label_space_of(self.label_space, None, f"stream '{self.name}'"),
             )
             for name in DEMO_TASKS
         ]

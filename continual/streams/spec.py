@@ -12,8 +12,12 @@ This is the format a user writes as ``my_conf/stream/NAME.yaml``::
         label_field: category
         labels: [card_arrival, card_linking]   # optional subset, fixes the label order
         max_per_class: 40                     # optional cap on train examples per label
+        label_space: reviews                  # optional: tasks naming the same space share their classes
 
 Stream-level ``max_per_class`` / ``max_eval_per_class`` apply to every task that sets no cap itself.
+Stream-level ``label_space: per_task`` (default: equal label names in two tasks are two classes) or
+``shared`` (a label name is one class in every task: domain-incremental) applies to every task that
+names no ``label_space`` of its own.
 
 Relative paths resolve against ``data_dir`` when given, else against the launch directory.
 """
@@ -28,7 +32,15 @@ from typing import Any
 
 from continual.errors import ContinualError
 from continual.streams.sources import read_file, read_hub
-from continual.streams.task import Stream, Task, apply_order, build_task, check_task_name, check_unique_names
+from continual.streams.task import (
+    Stream,
+    Task,
+    apply_order,
+    build_task,
+    check_task_name,
+    check_unique_names,
+    label_space_of,
+)
 
 
 def _check_keys(raw: Mapping[str, Any], cls: type, where: str, required: Sequence[str]) -> None:
@@ -66,6 +78,7 @@ class TaskSpec:
     format: str | None = None
     dataset: str | None = None
     dataset_config: str | None = None
+    label_space: str | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str) -> TaskSpec:
@@ -74,7 +87,17 @@ class TaskSpec:
         name = raw.get("name")
         where = f"{where} (task '{name}')" if name else where
         _check_keys(raw, cls, where, required=("name", "train", "test"))
-        for key in ("name", "train", "test", "validation", "text_field", "label_field", "format", "dataset"):
+        for key in (
+            "name",
+            "train",
+            "test",
+            "validation",
+            "text_field",
+            "label_field",
+            "format",
+            "dataset",
+            "label_space",
+        ):
             if raw.get(key) is not None and not isinstance(raw[key], str):
                 raise ContinualError(f"{where}: field '{key}' must be a string, got {raw[key]!r}")
         check_task_name(raw["name"], where)
@@ -111,6 +134,13 @@ class TaskSpec:
         return read_file(path, self.text_field, self.label_field, f"{where} field '{split}'", self.format)
 
 
+def _label_space(value: Any, specs: Sequence[TaskSpec], where: str) -> str:
+    """The stream's label space, checked (with every task's own) before any data is read."""
+    for spec in specs:
+        label_space_of(str(value), spec.label_space, f"{where} (task '{spec.name}')")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     """A stream file: name, tasks, and an optional order (indices, names, or a key of ``orders``)."""
@@ -123,6 +153,7 @@ class StreamSpec:
     split_seed: int = 0
     max_per_class: int | None = None  # defaults for tasks that do not set their own caps
     max_eval_per_class: int | None = None
+    label_space: str = "per_task"  # per_task | shared: for tasks that name no label_space of their own
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str = "stream") -> StreamSpec:
@@ -150,6 +181,7 @@ class StreamSpec:
             split_seed=seed,
             max_per_class=_opt_int(raw.get("max_per_class"), "max_per_class", where),
             max_eval_per_class=_opt_int(raw.get("max_eval_per_class"), "max_eval_per_class", where),
+            label_space=_label_space(raw.get("label_space", "per_task"), specs, where),
         )
 
     def load(self, launch_dir: Path | None = None) -> Stream:
@@ -180,6 +212,7 @@ class StreamSpec:
                     validation_fraction=spec.validation_fraction,
                     seed=self.split_seed,
                     where=where,
+                    label_space=label_space_of(self.label_space, spec.label_space, where),
                 )
             )
         return Stream(self.name, tuple(tasks))

@@ -37,13 +37,25 @@ class Split:
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """One task of a stream: a name, its label names, and train/validation/test splits."""
+    """One task of a stream: a name, its label names, and train/validation/test splits.
+
+    ``label_space`` names the namespace its labels live in: tasks that share one share their classes
+    (a label name is the same class in each: Yelp and Amazon stars), while by default ("") every task
+    has its own, so equal names in two tasks are two classes.
+    """
 
     name: str
     labels: tuple[str, ...]
     train: Split
     validation: Split
     test: Split
+    label_space: str = ""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The identity of each label across the stream: equal strings are the same class."""
+        space = self.label_space or self.name
+        return tuple(f"{space}/{label}" for label in self.labels)
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +126,7 @@ def build_task(
     validation_fraction: float = 0.1,
     seed: int = 0,
     where: str = "",
+    label_space: str = "",
 ) -> Task:
     """Turn raw ``(text, label)`` pairs into a validated :class:`Task`.
 
@@ -121,7 +134,7 @@ def build_task(
     without it the task's labels are the sorted labels of its train split. ``max_per_class`` caps the
     train split, ``max_eval_per_class`` the validation and test splits. Without ``validation`` a
     stratified ``validation_fraction`` of train is carved out with ``seed``. ``where`` names the
-    config entry in error messages.
+    config entry in error messages; ``label_space`` the namespace its labels share (see :class:`Task`).
     """
     where = where or f"task '{name}'"
     check_task_name(name, where)
@@ -141,7 +154,8 @@ def build_task(
     validation = _cap_per_class(validation, max_eval_per_class, rng)
     _check_tested(test, label_names, where)
     index = {lab: k for k, lab in enumerate(label_names)}
-    return Task(name, label_names, *(_to_split(pairs, index, rng) for pairs in (train, validation, test)))
+    train_split, validation_split, test_split = (_to_split(pairs, index, rng) for pairs in (train, validation, test))
+    return Task(name, label_names, train_split, validation_split, test_split, label_space)
 
 
 def _given_validation(validation: Pairs, keep: set[str], all_labels: bool, where: str) -> Pairs:
@@ -244,13 +258,32 @@ def apply_order(
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
 
-def check_task_name(name: object, where: str) -> None:
+def check_task_name(name: object, where: str, what: str = "task name") -> None:
     """A task name becomes part of metric keys (``acc/<task>``) and file names: a safe charset, checked early."""
     if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
         raise ContinualError(
-            f"{where}: task name {name!r} may use only letters, digits, '_', '-' and '.', starting with a letter or "
+            f"{where}: {what} {name!r} may use only letters, digits, '_', '-' and '.', starting with a letter or "
             "digit, at most 100 characters (it names metric keys and files)"
         )
+
+
+LABEL_SPACES = ("per_task", "shared")
+
+
+def label_space_of(stream_space: str, task_space: str | None, where: str) -> str:
+    """A task's label namespace: its own field, else the stream's choice (``shared``: one for every task)."""
+    if stream_space not in LABEL_SPACES:
+        raise ContinualError(f"{where}: label_space must be one of {list(LABEL_SPACES)}, got {stream_space!r}")
+    if task_space:
+        check_task_name(task_space, where, "label_space")
+        return task_space
+    return "shared" if stream_space == "shared" else ""
+
+
+def class_index(tasks: Sequence[Task]) -> list[np.ndarray]:
+    """Per task, the stream-wide class id of each of its labels (ids in order of first appearance)."""
+    ids: dict[str, int] = {}
+    return [np.array([ids.setdefault(c, len(ids)) for c in task.classes], dtype=np.int64) for task in tasks]
 
 
 def check_unique_names(names: Sequence[str], where: str) -> None:
