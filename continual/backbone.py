@@ -210,6 +210,21 @@ class Backbone(nn.Module):
             if handle is not None:
                 handle.remove()
 
+    def layer_indices(self, layers: tuple[int, ...] | None) -> list[int]:
+        """Hidden-state indices from 0 (embeddings) to the depth; None = the last five layers above the
+        embeddings (2..6 on MiniLM, where they route best: see the README's router study), fewer on
+        shallower backbones. An index beyond the backbone is one error line."""
+        depth = len(self.layers)
+        if layers is None:
+            return list(range(max(1, depth - 4), depth + 1))
+        wrong = [k for k in layers if not -(depth + 1) <= k <= depth]
+        if wrong:
+            raise ContinualError(
+                f"router.layers: {wrong} out of range; backbone '{self.name}' has hidden states "
+                f"0..{depth} (0 = embeddings) or -1..-{depth + 1}"
+            )
+        return [k % (depth + 1) for k in layers]
+
     def hidden_after(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """Token states ``[batch, tokens, hidden]`` after the lowest ``layer`` layers (for the frozen-prefix cache)."""
         with self._layer_slice(0, layer):
@@ -220,28 +235,23 @@ class Backbone(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pooling: str | None = None,
-        layers: tuple[int, ...] = (-1,),
+        layers: tuple[int, ...] | None = (-1,),
         start: int = 0,
         hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Features pooled with ``pooling`` (default: the backbone's) from hidden-state ``layers``, concatenated.
 
-        Layer indices count as in ``output_hidden_states`` (0 = embeddings, -1 = last layer). With
-        ``hidden`` (the states after the lowest ``start`` layers, from :meth:`hidden_after`) only the
-        layers from ``start`` up run; every requested layer must then be ``>= start``.
+        Layer indices count as in ``output_hidden_states`` (0 = embeddings, -1 = last layer; None: see
+        :meth:`layer_indices`). With ``hidden`` (the states after the lowest ``start`` layers, from
+        :meth:`hidden_after`) only the layers from ``start`` up run; every requested layer must then be
+        ``>= start``.
         """
         depth = len(self.layers)
-        wrong = [k for k in layers if not -(depth + 1) <= k <= depth]
-        if wrong:
-            raise ContinualError(
-                f"router.layers: {wrong} out of range; backbone '{self.name}' has hidden states "
-                f"0..{depth} (0 = embeddings) or -1..-{depth + 1}"
-            )
-        absolute = [k % (depth + 1) for k in layers]
+        absolute = self.layer_indices(layers)
         if hidden is None:
             start = 0
         elif min(absolute) < start:
-            raise ValueError(f"layers {list(layers)} lie below the cached layer {start}")
+            raise ValueError(f"layers {absolute} lie below the cached layer {start}")
         inputs = self._inputs(input_ids, attention_mask)
         with self._layer_slice(start, depth, hidden) if hidden is not None else nullcontext():
             if absolute == [depth]:

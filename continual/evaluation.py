@@ -58,7 +58,9 @@ class TaskEval:
     routes: np.ndarray  # routed task per example (-1 = abstained)
 
 
-def features_of(learner: Learner, tokens: Sequence[Sequence[int]], pooling: str, layers: tuple[int, ...]) -> np.ndarray:
+def features_of(
+    learner: Learner, tokens: Sequence[Sequence[int]], pooling: str, layers: tuple[int, ...] | None
+) -> np.ndarray:
     """Frozen, adapter-free pooled features of tokenized texts, ``[n, dim]`` float32."""
     rows: list[tuple[np.ndarray, np.ndarray]] = []
     for idx, ids, mask in padded_batches(learner, tokens):
@@ -142,7 +144,7 @@ class Evaluator:
         if len(out_of_scope):
             self.tokens[OUT_OF_SCOPE] = tokenize(learner, out_of_scope)
         self._outputs: dict[tuple[SetKey, int], _Outputs] = {}
-        self._features: dict[tuple[SetKey, str, tuple[int, ...]], tuple[str, np.ndarray]] = {}
+        self._features: dict[tuple[SetKey, str, tuple[int, ...] | None], tuple[str, np.ndarray]] = {}
         self._head: dict[SetKey, tuple[list[str], np.ndarray]] = {}
         self._fingerprints: Fingerprints | None = None
         self.computed = 0
@@ -172,7 +174,7 @@ class Evaluator:
         self.computed += len(todo)
         return outputs
 
-    def _frozen_features(self, key: SetKey, pooling: str, layers: tuple[int, ...]) -> np.ndarray:
+    def _frozen_features(self, key: SetKey, pooling: str, layers: tuple[int, ...] | None) -> np.ndarray:
         fingerprint = self._fingerprint().backbone
         cached = self._features.get((key, pooling, layers))
         if cached is None or cached[0] != fingerprint:

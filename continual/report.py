@@ -46,18 +46,22 @@ class Column:
 
     metric: str
     title: str
-    kind: str  # "percent" (a share, shown x100), "count" or "seconds"
+    kind: str  # "percent" (a share, shown x100), "count", "seconds" or "megabytes" (bytes, shown /1e6)
     fallback: str | None = None  # per-step metric summed over steps when ``metric`` was not logged
 
 
 COLUMNS = (
-    Column("avg_acc", "ACC", "percent"),
+    Column("avg_acc", "ACC", "percent"),  # no task id at test (class-incremental)
     Column("bwt", "BWT", "percent"),
     Column("forgetting", "forgetting", "percent"),
+    Column("oracle_avg_acc", "ACC (task id)", "percent"),  # the task given at test (task-incremental)
+    Column("oracle_bwt", "BWT (task id)", "percent"),
+    Column("oracle_forgetting", "forgetting (task id)", "percent"),
     Column("learning_acc", "learning acc", "percent"),  # mean of R[j, j]: compare methods' for forward transfer
     Column("router_acc", "router acc", "percent"),
     # run-level totals logged by run_stream; runs made before they existed are summed from the per-task values
     Column("total_trainable_params", "trainable params", "count", fallback="trainable_params"),
+    Column("artifact_bytes", "storage (MB)", "megabytes"),  # everything a reload needs, replay memories included
     Column("total_train_seconds", "train time (s)", "seconds", fallback="train_seconds"),
 )
 
@@ -278,7 +282,12 @@ def format_stat(stat: Stat | None, column: Column, n: int) -> str:
     """``mean ± std`` in the column's unit; ``—`` when no run logged it; ``(n=k)`` when only some did."""
     if stat is None:
         return MISSING
-    scale, digits, sep = {"percent": (100.0, 2, ""), "count": (1.0, 0, ","), "seconds": (1.0, 1, "")}[column.kind]
+    scale, digits, sep = {
+        "percent": (100.0, 2, ""),
+        "count": (1.0, 0, ","),
+        "seconds": (1.0, 1, ""),
+        "megabytes": (1e-6, 1, ""),
+    }[column.kind]
     text = f"{stat.mean * scale:{sep}.{digits}f}"
     if stat.n > 1:
         text += f" ± {stat.std * scale:{sep}.{digits}f}"

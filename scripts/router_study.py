@@ -1,16 +1,21 @@
-"""Which frozen features and distance route CLINC150 domains best? Router accuracy only, no adapters.
+"""Which router closes the gap to the oracle? Router variants measured on a finished run's adapters.
 
-    .venv/bin/python scripts/router_study.py [--data ../shared/data/clinc150] [--run RUN_DIR]
+    .venv/bin/python scripts/router_study.py RUN_DIR [RUN_DIR ...] [--cache runs/router_study]
 
-Computes the packaged MiniLM's hidden states once for the train and test splits of every
-domain (cached in runs/router_study_features.npz), then builds each router variant from the
-train features of all ten tasks, task by task as a run would, and prints the final router
-accuracy on the test splits (the share of test queries routed to their own domain), plus the
-time to fit. With ``--run`` (the output folder of a clinc150_domains run in the default order) the
-run's adapters are loaded, every test query's head certainty under every adapter is computed
-once (cached next to the features), and the entropy router
-is added. Routing after the last task does not depend on the task order for the prototype
-router; the classifier router refits on the statistics, so it does not either (up to sampling).
+For each run folder (a per-task adapter run of any stream: its config.yaml names the stream), the
+packaged backbone's hidden states (every layer, mean-pooled) are computed once for every split of
+every task, and every test query goes once through every task's adapter and head (its pooled
+features, labels and certainty); all of it is cached under ``--cache``. Each router variant is then
+built task by task as a run builds it, and after the last task the script prints, per variant:
+router accuracy (queries sent to their own task), routed ACC (right task and right label; the mean
+over tasks, as R's last row), its gap to the oracle-routed ACC, the share of queries whose task is
+in the first stage's top-k, and the cost per query of each stage (milliseconds, measured here).
+
+Variants: the frozen-feature prototype router (Mahalanobis to class means, shared covariance) on
+several layer sets; the entropy router; and two-stage routers that re-rank the prototype's top-k
+tasks with each candidate adapter's own features: the Mahalanobis distance of the query's adapted
+features to that task's class means, under that task's covariance of its own adapted training
+features (the statistics a router can keep after learning each task; no text is kept).
 """
 
 from __future__ import annotations
@@ -21,126 +26,209 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+import yaml
 
-from continual.backbone import Backbone, pool
-from continual.routers import ClassifierRouter, EntropyRouter, PrototypeRouter, RouterInputs
-from continual.streams import Clinc150Domains
-from continual.training import TrainerConfig, eval_batches, iter_padded
+from continual import assemble
+from continual.backbone import pool
+from continual.learners import AdapterPerTask, saved_tasks
+from continual.learners.base import padded_batches, tokenize
+from continual.routers.prototype import ClassStatistics
+from continual.streams import Stream
+
+SPLITS = ("train", "validation", "test")
 
 
-def hidden_features(backbone: Backbone, texts, pooling: str) -> np.ndarray:
-    """``[layers + 1, n, hidden]``: every hidden state (0 = embeddings) pooled with ``pooling``."""
-    tokens = backbone.tokenize(list(texts), 128)
-    out = None
-    with torch.no_grad():
-        for idx, ids, mask in iter_padded(tokens, eval_batches([len(t) for t in tokens], 256), 0, torch.device("cpu")):
-            states = backbone.model(
-                input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), output_hidden_states=True
-            ).hidden_states
-            pooled = torch.stack([pool(h, mask, pooling) for h in states]).numpy()
+def _hidden(learner: AdapterPerTask, texts) -> np.ndarray:
+    """``[layers + 1, n, hidden]``: every hidden state of the plain backbone, mean-pooled."""
+    tokens = tokenize(learner, texts)
+    out: np.ndarray | None = None
+    with torch.no_grad(), learner.bank.routed(()):
+        for idx, ids, mask in padded_batches(learner, tokens):
+            states = learner.backbone.model(**learner.backbone._inputs(ids, mask), output_hidden_states=True)
+            pooled = torch.stack([pool(h, mask, "mean") for h in states.hidden_states]).numpy()
             if out is None:
                 out = np.empty((pooled.shape[0], len(tokens), pooled.shape[2]), np.float32)
             out[:, idx] = pooled
+    assert out is not None
     return out
 
 
-def head_certainty(run: Path, stream, cache: Path) -> dict[str, np.ndarray]:
-    """Per test split j, ``[n, T]``: the certainty of every task's head under its own adapter."""
-    if cache.is_file():
-        return dict(np.load(cache))
-    from continual.adapters import BottleneckConfig
-    from continual.evaluation import encode_texts
-    from continual.learners import AdapterPerTask, saved_tasks
+def _adapted(learner: AdapterPerTask, texts, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Adapter ``k``'s pooled features, its head's label and certainty, for every text."""
+    tokens = tokenize(learner, texts)
+    feats = np.empty((len(tokens), learner.backbone.hidden_size), np.float32)
+    labels, certainty = np.empty(len(tokens), np.int64), np.empty(len(tokens), np.float32)
+    with torch.no_grad():
+        for idx, ids, mask in padded_batches(learner, tokens):
+            with learner.bank.routed([(k, 0, len(idx))]):
+                f = learner._encode(ids, mask, None)
+            feats[idx] = f.numpy()
+            probs = learner.heads[k](f).softmax(-1)
+            labels[idx] = probs.argmax(-1).numpy()
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+            certainty[idx] = (1 - entropy / np.log(probs.shape[-1])).numpy()
+    return feats, labels, certainty
 
-    tasks = saved_tasks(run / "adapters")
-    if [t.name for t in tasks] != stream.task_names:
-        raise SystemExit(f"{run}: adapters are for {[t.name for t in tasks]}, not {stream.task_names}")
-    config = OmegaConf.load(run / "config.yaml")
-    learner = AdapterPerTask(
-        Backbone.load(),
-        BottleneckConfig(**{k: v for k, v in config.adapter.items() if k != "_target_"}),
-        TrainerConfig(),
-        progress=False,
-    )
-    learner.load(run / "adapters", tasks)
-    out = {}
+
+def load(run: Path, cache: Path) -> tuple[Stream, dict[str, np.ndarray]]:
+    """The run's stream and every feature the variants need (computed once, then read from the cache)."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    stream = assemble.stream_source(config["stream"]).load(Path.cwd())
+    path = cache / f"{run.name}.npz"
+    if path.is_file():
+        return stream, dict(np.load(path))
+    parts = assemble.parts(config)
+    learner = assemble.learner(parts, assemble.backbone(config), config["seed"])
+    assert isinstance(learner, AdapterPerTask)
+    learner.load(run / "adapters", saved_tasks(run / "adapters"))
+    data: dict[str, np.ndarray] = {}
+    seconds = {"hidden": 0.0, "adapted": 0.0}
     for j, task in enumerate(stream.tasks):
-        inputs = encode_texts(learner, task.test.texts)
-        out[str(j)] = np.stack([inputs.certainty(k) for k in range(len(tasks))], axis=1)
-    np.savez(cache, **out)
-    return out
+        for split in SPLITS:
+            data[f"hidden/{j}/{split}"] = _hidden(learner, getattr(task, split).texts)
+        for split in ("train", "validation"):
+            data[f"own/{j}/{split}"] = _adapted(learner, getattr(task, split).texts, j)[0]
+        start = time.perf_counter()
+        _hidden(learner, task.test.texts)
+        seconds["hidden"] += time.perf_counter() - start
+        start = time.perf_counter()
+        for k in range(len(stream.tasks)):
+            data[f"feat/{j}/{k}"], data[f"label/{j}/{k}"], data[f"cert/{j}/{k}"] = _adapted(learner, task.test.texts, k)
+        seconds["adapted"] += (time.perf_counter() - start) / len(stream.tasks)
+        print(f"  features of task {j + 1}/{len(stream.tasks)} done", flush=True)
+    queries = sum(len(t.test) for t in stream.tasks)
+    data.update({f"ms/{k}": np.array([1e3 * v / queries]) for k, v in seconds.items()})
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **data)
+    return stream, data
+
+
+def _layer(data, j: int, split: str, layers: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate([data[f"hidden/{j}/{split}"][k] for k in layers], axis=1)
+
+
+def frozen_scores(stream: Stream, data, layers: tuple[int, ...], shrinkage: float = 0.05) -> tuple[list, float, float]:
+    """Per test set, ``[n, T]`` prototype task scores on frozen ``layers``; fit seconds; ms per query."""
+    stats = ClassStatistics(shrinkage)
+    start = time.perf_counter()
+    for j, task in enumerate(stream.tasks):
+        stats.add(j, _layer(data, j, "train", layers), task.train.labels, len(task.labels))
+    fit = time.perf_counter() - start
+    tests = [_layer(data, j, "test", layers) for j in range(len(stream.tasks))]
+    start = time.perf_counter()
+    scores = [stats.task_scores(stats.class_scores(x, "mahalanobis"), len(stream.tasks)) for x in tests]
+    ms = 1e3 * (time.perf_counter() - start) / sum(len(x) for x in tests)
+    return scores, fit, ms
+
+
+def adapted_scores(stream: Stream, data, shrinkage: float) -> list[np.ndarray]:
+    """Per test set, ``[n, T]``: minus the Mahalanobis distance of each query's adapted features (adapter k) to
+    task k's nearest class mean, under task k's own covariance of its adapted training features."""
+    T = len(stream.tasks)
+    scores = [np.empty((len(t.test), T)) for t in stream.tasks]
+    for k, task in enumerate(stream.tasks):
+        stats = ClassStatistics(shrinkage)
+        stats.add(k, data[f"own/{k}/train"], task.train.labels, len(task.labels))
+        for j in range(T):
+            scores[j][:, k] = stats.class_scores(data[f"feat/{j}/{k}"], "mahalanobis").max(1)
+    return scores
+
+
+def evaluate(stream: Stream, data, routes: list[np.ndarray]) -> tuple[float, float, float]:
+    """Router accuracy, routed ACC and oracle ACC after the last task (means over tasks, as R's last row)."""
+    router, routed, oracle = [], [], []
+    for j, task in enumerate(stream.tasks):
+        labels = np.stack([data[f"label/{j}/{k}"] for k in range(len(stream.tasks))], axis=1)
+        chosen = labels[np.arange(len(task.test)), routes[j]]
+        router.append(np.mean(routes[j] == j))
+        routed.append(np.mean((routes[j] == j) & (chosen == task.test.labels)))
+        oracle.append(np.mean(data[f"label/{j}/{j}"] == task.test.labels))
+    return float(np.mean(router)), float(np.mean(routed)), float(np.mean(oracle))
+
+
+def rerank(first: list[np.ndarray], second: list[np.ndarray], top: int, weight: float) -> list[np.ndarray]:
+    """Among each query's ``top`` first-stage tasks, the best of ``weight`` * second + first (both as given)."""
+    routes = []
+    for s1, s2 in zip(first, second):
+        candidates = np.argsort(-s1, axis=1)[:, :top]
+        rows = np.arange(len(s1))[:, None]
+        combined = weight * s2[rows, candidates] + s1[rows, candidates]
+        routes.append(candidates[np.arange(len(s1)), combined.argmax(1)])
+    return routes
+
+
+def study(run: Path, cache: Path) -> None:
+    stream, data = load(run, cache)
+    depth = data["hidden/0/test"].shape[0] - 1
+    T = len(stream.tasks)
+    print(f"\n## {stream.name}: {T} tasks, {sum(len(t.test) for t in stream.tasks)} test queries ({run})")
+    print(f"{'router':44} {'router acc':>10} {'ACC':>7} {'gap':>6} {'top-2':>6} {'top-3':>6} {'ms/query':>9}")
+    layer_sets = {
+        "last": (depth,),
+        f"[{depth - 2}..{depth}]": tuple(range(depth - 2, depth + 1)),
+        f"[2..{depth}]": tuple(range(2, depth + 1)),
+        f"[1..{depth}]": tuple(range(1, depth + 1)),
+    }
+    firsts = {}
+    for name, layers in layer_sets.items():
+        scores, _, ms = frozen_scores(stream, data, layers)
+        firsts[name] = (scores, ms)
+        routes = [s.argmax(1) for s in scores]
+        top2, top3 = (
+            np.mean(np.concatenate([np.any(np.argsort(-s, 1)[:, :k] == j, axis=1) for j, s in enumerate(scores)]))
+            for k in (2, 3)
+        )
+        _row(f"prototype, layers {name}", evaluate(stream, data, routes), ms, top2, top3)
+    certainty = [np.stack([data[f"cert/{j}/{k}"] for k in range(T)], axis=1) for j in range(T)]
+    _row("entropy (every adapter's head)", evaluate(stream, data, [c.argmax(1) for c in certainty]), float("nan"))
+    start = time.perf_counter()
+    second = adapted_scores(stream, data, 0.05)
+    stage2_ms = 1e3 * (time.perf_counter() - start) / sum(len(t.test) for t in stream.tasks) / T
+    hidden = data["hidden/0/test"].shape[2]
+    for name in (f"[2..{depth}]", "last"):
+        scores, ms = firsts[name]
+        dims = hidden * len(layer_sets[name])  # squared distances grow with the dimension: compare per dimension
+        for top in (2, 3):
+            _row(
+                f"+ top-{top} by adapted Mahalanobis ({name})",
+                evaluate(stream, data, rerank(scores, second, top, 1e9)),
+                ms + top * stage2_ms,
+            )
+            for weight in (1.0, 2.0):
+                first = [s / dims for s in scores]
+                routes = rerank(first, [s / hidden for s in second], top, weight)
+                _row(
+                    f"+ top-{top} frozen + {weight:g} x adapted ({name})",
+                    evaluate(stream, data, routes),
+                    ms + top * stage2_ms,
+                )
+        _row(f"+ top-2 by head certainty ({name})", evaluate(stream, data, rerank(scores, certainty, 2, 1e9)), ms)
+    print(
+        f"(cost per query: frozen backbone pass {float(data['ms/hidden'][0]):.2f} ms, one adapter pass "
+        f"{float(data['ms/adapted'][0]):.2f} ms; the scores above are the routers' own arithmetic: second stage "
+        f"{stage2_ms:.3f} ms per candidate. A routed prediction runs the chosen task's adapter anyway, so top-k "
+        "re-ranking adds k - 1 adapter passes)"
+    )
+
+
+def _row(
+    name: str, result: tuple[float, float, float], ms: float, top2: float = float("nan"), top3: float = float("nan")
+) -> None:
+    router, routed, oracle = result
+    print(
+        f"{name:44} {100 * router:10.2f} {100 * routed:7.2f} {100 * (oracle - routed):6.2f} "
+        f"{100 * top2:6.2f} {100 * top3:6.2f} {ms:9.3f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/clinc150"))
-    parser.add_argument("--cache", type=Path, default=Path("runs/router_study_features.npz"))
-    parser.add_argument("--run", type=Path, default=None, help="a finished clinc150_domains run folder")
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--cache", type=Path, default=Path("runs/router_study"))
     args = parser.parse_args()
-
-    stream = Clinc150Domains(data_dir=str(args.data)).load()
-    if args.cache.is_file():
-        cached = dict(np.load(args.cache))
-    else:
-        backbone = Backbone.load()
-        cached = {}
-        for pooling in ("mean", "cls"):
-            for j, task in enumerate(stream.tasks):
-                for split in ("train", "validation", "test"):
-                    cached[f"{pooling}/{j}/{split}"] = hidden_features(backbone, getattr(task, split).texts, pooling)
-            print(f"features ({pooling}) done", flush=True)
-        args.cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.cache, **cached)
-
-    certainty = head_certainty(args.run, stream, args.cache.with_name("router_study_certainty.npz")) if args.run else {}
-
-    def inputs(j: int, split: str) -> RouterInputs:
-        """Task ``j``'s ``split`` as a router sees it, from the cached features (and head certainties)."""
-        data = getattr(stream.tasks[j], split)
-
-        def features(pooling, layers):
-            states = cached[f"{pooling}/{j}/{split}"]
-            return np.concatenate([states[k] for k in layers], axis=1)
-
-        return RouterInputs(len(data), features, lambda k: certainty[str(j)][:, k], labels=data.labels)
-
-    variants = {
-        "mahalanobis mean last": lambda: PrototypeRouter(),
-        "mahalanobis mean last, shrink 0": lambda: PrototypeRouter(shrinkage=0.0),
-        "mahalanobis mean last, shrink .2": lambda: PrototypeRouter(shrinkage=0.2),
-        "mahalanobis cls last": lambda: PrototypeRouter(pooling="cls"),
-        "cosine mean last (NCM)": lambda: PrototypeRouter(metric="cosine"),
-        "euclidean mean last": lambda: PrototypeRouter(metric="euclidean"),
-        "mahalanobis mean [-2]": lambda: PrototypeRouter(layers=[-2]),
-        "mahalanobis mean [-2,-1]": lambda: PrototypeRouter(layers=[-2, -1]),
-        "mahalanobis mean [-3,-2,-1]": lambda: PrototypeRouter(layers=[-3, -2, -1]),
-        "mahalanobis mean [1..6]": lambda: PrototypeRouter(layers=[1, 2, 3, 4, 5, 6]),
-        "mahalanobis mean [0..6]": lambda: PrototypeRouter(layers=[0, 1, 2, 3, 4, 5, 6]),
-        "mahalanobis mean [2..6]": lambda: PrototypeRouter(layers=[2, 3, 4, 5, 6]),
-        "classifier mean last": lambda: ClassifierRouter(),
-        "classifier mean [-3,-2,-1]": lambda: ClassifierRouter(layers=[-3, -2, -1]),
-    }
-    if certainty:
-        variants.update(
-            {
-                "entropy": lambda: EntropyRouter(),
-            }
-        )
-    print(f"{'router':36} {'router acc':>10} {'worst task':>24} {'fit s':>7}")
-    for name, make in variants.items():
-        router = make()
-        start = time.perf_counter()
-        for j, task in enumerate(stream.tasks):
-            router.add_task(j, task, inputs(j, "train"), inputs(j, "validation"))
-        fit = time.perf_counter() - start
-        acc = [float(np.mean(router.route(inputs(j, "test")).tasks == j)) for j, t in enumerate(stream.tasks)]
-        worst = int(np.argmin(acc))
-        print(
-            f"{name:36} {100 * np.mean(acc):10.2f} {stream.tasks[worst].name + f' {100 * acc[worst]:.1f}':>24} "
-            f"{fit:7.1f}",
-            flush=True,
-        )
+    torch.set_grad_enabled(False)
+    for run in args.runs:
+        study(run, args.cache)
 
 
 if __name__ == "__main__":

@@ -161,17 +161,17 @@ def test_markdown_and_csv(store):
     rep = report.build_report(store["client"], "exp")
     lines = report.to_markdown(rep).splitlines()
     assert lines[0] == (
-        "| stream | learner | router | adapter | n | ACC | BWT | forgetting | learning acc | router acc "
-        "| trainable params | train time (s) |"
+        "| stream | learner | router | adapter | n | ACC | BWT | forgetting | ACC (task id) | BWT (task id) "
+        "| forgetting (task id) | learning acc | router acc | trainable params | storage (MB) | train time (s) |"
     )
-    assert lines[1] == "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    assert lines[1] == "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     assert lines[2] == (
-        "| cl5 | adapter_per_task | prototype | pfeiffer | 2 | 72.50 ± 3.54 | — | — | — | 90.00 (n=1) "
-        "| 300 ± 0 | 3.5 ± 0.7 |"
+        "| cl5 | adapter_per_task | prototype | pfeiffer | 2 | 72.50 ± 3.54 | — | — | — | — | — | — | 90.00 (n=1) "
+        "| 300 ± 0 | — | 3.5 ± 0.7 |"
     )
     assert lines[3] == (
         "| demo | adapter_per_task | oracle | pfeiffer | 4 | 86.00 ± 6.68 | -1.00 ± 1.00 (n=3) "
-        "| 1.00 ± 1.00 (n=3) | — | 100.00 ± 0.00 (n=3) | 1,000 ± 0 | 16.5 ± 9.1 |"
+        "| 1.00 ± 1.00 (n=3) | — | — | — | — | 100.00 ± 0.00 (n=3) | 1,000 ± 0 | — | 16.5 ± 9.1 |"
     )
     rows = list(csv.DictReader(io.StringIO(report.to_csv(rep))))
     assert [r["router"] for r in rows] == ["prototype", "oracle"]
@@ -244,7 +244,10 @@ def _main(monkeypatch, capsys, *args):
 def test_cli_prints_markdown_or_csv_and_errors_are_one_line(store, monkeypatch, capsys, tmp_path):
     code, out, err = _main(monkeypatch, capsys, "exp", "--tracking-uri", store["uri"], "--group-by", "router")
     assert code == 0
-    header = "| router | n | ACC | BWT | forgetting | learning acc | router acc | trainable params | train time (s) |"
+    header = (
+        "| router | n | ACC | BWT | forgetting | ACC (task id) | BWT (task id) | forgetting (task id) | learning acc "
+        "| router acc | trainable params | storage (MB) | train time (s) |"
+    )
     assert out.splitlines()[0] == header
     assert "skipped 3 runs" in err
     code, out, _ = _main(
@@ -316,12 +319,14 @@ def test_report_over_a_real_tiny_run(store, tmp_path, tiny_model_dir, demo_files
     row = out.splitlines()[2].split(" | ")
     assert row[:5] == ["| two", "adapter_per_task", "oracle", "pfeiffer", "1"]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert row[5] == f"{100 * results['avg_acc']:.2f}" and row[9] == "100.00"
+    assert row[5] == f"{100 * results['avg_acc']:.2f}" and row[8] == f"{100 * results['oracle_avg_acc']:.2f}"
+    assert row[12] == "100.00"  # router acc
     client = store["client"]
     run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])[0]
     per_task = client.get_metric_history(run.info.run_id, "trainable_params")
     assert len(per_task) == 2 and run.data.metrics["total_trainable_params"] == sum(m.value for m in per_task)
-    assert row[10] == f"{int(sum(m.value for m in per_task)):,}"
+    assert row[13] == f"{int(sum(m.value for m in per_task)):,}"
+    assert float(row[14]) == pytest.approx(run.data.metrics["artifact_bytes"] / 1e6, abs=0.05)
     assert run.data.metrics["total_train_seconds"] == pytest.approx(results["train_seconds"])
     assert (tmp_path / "report" / "results.png").is_file()
 

@@ -138,11 +138,11 @@ class AdapterPerTask:
         attention_mask: torch.Tensor,
         cache: PrefixCache | None,
         pooling: str | None = None,
-        layers: tuple[int, ...] = (-1,),
+        layers: tuple[int, ...] | None = (-1,),
     ) -> torch.Tensor:
         """Pooled features under the current routing, starting from ``cache``'s frozen states when given."""
         with self.trainer.autocast(self.device):
-            if cache is None or min(k % (len(self.backbone.layers) + 1) for k in layers) < cache.layer:
+            if cache is None or min(self.backbone.layer_indices(layers)) < cache.layer:
                 return self.backbone.encode(input_ids, attention_mask, pooling, layers).float()
             hidden = cache.states(input_ids, attention_mask)
             return self.backbone.encode(input_ids, attention_mask, pooling, layers, cache.layer, hidden).float()
@@ -261,7 +261,7 @@ class AdapterPerTask:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pooling: str = "mean",
-        layers: tuple[int, ...] = (-1,),
+        layers: tuple[int, ...] | None = (-1,),
     ) -> torch.Tensor:
         with self.bank.routed(()):  # no segments: the plain backbone
             return self._encode(input_ids, attention_mask, self.cache, pooling, layers)

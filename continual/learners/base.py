@@ -138,7 +138,7 @@ class Learner(Protocol):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pooling: str = "mean",
-        layers: tuple[int, ...] = (-1,),
+        layers: tuple[int, ...] | None = (-1,),
     ) -> torch.Tensor:
         """Pooled features of the backbone *without* any adapter: what learned routers look at."""
         ...

@@ -278,7 +278,7 @@ class SingleHeadLearner:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pooling: str = "mean",
-        layers: tuple[int, ...] = (-1,),
+        layers: tuple[int, ...] | None = (-1,),
     ) -> torch.Tensor:
         """Pooled backbone features without the shared adapter (they move with fine-tuning)."""
         plain = self.bank.routed(()) if self.bank is not None else nullcontext()

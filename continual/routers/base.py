@@ -35,7 +35,7 @@ class RouterInputs:
     def __init__(
         self,
         size: int,
-        features: Callable[[str, tuple[int, ...]], np.ndarray],
+        features: Callable[[str, tuple[int, ...] | None], np.ndarray],
         certainty: Callable[[int], np.ndarray],
         task_ids: np.ndarray | None = None,
         labels: np.ndarray | None = None,
@@ -46,12 +46,12 @@ class RouterInputs:
         self.labels = labels
         self._head_scores_fn = head_scores
         self._features_fn, self._certainty_fn = features, certainty
-        self._features: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._features: dict[tuple[str, tuple[int, ...] | None], np.ndarray] = {}
         self._certainty: dict[int, np.ndarray] = {}
         self._head_scores: np.ndarray | None = None
 
-    def features(self, pooling: str = "mean", layers: Sequence[int] = (-1,)) -> np.ndarray:
-        key = (pooling, tuple(layers))
+    def features(self, pooling: str = "mean", layers: Sequence[int] | None = (-1,)) -> np.ndarray:
+        key = (pooling, None if layers is None else tuple(layers))
         if key not in self._features:
             self._features[key] = self._features_fn(*key)
         return self._features[key]

@@ -139,7 +139,7 @@ class FeatureRouter:
     def __init__(
         self,
         pooling: str,
-        layers: Sequence[int],
+        layers: Sequence[int] | None,
         shrinkage: float,
         accept_rate: float | None,
         calibration_per_task: int,
@@ -149,7 +149,8 @@ class FeatureRouter:
         if not 0.0 <= shrinkage <= 1.0:
             raise ContinualError(f"router.shrinkage must be in [0, 1], got {shrinkage!r}")
         check_accept_rate(accept_rate, "router")
-        self.pooling, self.layers = pooling, tuple(int(k) for k in layers)
+        self.pooling = pooling
+        self.layers = None if layers is None else tuple(int(k) for k in layers)
         self.shrinkage, self.calibration_per_task = shrinkage, calibration_per_task
         self.accept_rate = accept_rate
         self.stats = ClassStatistics(shrinkage)
@@ -202,7 +203,8 @@ class FeatureRouter:
 class PrototypeRouter(FeatureRouter):
     """Nearest class mean (``metric``: mahalanobis with shared covariance, cosine, euclidean) -> its task.
 
-    ``pooling`` (mean or cls) and ``layers`` (hidden-state indices, concatenated) choose the frozen
+    ``pooling`` (mean or cls) and ``layers`` (hidden-state indices, concatenated; None: the last five
+    layers, which route best, see the README) choose the frozen
     features. With ``accept_rate`` set, an input whose best task score falls below the score that
     ``accept_rate`` of the learned tasks' validation inputs reach is rejected (routed to -1).
     """
@@ -211,7 +213,7 @@ class PrototypeRouter(FeatureRouter):
         self,
         metric: str = "mahalanobis",
         pooling: str = "mean",
-        layers: Sequence[int] = (-1,),
+        layers: Sequence[int] | None = None,
         shrinkage: float = 0.05,
         accept_rate: float | None = None,
         calibration_per_task: int = 200,
