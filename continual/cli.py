@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -184,11 +186,61 @@ def _resume(argv: list[str]) -> None:
     resume_job(Path(argv[0]), argv[1:])
 
 
+EXTEND_USAGE = """usage: continual extend RUN stream=NAME [stream.key=value ...] [key=value ...] [--output DIR]
+                        [--config-dir DIR]
+
+Learn the tasks of stream NAME after those of RUN (a finished run's folder, or a registered model
+version models:/NAME/VERSION or models:/NAME@alias), into a new folder (default runs/<date>/<time>-<pid>)
+and a new MLflow run tagged with the run it extends. The run's adapters, heads and router state are
+loaded, not retrained; its accuracy matrix continues from step T. key=value may change trainer.*,
+tracking.*, seed, progress and threads; learner, adapter, backbone and router stay the run's."""
+
+
+def _stream_node(overrides: list[str], config_dir: str | None) -> dict[str, Any]:
+    """The composed ``stream`` node for ``stream=NAME`` and ``stream.key=value`` overrides (Hydra composes it)."""
+    from hydra import compose, initialize_config_dir
+
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).absolute()}]"] if config_dir else []
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return plain(compose(config_name="config", overrides=[*overrides, *extra]).stream)
+
+
+def _extend(argv: list[str]) -> None:
+    """``continual extend RUN stream=MORE [overrides]``."""
+    from continual.cmdline import subcommand_parser
+    from continual.extend import extend_job
+    from continual.predict import run_folder
+
+    parser = subcommand_parser("extend", EXTEND_USAGE)
+    parser.add_argument("run")
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--config-dir")
+    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
+    args, rest = parser.parse_known_args(argv)
+    streams = [o for o in rest if o.startswith(("stream=", "stream."))]
+    if not any(o.startswith("stream=") for o in streams):
+        parser.error("name the stream to learn next with stream=NAME")
+    check_config_files([*(["--config-dir", args.config_dir] if args.config_dir else []), *streams])
+    _check_overrides(rest)
+    out = args.output or Path("runs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="continual-extend-") as scratch:
+        source = run_folder(args.run, args.tracking_uri, Path(scratch))
+        extend_job(
+            source.absolute(),
+            _stream_node(streams, args.config_dir),
+            [o for o in rest if o not in streams],
+            out.absolute(),
+            Path.cwd(),
+        )
+
+
 def _subcommand(name: str, argv: list[str]) -> None:
     if name == "predict":
         from continual.predict import main as predict
 
         predict(argv)
+    elif name == "extend":
+        _extend(argv)
     else:
         from continual.report import main as report
 
@@ -200,7 +252,7 @@ def main() -> None:
     args = sys.argv[1:]
     try:
         with sigterm_as_interrupt():
-            if args[:1] in (["predict"], ["report"]):
+            if args[:1] in (["predict"], ["report"], ["extend"]):
                 _subcommand(args[0], args[1:])
                 return
             if args[:1] == ["resume"]:

@@ -31,7 +31,7 @@ from continual.errors import ContinualError
 from continual.evaluation import Evaluator, TaskEval, split_inputs
 from continual.learners.base import Head, Learner, LearnReport, Step, steps
 from continual.routers.base import Reads, Router
-from continual.routers.state import save_router
+from continual.routers.state import load_router, save_router
 from continual.sinks import Sink, default_sinks
 from continual.streams import Stream, Task
 from continual.tracking.base import Tracker
@@ -144,13 +144,18 @@ class _Run:
         return time.perf_counter() - start
 
     def restore(self, state: RunState) -> None:
-        """Resuming: the learner loads what it saved; the router is rebuilt from the data, as the first time."""
+        """Resuming (or extending): the learner loads what it saved; the router loads its state when that was
+        saved for exactly these tasks, else it is rebuilt from the data, as it was built the first time."""
         done = self.stream.tasks[: state.completed]
-        if done:
-            self.learner.load(self.out_dir / "adapters", done)
-            log.info("resuming after task %d/%d (%s)", len(done), len(self.stream.tasks), done[-1].name)
-            self.saved_bytes = _bytes(self.out_dir / "adapters")
-        self.add_to_router(range(len(done)))
+        if not done:
+            return
+        self.learner.load(self.out_dir / "adapters", done)
+        log.info("resuming after task %d/%d (%s)", len(done), len(self.stream.tasks), done[-1].name)
+        self.saved_bytes = _bytes(self.out_dir / "adapters")
+        try:
+            load_router(self.router, self.out_dir, [t.name for t in done], self.learner.backbone.name)
+        except ContinualError:  # killed between saving the router and the checkpoint: one task ahead
+            self.add_to_router(range(len(done)))
 
     def save(self, names: list[str]) -> dict[str, float]:
         """The learner's and router's state after this step; how many bytes a reload needs and this step added."""

@@ -9,7 +9,8 @@ marks it FAILED (KILLED on an interrupt), with the rows finished so far and the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def _train(
     label: str,
 ) -> RunResult:
     """Inside the open tracking run: config and params, data, compatibility, model, the stream."""
-    if state is None:
+    if state is None or state.run_id is None:  # a new tracking run (an extension's state has none yet)
         tracker.log_params(config)
         files.write_text(out_dir / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
         tracker.log_artifact(out_dir / CONFIG)
@@ -83,7 +84,9 @@ def _train(
     log.info("stream %s: %s", stream.name, _describe(stream))
     check_compatible(stream.tasks, parts.router, parts.learner.head, f"learner={learner_name}")
     if state is None:  # written before any training so that even task 0 can be resumed into this run
-        state = RunState(stream.task_names, run_id=tracker.run_id)
+        state = RunState(stream.task_names)
+    if state.run_id is None:
+        state.run_id = tracker.run_id
         state.save(out_dir)
     assemble.seed_everything(config["seed"])
     backbone = assemble.backbone(config)
@@ -100,20 +103,30 @@ def run_job(
     choices: Mapping[str, str],
     job: int | None = None,
     log_file: Path | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> RunResult:
     """Validate, lock the folder, open the tracker, load data, then train; a failure marks the run FAILED or KILLED.
 
     ``job`` is the index of this run in a multirun (its run then joins the sweep's parent run);
-    ``log_file``, if it exists at the end, is attached to the tracking run. One process at a time
-    writes a run folder (:class:`continual.files.RunLock`); SIGTERM ends the job as Ctrl-C does.
+    ``log_file``, if it exists at the end, is attached to the tracking run; ``extra_tags`` go on a new
+    tracking run; ``prepare`` runs first, under the lock (an extension writes its starting state). One
+    process at a time writes a run folder (:class:`continual.files.RunLock`); SIGTERM ends the job as
+    Ctrl-C does.
     """
     quiet_libraries()
     parts = assemble.parts(config)
     with RunLock(out_dir), sigterm_as_interrupt(), assemble.threads(config.get("threads")):
+        if prepare is not None:
+            prepare()
         state = resume_state(out_dir, dict(config), bool(config.get("resume")))
         if state is None:
             Origin(str(launch_dir), dict(choices), job, log_file.name if log_file else None).save(out_dir)
-        tags = {**run_tags(config, choices, parts.router), **(child_tags(out_dir, job) if job is not None else {})}
+        tags = {
+            **run_tags(config, choices, parts.router),
+            **(child_tags(out_dir, job) if job is not None else {}),
+            **(extra_tags or {}),
+        }
         name = config.get("run_name") or f"{parts.source.name}-{tags['learner']}-{tags['router']}-seed{config['seed']}"
         tracker = assemble.tracker(config["tracking"], launch_dir, name, tags, state.run_id if state else None)
         label = "" if job is None else f"job {job} "
@@ -123,7 +136,7 @@ def run_job(
             out_dir,
             lambda: _train(config, parts, tracker, state, out_dir, launch_dir, tags["learner"], label),
         )
-        if state is not None:
+        if state is not None and state.run_id is not None:
             close_sweep(out_dir.parent, only_if_done=True)  # a resumed job of a multirun may be its last to finish
     print(text, flush=True)
     return result
@@ -162,20 +175,26 @@ def resume_job(run_dir: Path, overrides: list[str]) -> RunResult:
     origin = Origin.load(run_dir)
     config = resume_config(run_dir, overrides)
     log_file = run_dir / origin.log_file if origin.log_file else None
-    handler = _append_log(log_file) if log_file else None
-    try:
+    with log_to(log_file):
         return run_job(config, run_dir, Path(origin.launch_dir), origin.choices, origin.job, log_file)
-    finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
 
 
-def _append_log(path: Path) -> logging.Handler:
-    """Log lines of the resumed job also go to its log file, as Hydra set it up for the first start."""
+@contextmanager
+def log_to(path: Path | None) -> Iterator[None]:
+    """Log lines also go to ``path`` (appended) while the block runs, as Hydra's set-up does for a first start."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(min(root.level or logging.INFO, logging.INFO))
-    return handler
+    level = root.level
+    root.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()

@@ -149,7 +149,7 @@ def main_in_process(monkeypatch, capsys, *args: str) -> subprocess.CompletedProc
     from continual import cli
 
     args = tuple(map(str, args))
-    if args[:1] not in (("predict",), ("report",), ("resume",)):
+    if args[:1] not in (("predict",), ("report",), ("resume",), ("extend",)):
         args = (*args, *QUIET_HYDRA)
     monkeypatch.setattr(sys, "argv", ["continual", *args])
     code = 0

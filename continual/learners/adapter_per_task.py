@@ -111,6 +111,9 @@ class AdapterPerTask:
         self.heads = nn.ModuleList()
         self.dropout = nn.Dropout(head_dropout)
         self.tasks: list[Task] = []
+        # files that already hold a task's adapter as it is: a learned adapter is frozen, so a later save
+        # skips them (its files stay byte-identical, and a save costs one file, not one per task so far)
+        self._on_disk: set[Path] = set()
         self.backbone.to(self.device)
         # AdapterDrop leaves the lowest layers frozen and un-adapted: their outputs are cached for
         # evaluation and router features, and recomputed only once per epoch-independent text.
@@ -308,6 +311,7 @@ class AdapterPerTask:
             if self.transfer == "similar" and len(task.train.texts):  # resuming: later tasks compare with it
                 self.centroids.append(self._centroid(task.train.texts))
             meta = files.read_metadata(task_file(directory, k, task.name))
+            self._on_disk.add(task_file(directory, k, task.name).absolute())
             if meta.get("initialised_from"):
                 self.sources[k] = int(meta["initialised_from"])
             for p in self._parameters(k):
@@ -318,13 +322,18 @@ class AdapterPerTask:
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for k, task in enumerate(self.tasks):
+            path = task_file(directory, k, task.name)
+            paths.append(path)
+            if path.absolute() in self._on_disk and path.is_file():
+                continue
             tensors = {
                 **files.with_prefix("adapter.", self.bank.adapters[k].state_dict()),
                 **files.with_prefix("head.", self.heads[k].state_dict()),
             }
             if str(k) in self.bank.fusion:
                 tensors.update(files.with_prefix("fusion.", self.bank.fusion[str(k)].state_dict()))
-            paths.append(files.save_tensors(task_file(directory, k, task.name), tensors, self._metadata(k, task)))
+            files.save_tensors(path, tensors, self._metadata(k, task))
+            self._on_disk.add(path.absolute())
         return paths
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from continual.streams.clinc150 import Clinc150Domains, Clinc150Intents
+from continual.streams.concatenated import Concatenated
 from continual.streams.demo import DemoStream
 from continual.streams.spec import StreamSpec, TaskSpec
 from continual.streams.task import Split, Stream, Task, apply_order, build_task
@@ -27,6 +28,7 @@ class StreamSource(Protocol):
 __all__ = [
     "Clinc150Domains",
     "Clinc150Intents",
+    "Concatenated",
     "DemoStream",
     "Split",
     "Stream",
