@@ -113,6 +113,10 @@ def parts(config: Mapping[str, Any]) -> Parts:
     """Build and validate every part that needs neither data nor a model (top-level options included)."""
     _check_int(config, "seed", 0)
     _check_int(config, "threads", 1, optional=True)
+    if config["tracking"].get("register") is not None:
+        from continual.registry import check_model_name
+
+        check_model_name(config["tracking"]["register"])
     learner = dict(config["learner"])
     target = str(learner.get("_target_", ""))
     learner["_target_"] = _LEARNER_TARGETS.get(target, target)

@@ -2,7 +2,8 @@
 
 ``continual [overrides]`` and ``continual -m [sweeps]`` compose ``conf/`` with Hydra and hand the
 resolved config, as plain values, to :func:`continual.runner.run_job`. ``continual resume DIR``
-re-runs a job's own overrides into its folder; ``predict`` and ``report`` are plain subcommands.
+re-runs a job's own overrides into its folder; ``continual extend RUN stream=MORE`` composes only the
+new stream. ``predict``, ``report``, ``registry``, ``promote`` and ``compare`` are plain subcommands.
 Config and data problems surface as one ``error: ...`` line and exit status 2.
 """
 
@@ -209,13 +210,13 @@ def _extend(argv: list[str]) -> None:
     """``continual extend RUN stream=MORE [overrides]``."""
     from continual.cmdline import subcommand_parser
     from continual.extend import extend_job
-    from continual.predict import run_folder
+    from continual.registry import DEFAULT_URI, fetch_bank
 
     parser = subcommand_parser("extend", EXTEND_USAGE)
     parser.add_argument("run")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--config-dir")
-    parser.add_argument("--tracking-uri", default="sqlite:///runs/mlflow.db")
+    parser.add_argument("--tracking-uri", default=DEFAULT_URI)
     args, rest = parser.parse_known_args(argv)
     streams = [o for o in rest if o.startswith(("stream=", "stream."))]
     if not any(o.startswith("stream=") for o in streams):
@@ -224,35 +225,41 @@ def _extend(argv: list[str]) -> None:
     _check_overrides(rest)
     out = args.output or Path("runs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="continual-extend-") as scratch:
-        source = run_folder(args.run, args.tracking_uri, Path(scratch))
+        source = fetch_bank(args.run, args.tracking_uri, Path(scratch), "continual extend")
         extend_job(
             source.absolute(),
             _stream_node(streams, args.config_dir),
             [o for o in rest if o not in streams],
             out.absolute(),
             Path.cwd(),
+            args.run,
         )
 
 
+# continual NAME ...: the function that runs it (module:function, imported only when used)
+SUBCOMMANDS = {
+    "predict": "continual.predict:main",
+    "report": "continual.report:main",
+    "registry": "continual.registry:main_registry",
+    "promote": "continual.registry:main_promote",
+    "compare": "continual.compare:main",
+    "extend": "continual.cli:_extend",
+}
+
+
 def _subcommand(name: str, argv: list[str]) -> None:
-    if name == "predict":
-        from continual.predict import main as predict
+    import importlib
 
-        predict(argv)
-    elif name == "extend":
-        _extend(argv)
-    else:
-        from continual.report import main as report
-
-        report(argv)
+    module, function = SUBCOMMANDS[name].split(":")
+    getattr(importlib.import_module(module), function)(argv)
 
 
 def main() -> None:
-    """Console entry point: ``continual [overrides...]``, ``-m``, ``resume DIR``, ``predict RUN``, ``report``."""
+    """Console entry point: ``continual [overrides...]``, ``-m``, ``resume DIR`` and the :data:`SUBCOMMANDS`."""
     args = sys.argv[1:]
     try:
         with sigterm_as_interrupt():
-            if args[:1] in (["predict"], ["report"], ["extend"]):
+            if args[:1] and args[0] in SUBCOMMANDS:
                 _subcommand(args[0], args[1:])
                 return
             if args[:1] == ["resume"]:

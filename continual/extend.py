@@ -101,9 +101,15 @@ def prepare(source: Path, out_dir: Path, config: dict[str, Any], stream_names: l
 
 
 def extend_job(
-    source: Path, stream: Mapping[str, Any], overrides: list[str], out_dir: Path, launch_dir: Path
+    source: Path,
+    stream: Mapping[str, Any],
+    overrides: list[str],
+    out_dir: Path,
+    launch_dir: Path,
+    ref: str | None = None,
 ) -> RunResult:
-    """Learn ``stream``'s tasks after the finished run in ``source``, into ``out_dir`` and a new tracking run."""
+    """Learn ``stream``'s tasks after the finished run in ``source`` (a folder, or a version's bank fetched
+    from ``ref``), into ``out_dir`` and a new tracking run tagged with the run it extends."""
     from continual import assemble
     from continual.runner import log_to, quiet_libraries, run_job
 
@@ -113,7 +119,7 @@ def extend_job(
     assemble.parts(config)  # every option checked before anything is written
     names = [t.name for t in assemble.stream_source(config["stream"]).load(launch_dir).tasks]  # collisions: one line
     origin = Origin(str(launch_dir.absolute()), dict(old_origin.choices), None, "extend.log")
-    tags = {"extends": str(old_state.run_id), "extends_folder": str(source)}
+    tags = {"extends": str(old_state.run_id), "extends_source": ref or str(source)}
     with log_to(out_dir / "extend.log"):
         return run_job(
             config,

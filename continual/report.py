@@ -28,13 +28,12 @@ import numpy as np
 
 from continual.cmdline import check_output_folder, subcommand_parser
 from continual.errors import ContinualError, first_line
-from continual.tracking.mlflow import open_store
+from continual.tracking.mlflow import DEFAULT_URI, open_store
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-DEFAULT_URI = "sqlite:///runs/mlflow.db"  # conf/tracking/sqlite.yaml; relative to the launch directory
 DEFAULT_GROUP_BY = ("stream", "method", "learner", "router", "adapter")
 OPTIONAL_KEYS = ("method",)  # tags only some runs have (conf/method/): dropped when none of the runs does
 MISSING = "—"

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from continual import assemble, files
+from continual import assemble, files, registry
 from continual.checkpoint import CONFIG, Origin, RunState, resume_config, resume_state
 from continual.errors import ContinualError, sigterm_as_interrupt
 from continual.experiment import RunResult, check_compatible, run_stream
@@ -24,7 +24,7 @@ from continual.files import RunLock
 from continual.routers import Reads, Router
 from continual.sinks import summary_text
 from continual.streams import Stream
-from continual.tracking.base import Tracker
+from continual.tracking.base import Tracker, data_inputs
 from continual.tracking.mlflow import child_tags, close_sweep
 
 log = logging.getLogger("continual")
@@ -75,13 +75,16 @@ def _train(
     learner_name: str,
     label: str,
 ) -> RunResult:
-    """Inside the open tracking run: config and params, data, compatibility, model, the stream."""
-    if state is None or state.run_id is None:  # a new tracking run (an extension's state has none yet)
+    """Inside the open tracking run: config and params, data (and its lineage), compatibility, model, the stream."""
+    new_run = state is None or state.run_id is None  # a new tracking run (an extension's state has none yet)
+    if new_run:
         tracker.log_params(config)
         files.write_text(out_dir / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
         tracker.log_artifact(out_dir / CONFIG)
     stream = parts.source.load(launch_dir)
     log.info("stream %s: %s", stream.name, _describe(stream))
+    if new_run:
+        tracker.log_inputs(data_inputs(stream))
     check_compatible(stream.tasks, parts.router, parts.learner.head, f"learner={learner_name}")
     if state is None:  # written before any training so that even task 0 can be resumed into this run
         state = RunState(stream.task_names)
@@ -91,9 +94,11 @@ def _train(
     assemble.seed_everything(config["seed"])
     backbone = assemble.backbone(config)
     learner = assemble.learner(parts, backbone, config["seed"])
-    return run_stream(
+    result = run_stream(
         stream, learner, parts.router, tracker, out_dir, progress=config["progress"], state=state, label=label
     )
+    registry.publish(tracker, out_dir, dict(config), learner, parts.router, stream.tasks)
+    return result
 
 
 def run_job(

@@ -147,9 +147,10 @@ def main_in_process(monkeypatch, capsys, *args: str) -> subprocess.CompletedProc
     logging set-up turned off; the run's summary still goes to stdout.
     """
     from continual import cli
+    from continual.cli import SUBCOMMANDS
 
     args = tuple(map(str, args))
-    if args[:1] not in (("predict",), ("report",), ("resume",), ("extend",)):
+    if args[:1] != ("resume",) and (not args or args[0] not in SUBCOMMANDS):
         args = (*args, *QUIET_HYDRA)
     monkeypatch.setattr(sys, "argv", ["continual", *args])
     code = 0

@@ -167,7 +167,7 @@ def test_predict_errors_are_each_one_line(finished_run, tiny_model_dir, tmp_path
         ((run,), "give texts with --text or --input"),
         ((run, "--text", "hi", "--frobnicate"), "unrecognized arguments ['--frobnicate']"),
         ((tmp_path, "--text", "hi"), "not a run output folder (no config.yaml)"),
-        (("0" * 31, "--text", "hi"), "is neither a run folder nor an MLflow run id"),
+        (("0" * 31, "--text", "hi"), "is neither a run folder, an MLflow run id, nor a model version"),
     ]
     for args, message in cases:
         assert message in one_error_line(_predict(monkeypatch, capsys, *args))

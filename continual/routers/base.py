@@ -71,10 +71,19 @@ class RouterInputs:
 
 @dataclass(frozen=True)
 class Routing:
-    """``tasks[n]``: the chosen task of input n, or -1; ``scores[n, k]``: the router's score of task k."""
+    """``tasks[n]``: the chosen task of input n, or -1; ``scores[n, k]``: the router's score of task k;
+    ``support[n]``: how in-scope input n looks, what a rejection threshold is compared with (None: its
+    best score)."""
 
     tasks: np.ndarray
     scores: np.ndarray | None = None
+    support: np.ndarray | None = None
+
+    def in_scope(self) -> np.ndarray | None:
+        """``support``, else the best score per input; None for a router that scores nothing (the oracle)."""
+        if self.support is not None:
+            return self.support
+        return None if self.scores is None else self.scores.max(1)
 
 
 class Reads(Enum):
@@ -136,8 +145,9 @@ def rejection_threshold(validation_scores: np.ndarray, accept_rate: float | None
 def decide(scores: np.ndarray, threshold: float, support: np.ndarray | None = None) -> Routing:
     """Each input to its best-scoring task; abstain where ``support`` (default: that best score) < ``threshold``."""
     tasks = scores.argmax(1)
-    tasks[(scores.max(1) if support is None else support) < threshold] = ABSTAIN
-    return Routing(tasks.astype(np.int64), scores)
+    support = scores.max(1) if support is None else support
+    tasks[support < threshold] = ABSTAIN
+    return Routing(tasks.astype(np.int64), scores, support)
 
 
 class StatelessRouter:

@@ -93,16 +93,24 @@ class ClassStatistics:
         return np.stack([class_scores[:, self.class_task == t].max(1) for t in range(num_tasks)], axis=1)
 
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
+        # the scatter is symmetric: its lower triangle (all that eigh reads) is half the bytes
         return {
             f"{prefix}means": self.means,
             f"{prefix}class_task": self.class_task,
-            f"{prefix}scatter": self.scatter,
+            f"{prefix}scatter_tril": self.scatter[np.tril_indices(len(self.scatter))],
             f"{prefix}count": np.array([self.count]),
         }
 
     def load_state_dict(self, state: dict[str, np.ndarray], prefix: str = "") -> None:
         self.means, self.class_task = state[f"{prefix}means"], state[f"{prefix}class_task"].astype(np.int64)
-        self.scatter, self.count = state[f"{prefix}scatter"], int(state[f"{prefix}count"][0])
+        self.count = int(state[f"{prefix}count"][0])
+        if f"{prefix}scatter" in state:  # saved whole (before 2026-12)
+            self.scatter = state[f"{prefix}scatter"]
+        else:
+            dim = self.means.shape[1]
+            lower = np.zeros((dim, dim))
+            lower[np.tril_indices(dim)] = state[f"{prefix}scatter_tril"]
+            self.scatter = lower + np.tril(lower, -1).T
         self._eig = None
 
 

@@ -69,6 +69,12 @@ class _Clinc150:
         splits[OOS] = [p for p in splits["test"] if p[1] == OOS]
         return splits
 
+    def _source(self, split: str, launch_dir: Path) -> str:
+        """Where a split comes from: its key in data_full.json, or the Hub dataset's split."""
+        if self.data_dir:
+            return f"{self._resolve(self.data_dir, launch_dir) / 'data_full.json'}#{SPLITS[split]}"
+        return f"hf://datasets/{HUB_ID}/{HUB_CONFIG}@{split}"
+
     def _domain_map(self, launch_dir: Path) -> dict[str, list[str]]:
         where = f"stream '{self.name}'"
         if self.domains_file:
@@ -112,6 +118,7 @@ class _Clinc150:
                     seed=self.split_seed,
                     where=where,
                     label_space=label_space_of(self.label_space, None, where),
+                    sources={split: self._source(split, launch_dir) for split in SPLITS},
                 )
             )
         out_of_scope = tuple(t for t, _ in splits[OOS]) if self.out_of_scope else ()

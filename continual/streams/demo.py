@@ -31,6 +31,9 @@ class DemoStream:
                 seed=self.seed,
                 where=f"stream '{self.name}' task '{name}'",
                 label_space=label_space_of(self.label_space, None, f"stream '{self.name}'"),
+                sources={
+                    s: f"generated:continual.streams.demo_data/{name}/{s}?seed={self.seed}" for s in ("train", "test")
+                },
             )
             for name in DEMO_TASKS
         ]

@@ -129,9 +129,23 @@ class TaskSpec:
         ref = getattr(self, split)
         if self.dataset:
             return read_hub(self.dataset, self.dataset_config, ref, self.text_field, self.label_field, where)
+        return read_file(
+            self._path(ref, base_dir), self.text_field, self.label_field, f"{where} field '{split}'", self.format
+        )
+
+    def source(self, split: str, base_dir: Path) -> str:
+        """Where :meth:`read` takes the split from: the Hub dataset's split, or the file."""
+        ref = getattr(self, split)
+        if self.dataset:
+            return (
+                f"hf://datasets/{self.dataset}" + (f"/{self.dataset_config}" if self.dataset_config else "") + f"@{ref}"
+            )
+        return str(self._path(ref, base_dir))
+
+    @staticmethod
+    def _path(ref: str, base_dir: Path) -> Path:
         path = Path(ref).expanduser()
-        path = path if path.is_absolute() else base_dir / path
-        return read_file(path, self.text_field, self.label_field, f"{where} field '{split}'", self.format)
+        return path if path.is_absolute() else base_dir / path
 
 
 def _label_space(value: Any, specs: Sequence[TaskSpec], where: str) -> str:
@@ -213,6 +227,7 @@ class StreamSpec:
                     seed=self.split_seed,
                     where=where,
                     label_space=label_space_of(self.label_space, spec.label_space, where),
+                    sources={s: spec.source(s, base) for s in ("train", "test", "validation") if getattr(spec, s)},
                 )
             )
         return Stream(self.name, tuple(tasks))

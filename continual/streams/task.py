@@ -12,7 +12,7 @@ import logging
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +26,12 @@ Pairs = list[tuple[str, str]]
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Labelled texts; ``labels[k]`` indexes the owning task's ``labels`` tuple."""
+    """Labelled texts; ``labels[k]`` indexes the owning task's ``labels`` tuple; ``source`` says where they
+    came from (a file, a Hub dataset split), for the run's data lineage."""
 
     texts: tuple[str, ...]
     labels: np.ndarray
+    source: str = ""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -105,12 +107,13 @@ def _carve_validation(pairs: Pairs, fraction: float, rng: random.Random) -> tupl
     return train, val
 
 
-def _to_split(pairs: Pairs, index: dict[str, int], rng: random.Random) -> Split:
+def _to_split(pairs: Pairs, index: dict[str, int], rng: random.Random, source: str) -> Split:
     pairs = list(pairs)
     rng.shuffle(pairs)  # sources are often sorted by label; a shuffled split makes batches mixed
     return Split(
         texts=tuple(t for t, _ in pairs),
         labels=np.fromiter((index[lab] for _, lab in pairs), dtype=np.int64, count=len(pairs)),
+        source=source,
     )
 
 
@@ -127,6 +130,7 @@ def build_task(
     seed: int = 0,
     where: str = "",
     label_space: str = "",
+    sources: Mapping[str, str] | None = None,
 ) -> Task:
     """Turn raw ``(text, label)`` pairs into a validated :class:`Task`.
 
@@ -134,7 +138,8 @@ def build_task(
     without it the task's labels are the sorted labels of its train split. ``max_per_class`` caps the
     train split, ``max_eval_per_class`` the validation and test splits. Without ``validation`` a
     stratified ``validation_fraction`` of train is carved out with ``seed``. ``where`` names the
-    config entry in error messages; ``label_space`` the namespace its labels share (see :class:`Task`).
+    config entry in error messages; ``label_space`` the namespace its labels share (see :class:`Task`);
+    ``sources`` where each split's pairs came from (``train``, ``test``, optional ``validation``).
     """
     where = where or f"task '{name}'"
     check_task_name(name, where)
@@ -154,7 +159,12 @@ def build_task(
     validation = _cap_per_class(validation, max_eval_per_class, rng)
     _check_tested(test, label_names, where)
     index = {lab: k for k, lab in enumerate(label_names)}
-    train_split, validation_split, test_split = (_to_split(pairs, index, rng) for pairs in (train, validation, test))
+    sources = dict(sources or {})
+    sources.setdefault("validation", f"{sources.get('train', '')} (validation carved out)".lstrip())
+    train_split, validation_split, test_split = (
+        _to_split(pairs, index, rng, sources.get(split, ""))
+        for split, pairs in (("train", train), ("validation", validation), ("test", test))
+    )
     return Task(name, label_names, train_split, validation_split, test_split, label_space)
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from continual.streams import Stream
 
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
@@ -29,17 +37,54 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+@dataclass(frozen=True)
+class DataInput:
+    """One split a run learned from or was scored on, for data lineage (MLflow's Datasets column)."""
+
+    name: str  # <task>/<split>
+    context: str  # train | validation | test
+    digest: str  # of the texts and labels, in order: equal digests, equal data
+    source: str  # a file, a Hub dataset split, or the generator
+    rows: int
+    labels: int
+
+
+def digest(texts: Sequence[str], labels: Sequence[int | str] | np.ndarray) -> str:
+    """A short fingerprint of labelled texts (order included)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([list(texts), [x if isinstance(x, str) else int(x) for x in labels]]).encode())
+    return h.hexdigest()[:12]
+
+
+def data_inputs(stream: Stream) -> list[DataInput]:
+    """Every task's train, validation and test split as a :class:`DataInput`."""
+    return [
+        DataInput(
+            f"{task.name}/{context}",
+            context,
+            digest(split.texts, split.labels),
+            split.source,
+            len(split),
+            len(task.labels),
+        )
+        for task in stream.tasks
+        for context, split in (("train", task.train), ("validation", task.validation), ("test", task.test))
+        if len(split)
+    ]
+
+
 class Tracker(Protocol):
     """One run of one experiment: where its params, per-step metrics and files go.
 
     A new tracker provides ``run_id`` and ``uri`` (printed in the summary, stored in the checkpoint
-    so that a resumed run continues the same tracking run) and the five methods below. Metric keys
+    so that a resumed run continues the same tracking run) and the methods below. Metric keys
     arrive as written (``acc/<task>``); a tracker that cannot store some characters maps them with
     :func:`metric_key`.
     """
 
     run_id: str
     uri: str
+    register: str | None  # the registered model each finished run becomes a version of (None: not registered)
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -55,6 +100,15 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Attach a file, or a folder's contents, under ``artifact_path``."""
+        ...
+
+    def log_inputs(self, inputs: Sequence[DataInput]) -> None:
+        """Record the data the run learned from and was scored on (once, when the run starts)."""
+        ...
+
+    def publish(self, model_dir: Path, tags: Mapping[str, str]) -> str:
+        """Attach the pyfunc model folder to the run and register it as a new version of ``register``,
+        tagged with ``tags``; the version. A run that already registered one gets that one back."""
         ...
 
     def finish(self, status: str = "FINISHED") -> None:

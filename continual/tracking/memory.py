@@ -7,18 +7,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from continual.tracking.base import flatten, metric_key
+from continual.tracking.base import DataInput, flatten, metric_key
 
 
 class MemoryTracker:
     """Records params, metric histories ``{key: [(step, value)]}``, artifact paths and the final status."""
 
-    def __init__(self, run_id: str = "memory") -> None:
+    def __init__(self, run_id: str = "memory", register: str | None = None) -> None:
         self.run_id = run_id
         self.uri = "memory:"
+        self.register = register
+        self.published: list[tuple[list[str], dict[str, str]]] = []  # the model's files and the version's tags
         self.params: dict[str, str] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.artifacts: list[tuple[Path, str | None]] = []
+        self.inputs: list[DataInput] = []
         self.status: str | None = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -38,6 +41,14 @@ class MemoryTracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
+
+    def log_inputs(self, inputs: Sequence[DataInput]) -> None:
+        self.inputs.extend(inputs)
+
+    def publish(self, model_dir: Path, tags: Mapping[str, str]) -> str:
+        if not self.published:
+            self.published.append((sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*")), dict(tags)))
+        return "1"
 
     def finish(self, status: str = "FINISHED") -> None:
         self.status = status

