@@ -228,9 +228,9 @@ def fetch_bank(ref: str, uri: str, scratch: Path, where: str) -> Path:
 
 
 def _download(client: Any, run_id: str, path: str, scratch: Path, ref: str) -> Path:
-    import os
+    from continual.runner import quiet_libraries
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own output says what happens
+    quiet_libraries()
     try:
         return Path(client.download_artifacts(run_id, path, str(scratch)))
     except Exception as exc:  # MlflowException / OSError: missing run, artifact or store

@@ -33,7 +33,9 @@ TAGGED_CHOICES = ("stream", "learner", "router", "adapter", "backbone", "method"
 
 
 def quiet_libraries() -> None:
-    """No progress bars or info lines from datasets/transformers: ours say what is going on."""
+    """No progress bars or info lines from datasets/transformers/MLflow: ours say what is going on."""
+    import os
+
     import datasets
     import transformers
 
@@ -41,6 +43,7 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def run_tags(config: Mapping[str, Any], choices: Mapping[str, str], router: Router) -> dict[str, str]:

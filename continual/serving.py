@@ -81,13 +81,14 @@ def requirements(backbone: str) -> list[str]:
 
 
 def save_model(bank: Path, dest: Path, backbone: str) -> Path:
-    """The bank as a pyfunc model folder at ``dest``. Requirements are given and no input example is, so
-    saving never loads the model (MLflow would, to infer them or to check the example)."""
+    """The bank as a pyfunc model folder at ``dest``, its model given as code (``serving_model.py``), not
+    pickled. Requirements are given and no input example is, so saving never loads the model (MLflow
+    would, to infer them or to check the example)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
         mlflow.pyfunc.save_model(
             str(dest),
-            python_model=BankModel(),
+            python_model=str(Path(__file__).with_name("serving_model.py")),
             artifacts={BANK: str(bank)},
             signature=SIGNATURE,
             pip_requirements=requirements(backbone),

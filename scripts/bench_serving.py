@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent
 
 
 def _train(out: Path) -> tuple[str, str]:
-    """The default experiment, registered as ``bench`` in ``out/mlflow.db``."""
+    """The default experiment, registered as the next version of ``bench`` in ``out/mlflow.db``."""
     uri = f"sqlite:///{out.absolute()}/mlflow.db"
     cmd = [
         str(BIN / "continual"),
@@ -43,7 +43,9 @@ def _train(out: Path) -> tuple[str, str]:
         f"hydra.run.dir={out}/run",
     ]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return "models:/bench/1", uri
+    from continual.registry import versions
+
+    return f"models:/bench/{versions('bench', uri)[-1].version}", uri
 
 
 def _serve(model: str, uri: str, port: int) -> subprocess.Popen:
