@@ -25,7 +25,7 @@ from continual.errors import ContinualError
 from continual.evaluation import encode_texts
 from continual.learners import saved_tasks
 from continual.learners.base import Learner, padded_batches, tokenize
-from continual.routers.base import ABSTAIN, Reads, Router, Routing, check_accept_rate, rejection_threshold
+from continual.routers.base import ABSTAIN, Reads, Router, Routing, rejection_threshold
 from continual.routers.state import FILENAME as ROUTER_FILE
 from continual.routers.state import load_router
 from continual.streams import Task
@@ -53,8 +53,11 @@ class Calibration:
     def threshold(self, accept_rate: float | None = None) -> float:
         """The support below which a routed text is rejected, for ``accept_rate`` (default: the bank's)."""
         rate = self.accept_rate if accept_rate is None else accept_rate
-        check_accept_rate(rate, "params")
-        return rejection_threshold(self.support, rate)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0:
+            raise ContinualError(
+                f"accept_rate must be in (0, 1] (the share of in-scope validation texts to accept), got {rate!r}"
+            )
+        return rejection_threshold(self.support, float(rate))
 
     def save(self, folder: Path) -> Path:
         return files.save_arrays(

@@ -128,6 +128,7 @@ def run_job(
         if prepare is not None:
             prepare()
         state = resume_state(out_dir, dict(config), bool(config.get("resume")))
+        resumed = state is not None and state.run_id is not None  # into its tracking run (not an extension's start)
         if state is None:
             Origin(str(launch_dir), dict(choices), job, log_file.name if log_file else None).save(out_dir)
         tags = {
@@ -144,7 +145,7 @@ def run_job(
             out_dir,
             lambda: _train(config, parts, tracker, state, out_dir, launch_dir, tags["learner"], label),
         )
-        if state is not None and state.run_id is not None:
+        if resumed:
             close_sweep(out_dir.parent, only_if_done=True)  # a resumed job of a multirun may be its last to finish
     print(text, flush=True)
     return result
