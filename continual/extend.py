@@ -114,6 +114,8 @@ def extend_job(
     from continual.runner import log_to, quiet_libraries, run_job
 
     old_config, old_state, old_origin = _source_state(source)
+    if out_dir.resolve().is_relative_to(source.resolve()):
+        raise ContinualError(f"--output {out_dir} lies in the run it extends ({source}), which stays untouched")
     config = extension_config(old_config, old_origin, stream, launch_dir, overrides)
     quiet_libraries()
     assemble.parts(config)  # every option checked before anything is written

@@ -84,6 +84,8 @@ def test_a_task_name_the_run_already_learned_is_one_line(first, tmp_path, monkey
 def test_extend_refuses_learner_changes_a_running_folder_and_an_unfinished_run(first, tmp_path, monkeypatch, capsys):
     proc = _extend(monkeypatch, capsys, first, tmp_path / "x", "adapter.bottleneck_dim=8")
     assert proc.returncode == 2 and "keeps the run's learner" in proc.stderr
+    proc = _extend(monkeypatch, capsys, first, first / "inside")
+    assert proc.returncode == 2 and "lies in the run it extends" in proc.stderr and not (first / "inside").exists()
     with RunLock(tmp_path / "held"):
         proc = _extend(monkeypatch, capsys, first, tmp_path / "held")
     assert proc.returncode == 2 and "in use by another continual process" in proc.stderr, proc.stderr
