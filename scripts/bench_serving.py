@@ -11,7 +11,8 @@ local`` on loopback (one worker, the machine's cores):
 * storage: the version's files (model folder) in total, its adapters per task, the router state;
 * cold start: seconds from launching the server to its first answer (median of ``--starts``);
 * throughput: ``--requests`` requests of ``--batch`` texts each, in turn: texts of every task mixed
-  (routed), texts of one task (routed), and texts of one task with the ``task`` param (no router).
+  (routed), texts of one task (routed), and texts of one task with the ``task`` param (no router);
+  the share of texts the model rejected is printed beside each (a rejected text skips its adapter).
   Texts per second are medians over requests; the ratio mixed / single is what the one-resident-backbone
   design promises (mixing tasks in a request costs about nothing).
 """
@@ -143,7 +144,9 @@ def main() -> None:
         "one task, routed": {"inputs": single},
         "one task, task given": {"inputs": single, "params": {"task": names[0]}},
     }
-    starts, rates = [], {name: [] for name in bodies}
+    starts: list[float] = []
+    rates: dict[str, list[float]] = {name: [] for name in bodies}
+    rejected: dict[str, float] = {}
     for start in range(args.starts):
         port = free_port()
         began = time.perf_counter()
@@ -155,8 +158,9 @@ def main() -> None:
                 for _ in range(args.requests):  # interleaved, so that drift hits every kind alike
                     for name, body in bodies.items():
                         t = time.perf_counter()
-                        _post(port, body)
+                        answer = _post(port, body)["predictions"]
                         rates[name].append(len(body["inputs"]) / (time.perf_counter() - t))
+                        rejected[name] = sum(r["abstained"] for r in answer) / len(answer)
         finally:
             _stop(server)
     print(
@@ -169,7 +173,7 @@ def main() -> None:
         med = statistics.median(values)
         print(
             f"{name:24s} {med:7.1f} texts/s  {med / args.batch:6.2f} requests/s  "
-            f"ratio to one task routed {med / base:.2f}"
+            f"ratio to one task routed {med / base:.2f}  (rejected {100 * rejected[name]:.0f}% of texts)"
         )
 
 

@@ -26,7 +26,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def _vocab() -> list[str]:
     words = set()
     for task in DEMO_TASKS:
-        for split in ("train", "test"):
+        for split in ("train", "validation", "test"):
             for text, _ in demo_examples(task, split):
                 words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
     return SPECIAL + sorted(words)

@@ -27,12 +27,14 @@ class DemoStream:
                 name,
                 demo_examples(name, "train", self.seed),
                 demo_examples(name, "test", self.seed),
+                demo_examples(name, "validation", self.seed),
                 max_per_class=self.max_per_class,
                 seed=self.seed,
                 where=f"stream '{self.name}' task '{name}'",
                 label_space=label_space_of(self.label_space, None, f"stream '{self.name}'"),
                 sources={
-                    s: f"generated:continual.streams.demo_data/{name}/{s}?seed={self.seed}" for s in ("train", "test")
+                    s: f"generated:continual.streams.demo_data/{name}/{s}?seed={self.seed}"
+                    for s in ("train", "validation", "test")
                 },
             )
             for name in DEMO_TASKS

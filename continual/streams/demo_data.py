@@ -11,7 +11,10 @@ skeletons ("{please} move {amount} to my {account}") and the test accuracy would
 say little about generalisation.  Here the last ``_N_TEST_TEMPLATES`` templates
 of every label are reserved for the test split, so a test sentence always has a
 phrasing the learner never saw during training; the shared slot fillers
-(amounts, cities, dishes, ...) keep the vocabulary overlap realistic.
+(amounts, cities, dishes, ...) keep the vocabulary overlap realistic. The
+validation split is drawn from the same held-out templates (never a test
+sentence), as a dev set is drawn like the test set: a rejection threshold
+calibrated on it then means on new phrasings what it says.
 
 Each task is a different domain so that a continual learner sees a genuine
 distribution shift from one task to the next (banking -> travel -> cooking ->
@@ -26,8 +29,8 @@ from string import Formatter
 
 DEMO_TASKS: tuple[str, ...] = ("banking", "travel", "cooking", "fitness")
 
-_SPLITS: tuple[str, ...] = ("train", "test")
-_PER_LABEL = {"train": 60, "test": 20}
+_SPLITS: tuple[str, ...] = ("train", "validation", "test")
+_PER_LABEL = {"train": 60, "validation": 10, "test": 20}
 # With 8 templates per label this reserves 25% of the phrasings for test.
 _N_TEST_TEMPLATES = 2
 
@@ -354,7 +357,7 @@ def _sample(pools: list[list[str]], n: int, rng: random.Random, where: str) -> l
 
 
 def demo_examples(task: str, split: str, seed: int = 0) -> list[tuple[str, str]]:
-    """(text, label) pairs of one demo task; split is "train" or "test"; deterministic for a seed."""
+    """(text, label) pairs of one demo task; split is "train", "validation" or "test"; deterministic for a seed."""
     if task not in DEMO_TASKS:
         raise ValueError(f"unknown demo task {task!r}; expected one of {DEMO_TASKS}")
     if split not in _SPLITS:
@@ -368,14 +371,19 @@ def demo_examples(task: str, split: str, seed: int = 0) -> list[tuple[str, str]]
         test_t = templates[-_N_TEST_TEMPLATES:]
         train_pools = [_expand(t, slots) for t in train_t]
         if split == "train":
-            pools = train_pools
-        else:
-            # A test template could by chance render a string a train template
-            # also renders; drop those so no test sentence is ever seen in train.
-            in_train = set(itertools.chain.from_iterable(train_pools))
-            pools = [[s for s in _expand(t, slots) if s not in in_train] for t in test_t]
-        rng = random.Random(f"demo/{seed}/{task}/{split}/{label}")
-        texts = _sample(pools, _PER_LABEL[split], rng, f"{task}/{label}/{split}")
+            rng = random.Random(f"demo/{seed}/{task}/train/{label}")
+            examples.extend((text, label) for text in _sample(train_pools, _PER_LABEL["train"], rng, f"{task}/{label}"))
+            continue
+        # A test template could by chance render a string a train template
+        # also renders; drop those so no held-out sentence is ever seen in train.
+        in_train = set(itertools.chain.from_iterable(train_pools))
+        held_out = [[s for s in _expand(t, slots) if s not in in_train] for t in test_t]
+        rng = random.Random(f"demo/{seed}/{task}/test/{label}")
+        texts = _sample(held_out, _PER_LABEL["test"], rng, f"{task}/{label}/test")
+        if split == "validation":
+            rng = random.Random(f"demo/{seed}/{task}/validation/{label}")
+            rest = [[s for s in pool if s not in set(texts)] for pool in held_out]
+            texts = _sample(rest, _PER_LABEL["validation"], rng, f"{task}/{label}/validation")
         examples.extend((text, label) for text in texts)
     random.Random(f"demo/{seed}/{task}/{split}/order").shuffle(examples)
     return examples
