@@ -175,3 +175,29 @@ def test_stream_checks_before_training():
     no_val = [Task(t.name, t.labels, t.train, Split((), np.zeros(0)), t.test) for t in _world(2)[0]]
     with pytest.raises(ContinualError, match="accept_rate: calibrating rejection needs validation"):
         check_compatible(no_val, PrototypeRouter(accept_rate=0.9), Head.PER_TASK, "learner")
+
+
+def test_class_statistics_scores_tasks_in_one_pass_and_refresh_after_each_task():
+    from continual.routers.prototype import ClassStatistics
+
+    rng = np.random.default_rng(0)
+    stats = ClassStatistics()
+    queries = rng.normal(size=(7, 5))
+
+    def by_loop() -> np.ndarray:
+        """The definition: per task, the best of its classes' minus squared Mahalanobis distances."""
+        root = stats.precision_root()
+        diff = (queries @ root)[:, None, :] - (stats.means @ root)[None, :, :]
+        scores = -(diff**2).sum(-1)
+        return np.stack([scores[:, stats.class_task == t].max(1) for t in range(num_tasks)], axis=1)
+
+    for num_tasks, num_labels in enumerate((3, 1, 4), start=1):
+        labels = np.arange(40) % num_labels
+        stats.add(num_tasks - 1, rng.normal(size=(40, 5)) + labels[:, None], labels, num_labels)
+        fast = stats.task_scores(stats.class_scores(queries, "mahalanobis"), num_tasks)
+        np.testing.assert_allclose(fast, by_loop(), rtol=1e-9, atol=1e-9)
+    first_two = stats.task_scores(stats.class_scores(queries, "euclidean"), 2)
+    assert first_two.shape == (7, 2)
+    stats.class_task = stats.class_task[::-1].copy()
+    with pytest.raises(ContinualError, match="not in task order"):
+        stats.task_scores(stats.class_scores(queries, "euclidean"), 3)

@@ -30,6 +30,7 @@ class ClassStatistics:
         self.scatter = np.zeros((0, 0))
         self.count = 0
         self._eig: tuple[np.ndarray, np.ndarray] | None = None
+        self._whitened: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # root, means @ root, their norms
 
     def add(self, task_index: int, features: np.ndarray, labels: np.ndarray, num_labels: int) -> None:
         x = features.astype(np.float64)
@@ -45,7 +46,7 @@ class ClassStatistics:
         self.count += len(x)
         self.means = np.concatenate([self.means, means])
         self.class_task = np.concatenate([self.class_task, np.full(num_labels, task_index, dtype=np.int64)])
-        self._eig = None
+        self._eig = self._whitened = None
 
     @property
     def covariance(self) -> np.ndarray:
@@ -84,13 +85,30 @@ class ClassStatistics:
             x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
             return x @ (means / np.linalg.norm(means, axis=1, keepdims=True).clip(1e-12)).T
         if metric == "mahalanobis":
+            root, means, squares = self._whitened_means()
+            x = x @ root
+        else:
+            squares = (means**2).sum(1)
+        return -((x**2).sum(1)[:, None] - 2.0 * x @ means.T + squares[None, :])
+
+    def _whitened_means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The precision root, the class means in its whitened space and their squared norms, kept until the
+        statistics change: re-projecting thousands of means on every call would cost more than the queries."""
+        if self._whitened is None:
             root = self.precision_root()
-            x, means = x @ root, means @ root
-        return -((x**2).sum(1)[:, None] - 2.0 * x @ means.T + (means**2).sum(1)[None, :])
+            means = self.means @ root
+            self._whitened = root, means, (means**2).sum(1)
+        return self._whitened
 
     def task_scores(self, class_scores: np.ndarray, num_tasks: int) -> np.ndarray:
-        """Per task, the best score among its classes."""
-        return np.stack([class_scores[:, self.class_task == t].max(1) for t in range(num_tasks)], axis=1)
+        """Per task, the best score among its classes: one ``maximum.reduceat`` over the classes in task
+        order (each task's classes are contiguous, added one task at a time), no loop over tasks."""
+        if len(self.class_task) and np.any(np.diff(self.class_task) < 0):
+            raise ContinualError("router statistics: classes are not in task order (a corrupted router state?)")
+        bounds = np.searchsorted(self.class_task, np.arange(num_tasks + 1))
+        if np.any(np.diff(bounds) == 0):
+            raise ContinualError(f"router statistics: some of the first {num_tasks} tasks have no classes")
+        return np.maximum.reduceat(class_scores[:, : bounds[-1]], bounds[:-1], axis=1)
 
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
         # the scatter is symmetric: its lower triangle (all that eigh reads) is half the bytes
@@ -111,7 +129,7 @@ class ClassStatistics:
             lower = np.zeros((dim, dim))
             lower[np.tril_indices(dim)] = state[f"{prefix}scatter_tril"]
             self.scatter = lower + np.tril(lower, -1).T
-        self._eig = None
+        self._eig = self._whitened = None
 
 
 def labels_of(inputs: RouterInputs) -> np.ndarray:
