@@ -206,3 +206,18 @@ def test_not_a_model_folder(tmp_path):
 def test_bad_adapter_config(kwargs, message):
     with pytest.raises(ContinualError, match=message):
         BottleneckConfig(**kwargs)
+
+
+@pytest.mark.parametrize("flags, expected", [(set(), "fp32"), ({"avx", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16")])
+def test_precision_auto_takes_bf16_only_where_the_cpu_has_it(flags, expected, monkeypatch, caplog):
+    from continual import training
+
+    monkeypatch.setattr(training, "_cpu_flags", lambda: flags)
+    training._auto_precision.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="continual.training"):
+            context = TrainerConfig(precision="auto").autocast(torch.device("cpu"))
+    finally:
+        training._auto_precision.cache_clear()
+    assert isinstance(context, torch.autocast) == (expected == "bf16")
+    assert f"trainer.precision=auto: {expected} on cpu" in caplog.text

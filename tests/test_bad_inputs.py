@@ -176,6 +176,7 @@ def _csv(path, text):
 CONFIG_CASES = [
     (["trainer.device=cuda"], "trainer.device=cuda: this machine has no CUDA device"),
     (["learner.head_dropout=2"], "learner.head_dropout must be a number in [0, 1), got 2"),
+    (["trainer.precision=fp16"], "trainer.precision must be one of fp32, bf16, auto, got 'fp16'"),
     (["seed=-1"], "seed must be an integer >= 0, got -1"),
     (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
     (["threads=-1"], "threads must be an integer >= 1 or null, got -1"),
