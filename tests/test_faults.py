@@ -307,3 +307,31 @@ def test_resume_of_a_finished_run_changes_nothing(finished_run, tmp_path, monkey
         before.info.end_time,
         before.data.metrics,
     )
+
+
+def test_a_dataset_row_inserted_by_a_parallel_job_is_retried_not_fatal():
+    """Two sweep jobs logging the same data at once: MLflow's loser gets UNIQUE constraint failed."""
+    from mlflow.exceptions import MlflowException
+
+    from continual.tracking.mlflow import _retry_on_race
+
+    calls = []
+
+    def flaky(error: str, fails: int):
+        def call():
+            calls.append(error)
+            if len(calls) <= fails:
+                raise MlflowException(error)
+
+        return call
+
+    _retry_on_race(flaky("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.name", 2))
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(MlflowException, match="no such table"):
+        _retry_on_race(flaky("no such table: datasets", 1))
+    assert len(calls) == 1  # not a race: not retried
+    calls.clear()
+    with pytest.raises(MlflowException, match="duplicate key"):
+        _retry_on_race(flaky("duplicate key value violates unique constraint", 10), attempts=3)
+    assert len(calls) == 3

@@ -8,12 +8,13 @@ shows artifacts without a server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,27 @@ MODEL_ARTIFACT = "model"  # the run's artifact folder that holds its registered 
 BATCH = 100  # log_batch takes at most 100 params / 1000 metrics per call
 # The UI opens an experiment on the view its kind names; without the tag, MLflow 3 shows the GenAI views.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def _retry_on_race(call: Callable[[], object], attempts: int = 5) -> None:
+    """Run an idempotent MLflow write again when a parallel job inserted the same row first.
+
+    MLflow's SQL store looks a dataset up and inserts it if missing in one transaction, so two jobs of
+    a sweep logging the same data at once can both miss it; the loser's transaction is rolled back
+    (UNIQUE constraint failed) and a second attempt finds the row the winner wrote.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except MlflowException as exc:
+            message = str(exc).lower()  # sqlite, PostgreSQL and MySQL word it differently
+            race = any(word in message for word in ("unique constraint", "integrityerror", "duplicate"))
+            if not race or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def normalise_uri(uri: str, launch_dir: Path) -> str:
@@ -267,7 +289,8 @@ class MLflowTracker:
             for data in inputs
         ]
         for start in range(0, len(datasets), BATCH):
-            self.client.log_inputs(self.run_id, datasets=datasets[start : start + BATCH])
+            batch = datasets[start : start + BATCH]
+            _retry_on_race(functools.partial(self.client.log_inputs, self.run_id, datasets=batch))
 
     def publish(self, model_dir: Path, tags: Mapping[str, str]) -> str:
         from mlflow.exceptions import MlflowException
