@@ -16,6 +16,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,7 @@ from continual.errors import ContinualError, first_line
 log = logging.getLogger(__name__)
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+TOKEN_STATES = "tokens"  # a "pooling" that keeps each token's state: [batch, tokens, hidden]
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,30 @@ class Backbone(nn.Module):
             return []
         return self.tokenizer(list(texts), truncation=True, max_length=min(max_length, self.max_tokens))["input_ids"]
 
+    def tokenize_words(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[np.ndarray]]:
+        """Token ids of ``texts`` split on whitespace into words (as :meth:`tokenize` would give them), and per
+        text the position of each word's first sub-token: ``-1`` for a word cut off by truncation (or that
+        yields no sub-token), so the array has one entry per word."""
+        if not texts:
+            return [], []
+        if not self.tokenizer.is_fast:
+            raise ContinualError(
+                f"backbone '{self.name}': token tasks need a fast tokenizer (word alignment); this one is "
+                f"{type(self.tokenizer).__name__}"
+            )
+        words = [text.split() for text in texts]
+        encoded = self.tokenizer(
+            words, is_split_into_words=True, truncation=True, max_length=min(max_length, self.max_tokens)
+        )
+        starts = []
+        for row, sentence in enumerate(words):
+            first = np.full(len(sentence), -1, dtype=np.int64)
+            for position, word in reversed(list(enumerate(encoded.word_ids(row)))):
+                if word is not None:
+                    first[word] = position
+            starts.append(first)
+        return encoded["input_ids"], starts
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[batch, hidden]`` (with whatever adapters are currently routed in)."""
         return self.encode(input_ids, attention_mask)
@@ -263,7 +289,10 @@ class Backbone(nn.Module):
 
 
 def pool(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """``[batch, tokens, hidden]`` -> ``[batch, hidden]``: the first token (cls) or the mean over real tokens."""
+    """``[batch, tokens, hidden]`` -> ``[batch, hidden]``: the first token (cls) or the mean over real tokens;
+    ``tokens`` keeps every token's state (what taggers read)."""
+    if pooling == TOKEN_STATES:
+        return states
     if pooling == "cls":
         return states[:, 0]
     mask = attention_mask.unsqueeze(-1).to(states.dtype)

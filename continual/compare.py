@@ -21,6 +21,7 @@ from continual.errors import ContinualError
 from continual.predictor import Query, SavedBank
 from continual.registry import DEFAULT_URI, fetch_bank
 from continual.streams.sources import read_records
+from continual.streams.task import SEQUENCE
 from continual.tracking.base import digest
 from continual.tracking.mlflow import MLflowTracker
 
@@ -62,7 +63,13 @@ def answers(ref: str, uri: str, texts: Sequence[str]) -> list[dict]:
     """Bank ``ref``'s record (task, label, ...) for every text, routed; the bank is freed afterwards."""
     with tempfile.TemporaryDirectory(prefix="continual-compare-") as scratch:
         bank = SavedBank(fetch_bank(ref, uri, Path(scratch), "continual compare"))
-        queries = [Query(t) for t in texts]
+        kinds = {task.kind for task in bank.tasks}
+        if SEQUENCE not in kinds:
+            raise ContinualError(
+                f"continual compare {ref}: compares labels, and every task of this bank is a token task"
+            )
+        # a text labelled for comparison is asked for a label: routed among the tasks that give one
+        queries = [Query(t, kind=SEQUENCE if len(kinds) > 1 else None) for t in texts]
         bank.check(queries, f"continual compare {ref}")  # an oracle bank cannot route: one line
         return list(bank.load(progress=False).predict(queries))
 

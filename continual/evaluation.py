@@ -17,16 +17,26 @@ recomputed in full. Routing itself is re-run at every evaluation, from the remem
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
 import torch
 
-from continual.learners.base import Fingerprints, Head, Learner, SingleHead, padded_batches, tokenize
-from continual.routers.base import Router, RouterInputs
+from continual.entities import EntityCounts, as_classes, entities
+from continual.learners.base import (
+    Fingerprints,
+    Head,
+    Learner,
+    SingleHead,
+    padded_batches,
+    tokenize,
+    tokenize_words,
+    word_tags,
+)
+from continual.routers.base import Router, RouterInputs, restrict
 from continual.streams import Split, Task
-from continual.streams.task import class_index
+from continual.streams.task import TOKENS, class_index
 
 UNKNOWN = -2  # output not computed yet (-1 is "abstained")
 OUT_OF_SCOPE = "out_of_scope"
@@ -40,15 +50,20 @@ class _Outputs:
     fingerprint: str
     labels: np.ndarray
     certainty: np.ndarray
+    tags: list[np.ndarray | None]  # a tagger's tag per word (sets of token tasks only)
 
     @classmethod
     def empty(cls, fingerprint: str, n: int) -> _Outputs:
-        return cls(fingerprint, np.full(n, UNKNOWN, np.int64), np.zeros(n, np.float32))
+        return cls(fingerprint, np.full(n, UNKNOWN, np.int64), np.zeros(n, np.float32), [None] * n)
 
 
 @dataclass(frozen=True)
 class TaskEval:
-    """Routed accuracy (right task *and* right label), router accuracy, and oracle-routed accuracy."""
+    """Routed accuracy (right task *and* right label), router accuracy, and oracle-routed accuracy.
+
+    For a token task both scores are entity-level micro F1 (routed: entities from the tagger the router
+    chose), and ``by_type`` holds the routed per-type precision, recall, F1 and support.
+    """
 
     accuracy: float
     router_accuracy: float
@@ -56,6 +71,7 @@ class TaskEval:
     examples: int
     computed: int  # adapter passes actually run (the rest came from the memo)
     routes: np.ndarray  # routed task per example (-1 = abstained)
+    by_type: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def features_of(
@@ -73,12 +89,23 @@ def features_of(
     return out
 
 
-def run_adapter(learner: Learner, tokens: Sequence[Sequence[int]], k: int, outputs: _Outputs, todo: np.ndarray) -> None:
-    """Fill ``outputs`` at indices ``todo`` with adapter ``k``'s labels and certainty."""
+def run_adapter(
+    learner: Learner,
+    tokens: Sequence[Sequence[int]],
+    k: int,
+    outputs: _Outputs,
+    todo: np.ndarray,
+    starts: Sequence[np.ndarray] | None = None,
+) -> None:
+    """Fill ``outputs`` at indices ``todo`` with adapter ``k``'s labels and certainty (and, given each text's
+    word ``starts``, its tag per word)."""
     for idx, ids, mask in padded_batches(learner, tokens, todo) if len(todo) else ():
         got = learner.classify(ids, mask, torch.full((len(idx),), k, dtype=torch.long, device=learner.device))
         outputs.labels[idx] = got.labels.cpu().numpy()
         outputs.certainty[idx] = got.certainty.cpu().numpy()
+        if starts is not None:
+            for i, tags in zip(idx, word_tags(got.tags, [starts[i] for i in idx])):
+                outputs.tags[i] = tags
 
 
 def encode_texts(learner: Learner, texts: Sequence[str], labels: np.ndarray | None = None) -> RouterInputs:
@@ -139,8 +166,15 @@ class Evaluator:
         self.router = router
         self.tasks = tasks
         self.class_ids = class_index(tasks)  # labels compared by class: shared label spaces count across tasks
+        self.kinds = np.array([t.kind for t in tasks])
         self.memoise = memoise
-        self.tokens: dict[SetKey, list[list[int]]] = {j: tokenize(learner, t.test.texts) for j, t in enumerate(tasks)}
+        self.tokens: dict[SetKey, list[list[int]]] = {}
+        self.starts: dict[SetKey, list[np.ndarray]] = {}  # token tasks: each word's first sub-token
+        for j, t in enumerate(tasks):
+            if t.kind == TOKENS:
+                self.tokens[j], self.starts[j] = tokenize_words(learner, t.test.texts, f"task '{t.name}' test")
+            else:
+                self.tokens[j] = tokenize(learner, t.test.texts)
         if len(out_of_scope):
             self.tokens[OUT_OF_SCOPE] = tokenize(learner, out_of_scope)
         self._outputs: dict[tuple[SetKey, int], _Outputs] = {}
@@ -170,7 +204,8 @@ class Evaluator:
         if outputs is None or outputs.fingerprint != fingerprint:
             outputs = self._outputs[(key, k)] = _Outputs.empty(fingerprint, len(tokens))
         todo = np.flatnonzero(needed & (outputs.labels == UNKNOWN))
-        run_adapter(self.learner, tokens, k, outputs, todo)
+        starts = self.starts.get(key) if self.tasks[k].kind == TOKENS else None
+        run_adapter(self.learner, tokens, k, outputs, todo, starts)
         self.computed += len(todo)
         return outputs
 
@@ -214,7 +249,9 @@ class Evaluator:
             self._fingerprints = None
         before = self.computed
         labels = self.tasks[j].test.labels
-        routes = self.router.route(self.inputs(j)).tasks
+        routes = restrict(self.router.route(self.inputs(j)), self.kinds == self.kinds[j])
+        if self.tasks[j].kind == TOKENS:
+            return self._evaluate_tags(j, routes, before)
         predicted = np.full(len(labels), -1, dtype=np.int64)  # the class each input was given (-1: none)
         for k in np.unique(routes[routes >= 0]).tolist():
             mine = routes == k
@@ -227,6 +264,35 @@ class Evaluator:
             len(labels),
             self.computed - before,
             routes,
+        )
+
+    def _entities(self, j: int, k: int, rows: np.ndarray, counts: EntityCounts) -> None:
+        """Count task ``j``'s test ``rows`` against the entities adapter ``k`` tags in them (by class)."""
+        outputs = self._adapter(j, k, rows)
+        gold, predicted = self.tasks[j].test.tags, outputs.tags
+        for i in np.flatnonzero(rows):
+            found = predicted[i]
+            assert found is not None  # filled by _adapter for every needed row
+            counts.add(as_classes(entities(gold[i]), self.class_ids[j]), as_classes(entities(found), self.class_ids[k]))
+
+    def _evaluate_tags(self, j: int, routes: np.ndarray, before: int) -> TaskEval:
+        """A token task: entity micro F1 of the routed taggers (rejected texts: entities missed), and the oracle's."""
+        task, n = self.tasks[j], len(routes)
+        routed, oracle = EntityCounts(), EntityCounts()
+        for k in np.unique(routes[routes >= 0]).tolist():
+            self._entities(j, k, routes == k, routed)
+        for i in np.flatnonzero(routes < 0):
+            routed.add(as_classes(entities(task.test.tags[i]), self.class_ids[j]), set())
+        self._entities(j, j, np.ones(n, bool), oracle)
+        names = {int(c): label for c, label in zip(self.class_ids[j], task.labels)}
+        return TaskEval(
+            routed.micro_f1,
+            float(np.mean(routes == j)),
+            oracle.micro_f1,
+            n,
+            self.computed - before,
+            routes,
+            routed.by_class(names),
         )
 
     @torch.no_grad()

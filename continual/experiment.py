@@ -34,6 +34,7 @@ from continual.routers.base import Reads, Router
 from continual.routers.state import load_router, save_router
 from continual.sinks import Sink, default_sinks
 from continual.streams import Stream, Task
+from continual.streams.task import TOKENS
 from continual.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class RunResult:
     confusion: np.ndarray  # true task x (routed task..., rejected), on the test sets after the last step
     last_row: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    f1_tasks: list[str] = field(default_factory=list)  # token tasks: their entries in R are entity F1
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -79,6 +81,12 @@ def check_compatible(tasks: Sequence[Task], router: Router, head: Head, learner:
         raise ContinualError(
             f"{learner} has one head over all labels seen so far: it predicts without task ids by "
             f"its own argmax (router=head), not by {type(router).__name__}"
+        )
+    tagged = [t.name for t in tasks if t.kind == TOKENS]
+    if head is Head.ALL_SEEN and tagged:
+        raise ContinualError(
+            f"{learner} has one head over the labels of sentences; tasks {tagged[:5]} are token tasks (type: "
+            "tokens), which learner=adapter_per_task tags with a head per task"
         )
     if head is Head.PER_TASK and router.reads is Reads.ONE_HEAD:
         raise ContinualError(
@@ -98,20 +106,32 @@ def check_compatible(tasks: Sequence[Task], router: Router, head: Head, learner:
             )
 
 
-def metric_row(state: RunState, record: StepRecord, names: Sequence[str], extra: dict[str, float]) -> dict[str, float]:
-    """Everything logged at step ``i`` (the row just filled): the matrices' summaries, per-task values, costs."""
+def score_key(kind: str) -> str:
+    """What a task's entry in R is, as its metric keys name it: ``acc`` (a label per text) or ``f1`` (entities)."""
+    return "f1" if kind == TOKENS else "acc"
+
+
+def metric_row(
+    state: RunState, record: StepRecord, names: Sequence[str], kinds: Sequence[str], extra: dict[str, float]
+) -> dict[str, float]:
+    """Everything logged at step ``i`` (the row just filled): the matrices' summaries, per-task values, costs.
+
+    A task's entry in R is its accuracy, or its entity micro F1 for a token task (keys ``f1/<task>``,
+    ``oracle_f1/<task>``); ACC, BWT and forgetting summarise R whatever each entry's score is."""
     i, report = record.step.row, record.report
+    learned = record.step.tasks
+    val_key = score_key(kinds[learned[0]]) if len(learned) == 1 else "acc"  # joint: the mean over its tasks
     row = metrics.summary(metrics.prefix(state.R, i))  # no task id: class-incremental for every learner
     given = metrics.summary(metrics.prefix(state.oracle_R, i))  # task id given: task-incremental
     row.update({"oracle_bwt": given["bwt"], "oracle_forgetting": given["forgetting"]})
-    row.update({f"acc/{names[j]}": state.R[i, j] for j in range(i + 1)})
+    row.update({f"{score_key(kinds[j])}/{names[j]}": state.R[i, j] for j in range(i + 1)})
     row.update({f"router_acc/{names[j]}": state.router_R[i, j] for j in range(i + 1)})
-    row.update({f"oracle_acc/{names[j]}": state.oracle_R[i, j] for j in range(i + 1)})
+    row.update({f"oracle_{score_key(kinds[j])}/{names[j]}": state.oracle_R[i, j] for j in range(i + 1)})
     row.update(
         {
             "router_acc": float(np.mean(state.router_R[i, : i + 1])),
             "oracle_avg_acc": float(np.mean(state.oracle_R[i, : i + 1])),
-            f"val_acc/{report.task}": report.val_acc,
+            f"val_{val_key}/{report.task}": report.val_acc,
             "trainable_params": report.trainable_params,
             "train_seconds": report.seconds,
             "train_samples_per_s": report.samples_per_second,
@@ -198,7 +218,8 @@ class _Run:
         )
         extra.update(self.save(self.stream.task_names[: step.row + 1]))
         record = StepRecord(step, report, evals, losses, {})
-        record.row.update(metric_row(state, record, self.stream.task_names, extra))
+        kinds = [t.kind for t in self.stream.tasks]
+        record.row.update(metric_row(state, record, self.stream.task_names, kinds, extra))
         return record
 
     def final_routes(self, last: StepRecord | None) -> list[np.ndarray]:
@@ -268,7 +289,13 @@ def run_stream(
             sink.on_step(record, state)
         log.info("%s%s", label, record.describe(len(names)))
     routes = run.final_routes(record)
-    result = RunResult(state, confusion(routes, len(names)), record.row if record else {}, time.perf_counter() - start)
+    result = RunResult(
+        state,
+        confusion(routes, len(names)),
+        record.row if record else {},
+        time.perf_counter() - start,
+        [t.name for t in stream.tasks if t.kind == TOKENS],
+    )
     totals = {"total_trainable_params": learner.trained_parameters(), "total_train_seconds": state.train_seconds}
     for sink in sinks:
         sink.on_end(result, totals)

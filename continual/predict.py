@@ -18,6 +18,7 @@ from continual.errors import ContinualError
 from continual.predictor import Query, SavedBank
 from continual.registry import DEFAULT_URI, fetch_bank
 from continual.streams.sources import FORMATS, read_records, read_text
+from continual.streams.task import TASK_KINDS
 
 
 def read_queries(path: Path, text_field: str = "text") -> list[Query]:
@@ -51,16 +52,20 @@ def _query(location: str, row: dict, text_field: str) -> Query:
 
 
 USAGE = """usage: continual predict RUN [--text TEXT ...] [--input FILE] [--output FILE] [--task NAME]
-                         [--accept-rate RATE] [--text-field text] [--tracking-uri URI] [--no-progress]
-                         [key=value ...]
+                         [--type sequence|tokens] [--all-tasks] [--accept-rate RATE] [--text-field text]
+                         [--tracking-uri URI] [--no-progress] [key=value ...]
 
 RUN is a finished run's output folder, an MLflow run id / runs:/<id>, or a registered model version
 models:/NAME/VERSION or models:/NAME@alias, read from --tracking-uri (default: the embedded store
 runs/mlflow.db). Texts come from --text (repeatable) or --input (.jsonl with a 'text' field and
 optional 'task', .csv/.tsv with a text column, .txt one per line). One JSON line per text goes to
 --output (default stdout): text, task (null = rejected), label, confidence, router scores per task,
-abstained. A registered model rejects text that looks less in-scope than --accept-rate (default: its
-own, 0.99) of its tasks' validation texts. key=value overrides the saved config, e.g.
+abstained; a token task (slots) gives entities instead of a label: text, type, start and end character
+offsets, confidence. --type routes among tasks of that type only (a bank with intent and slot tasks of
+the same texts). --all-tasks runs every task on each text (the multi-task hub): one line per text with
+each task's output under "tasks" and the router's choice per task type under "routes". A registered
+model rejects text that looks less in-scope than --accept-rate (default: its own, 0.99) of its tasks'
+validation texts. key=value overrides the saved config, e.g.
 trainer.device=cuda trainer.eval_batch_size=256."""
 
 
@@ -71,6 +76,8 @@ def _arguments(argv: list[str]) -> Any:
     parser.add_argument("--input", type=Path)
     parser.add_argument("--output", type=Path)
     parser.add_argument("--task")
+    parser.add_argument("--type", choices=TASK_KINDS)
+    parser.add_argument("--all-tasks", action="store_true")
     parser.add_argument("--accept-rate", type=float)
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--tracking-uri", default=DEFAULT_URI)
@@ -82,6 +89,8 @@ def _arguments(argv: list[str]) -> Any:
     args.overrides = rest
     if not args.text and args.input is None:
         parser.error("give texts with --text or --input")
+    if args.all_tasks and (args.task or args.type or args.accept_rate is not None):
+        parser.error("--all-tasks runs every task: it takes no --task, --type or --accept-rate")
     return args
 
 
@@ -95,7 +104,9 @@ def _queries(args: Any) -> list[Query]:
             q if q.task or not args.task else Query(q.text, args.task)
             for q in read_queries(args.input, args.text_field)
         ]
-    return queries
+    if args.all_tasks and any(q.task for q in queries):
+        raise ContinualError("--all-tasks runs every task on each text; drop the 'task' field of --input")
+    return [Query(q.text, q.task, args.type) for q in queries]
 
 
 def main(argv: list[str]) -> None:
@@ -108,12 +119,15 @@ def main(argv: list[str]) -> None:
     queries = _queries(args)
     with tempfile.TemporaryDirectory(prefix="continual-predict-") as scratch:
         bank = SavedBank(fetch_bank(args.run, args.tracking_uri, Path(scratch), "continual predict"), args.overrides)
-        bank.check(queries)  # before the model loads
+        bank.check(queries, all_tasks=args.all_tasks)  # before the model loads
         if args.accept_rate is not None and bank.calibration is None:
             raise ContinualError("--accept-rate: only a registered model (models:/...) carries a calibration")
         quiet_libraries()
         predictor = bank.load(progress=not args.no_progress)
-        records = predictor.predict(queries, args.accept_rate)
+        if args.all_tasks:
+            records = predictor.predict_all([q.text for q in queries])
+        else:
+            records = predictor.predict(queries, args.accept_rate)
         if args.output is None:
             for record in records:
                 sys.stdout.write(json.dumps(record) + "\n")

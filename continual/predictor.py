@@ -10,6 +10,7 @@ on text far from every learned task.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,16 @@ import yaml
 from tqdm.auto import tqdm
 
 from continual import assemble, files
+from continual.entities import entities
 from continual.errors import ContinualError
 from continual.evaluation import encode_texts
 from continual.learners import saved_tasks
-from continual.learners.base import Learner, padded_batches, tokenize
-from continual.routers.base import ABSTAIN, Reads, Router, Routing, rejection_threshold
+from continual.learners.base import Learner, padded_batches, tokenize, tokenize_words
+from continual.routers.base import ABSTAIN, Reads, Router, Routing, rejection_threshold, restrict
 from continual.routers.state import FILENAME as ROUTER_FILE
 from continual.routers.state import load_router
 from continual.streams import Task
+from continual.streams.task import SEQUENCE, TOKENS
 
 CHUNK = 1024  # texts routed together; bounds memory on large input files
 CALIBRATION = "calibration.safetensors"
@@ -41,6 +44,7 @@ DEFAULT_ACCEPT_RATE = 0.99
 class Query:
     text: str
     task: str | None = None  # given task: skip the router
+    kind: str | None = None  # route among tasks of this type only (sequence | tokens); None: among all
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,20 @@ class SavedBank:
         self.parts = assemble.parts(self.config)
         self.calibration = Calibration.load(folder)
 
-    def check(self, queries: Sequence[Query], where: str = "continual predict") -> None:
-        """Every query's task is a learned task, and a bank that cannot route gets a task for each."""
+    def check(self, queries: Sequence[Query], where: str = "continual predict", all_tasks: bool = False) -> None:
+        """Every query's task is a learned task, its type one the bank has, and a bank that cannot route gets
+        a task for each (``all_tasks``: every task runs on every text, nothing is routed)."""
         unknown = sorted({q.task for q in queries if q.task and q.task not in self.names})
         if unknown:
             raise ContinualError(f"{where}: tasks {unknown} are not tasks of this run; tasks: {self.names}")
+        kinds = {t.kind for t in self.tasks}
+        missing = sorted({q.kind for q in queries if q.kind and q.kind not in kinds})
+        if missing:
+            raise ContinualError(
+                f"{where}: --type {missing[0]}: this run has no task of that type (types: {sorted(kinds)})"
+            )
+        if all_tasks:
+            return
         if self.parts.router.reads is Reads.TASK_IDS and any(q.task is None for q in queries):
             raise ContinualError(
                 f"{where}: this run used router=oracle, which cannot route new text; give each text "
@@ -124,7 +137,8 @@ class SavedBank:
         learner.load(self.folder / "adapters", self.tasks)
         load_router(self.parts.router, self.folder, self.names, backbone.name)
         labels = [t.labels for t in self.tasks]
-        return Predictor(learner, self.parts.router, self.names, labels, progress, self.calibration)
+        kinds = [t.kind for t in self.tasks]
+        return Predictor(learner, self.parts.router, self.names, labels, progress, self.calibration, kinds)
 
 
 class Predictor:
@@ -139,9 +153,11 @@ class Predictor:
         labels: Sequence[Sequence[str]],
         progress: bool = True,
         calibration: Calibration | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> None:
         self.learner, self.router = learner, router
         self.task_names, self.labels = list(task_names), [list(lab) for lab in labels]
+        self.kinds = np.array(list(kinds) if kinds is not None else [SEQUENCE] * len(self.task_names))
         self.progress = progress
         self.calibration = calibration
 
@@ -150,40 +166,105 @@ class Predictor:
             raise ContinualError(f"task '{name}' is not a task of this run; tasks: {self.task_names}")
         return self.task_names.index(name)
 
+    def _route(self, queries: Sequence[Query], threshold: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each query's task (given, routed among its ``kind``'s tasks, or -1 = rejected) and the router's scores."""
+        given = np.array([-1 if q.task is None else self._task_index(q.task) for q in queries], dtype=np.int64)
+        if not np.any(given < 0):
+            return given, None
+        routing = self.router.route(encode_texts(self.learner, [q.text for q in queries]))
+        support = routing.in_scope()
+        if support is not None:  # the calibrated rejection of a served bank, on top of the router's own
+            routing = Routing(np.where(support < threshold, ABSTAIN, routing.tasks), routing.scores, support)
+        routed = routing.tasks.copy()
+        for kind in {q.kind for q in queries if q.kind}:
+            mine = np.array([q.kind == kind for q in queries])
+            routed[mine] = restrict(routing, self.kinds == kind)[mine]
+        return np.where(given < 0, routed, given), routing.scores
+
+    def _tokens(self, texts: Sequence[str], tasks: np.ndarray) -> tuple[list[list[int]], list[np.ndarray | None]]:
+        """Token ids as each text's task reads them (word-aligned, with word starts, for token tasks)."""
+        tokens: list[list[int]] = list(tokenize(self.learner, texts))
+        starts: list[np.ndarray | None] = [None] * len(texts)
+        tagged = np.flatnonzero((tasks >= 0) & (self.kinds[np.maximum(tasks, 0)] == TOKENS)).tolist()
+        if len(tagged):
+            ids, first = tokenize_words(self.learner, [texts[i] for i in tagged], "continual predict")
+            for i, row, row_starts in zip(tagged, ids, first):
+                tokens[i], starts[i] = row, row_starts
+        return tokens, starts
+
+    def _outputs(self, texts: Sequence[str], tasks: np.ndarray) -> list[dict[str, Any] | None]:
+        """Each text's output under its task in mixed batches (every task's adapter runs once per batch on its
+        slice): a label and its confidence, or a token task's entities; None where the text went to no task."""
+        learner = self.learner
+        tokens, starts = self._tokens(texts, tasks)
+        out: list[dict[str, Any] | None] = [None] * len(texts)
+        for idx, ids, mask in padded_batches(learner, tokens):
+            got = learner.classify(ids, mask, torch.as_tensor(tasks[idx], device=learner.device))
+            labels, confidence = got.labels.cpu().numpy(), got.confidence.cpu().numpy()
+            tag_rows, tag_confidence = got.tags.cpu().numpy(), got.tag_confidence.cpu().numpy()
+            for row, n in enumerate(idx.tolist()):
+                k = int(tasks[n])
+                if k < 0:
+                    continue
+                first = starts[n]
+                if first is None:
+                    out[n] = {"label": self.labels[k][labels[row]], "confidence": round(float(confidence[row]), 6)}
+                else:
+                    found = spans(texts[n], first, tag_rows[row], tag_confidence[row], self.labels[k])
+                    out[n] = {"entities": found}
+        return out
+
     @torch.no_grad()
     def _chunk(self, queries: Sequence[Query], threshold: float) -> Iterator[dict]:
         texts = [q.text for q in queries]
-        given = np.array([-1 if q.task is None else self._task_index(q.task) for q in queries], dtype=np.int64)
-        scores = None
-        tasks = given.copy()
-        if np.any(given < 0):
-            routing = self.router.route(encode_texts(self.learner, texts))
-            support = routing.in_scope()
-            if support is not None:  # the calibrated rejection of a served bank, on top of the router's own
-                routing = Routing(np.where(support < threshold, ABSTAIN, routing.tasks), routing.scores, support)
-            tasks = np.where(given < 0, routing.tasks, given)
-            scores = routing.scores
-        learner = self.learner
-        tokens = tokenize(learner, texts)
-        labels = np.full(len(texts), -1, np.int64)
-        confidence = np.zeros(len(texts), np.float32)
-        for idx, ids, mask in padded_batches(learner, tokens):
-            # one mixed batch: every routed adapter runs once on its slice; rejected texts get no label
-            out = learner.classify(ids, mask, torch.as_tensor(tasks[idx], device=learner.device))
-            labels[idx], confidence[idx] = out.labels.cpu().numpy(), out.confidence.cpu().numpy()
-        for n, text in enumerate(texts):
+        tasks, scores = self._route(queries, threshold)
+        outputs = self._outputs(texts, tasks)
+        for n, (query, output) in enumerate(zip(queries, outputs)):
             k = int(tasks[n])
+            routed = query.task is None
             yield {
-                "text": text,
+                "text": query.text,
                 "task": None if k == ABSTAIN else self.task_names[k],
-                "label": None if k == ABSTAIN else self.labels[k][labels[n]],
-                "confidence": None if k == ABSTAIN else round(float(confidence[n]), 6),
+                "label": None if output is None else output.get("label"),
+                "confidence": None if output is None else output.get("confidence"),
+                **({"entities": output["entities"]} if output is not None and "entities" in output else {}),
                 "scores": None
-                if scores is None or given[n] >= 0
+                if scores is None or not routed
                 else {name: round(float(s), 6) for name, s in zip(self.task_names, scores[n])},
                 "abstained": k == ABSTAIN,
-                "routed": bool(given[n] < 0),
+                "routed": routed,
             }
+
+    @torch.no_grad()
+    def predict_all(self, texts: Sequence[str]) -> Iterator[dict]:
+        """The hub: every task's output on each text (intent, slots, ...), in mixed batches of (text, task)
+        pairs; with a router that can route, also its choice per task type (``routes``)."""
+        T = len(self.task_names)
+        bar = tqdm(total=len(texts), desc="predict all tasks", unit="text", disable=not self.progress)
+        step = max(1, CHUNK // T)
+        for start in range(0, len(texts), step):
+            chunk = list(texts[start : start + step])
+            pairs = [text for text in chunk for _ in range(T)]
+            outputs = self._outputs(pairs, np.tile(np.arange(T), len(chunk)))
+            routes = self._routes_by_kind(chunk)
+            for n, text in enumerate(chunk):
+                mine = outputs[n * T : (n + 1) * T]
+                record: dict[str, Any] = {"text": text, "tasks": dict(zip(self.task_names, mine))}
+                if routes is not None:
+                    record["routes"] = {kind: chosen[n] for kind, chosen in routes.items()}
+                yield record
+            bar.update(len(chunk))
+        bar.close()
+
+    def _routes_by_kind(self, texts: Sequence[str]) -> dict[str, list[str | None]] | None:
+        """For each task type of the bank, the task the router picks among that type's tasks (None: rejected)."""
+        if self.router.reads is Reads.TASK_IDS:
+            return None
+        routing = self.router.route(encode_texts(self.learner, texts))
+        return {
+            str(kind): [None if k < 0 else self.task_names[k] for k in restrict(routing, self.kinds == kind).tolist()]
+            for kind in dict.fromkeys(self.kinds.tolist())
+        }
 
     def predict(self, queries: Sequence[Query], accept_rate: float | None = None) -> Iterator[dict]:
         """One JSON-ready record per query, in input order.
@@ -203,3 +284,27 @@ class Predictor:
             yield from self._chunk(chunk, threshold)
             bar.update(len(chunk))
         bar.close()
+
+
+def spans(
+    text: str, starts: np.ndarray, tags: np.ndarray, confidence: np.ndarray, types: Sequence[str]
+) -> list[dict[str, Any]]:
+    """A tagger's entities in ``text`` (its words are the runs of non-whitespace): text, type, character
+    offsets ``start``/``end`` (``text[start:end]``) and confidence, the mean tag probability over its words."""
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    kept = starts >= 0
+    word_tags = np.where(kept, tags[np.maximum(starts, 0)], 0)
+    word_confidence = np.where(kept, confidence[np.maximum(starts, 0)], 0.0)
+    found = []
+    for first, stop, kind in entities(word_tags):
+        begin, end = words[first][0], words[stop - 1][1]
+        found.append(
+            {
+                "text": text[begin:end],
+                "type": types[int(kind)],
+                "start": begin,
+                "end": end,
+                "confidence": round(float(word_confidence[first:stop].mean()), 6),
+            }
+        )
+    return found

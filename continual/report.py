@@ -200,12 +200,14 @@ PAIRED_BY = ("stream", "seed", "order")  # a run and its FWT reference run agree
 
 
 def learning_diagonal(client: MlflowClient, run: Run) -> dict[str, tuple[int, float]]:
-    """R[j, j] per task j: the value of ``acc/<task>`` at the first step it was logged, and that step."""
+    """R[j, j] per task j: the value of ``acc/<task>`` (``f1/<task>``: a token task) at the first step it was
+    logged, and that step."""
     diagonal = {}
     for key in run.data.metrics:
-        if key.startswith("acc/"):
+        score, _, task = key.partition("/")
+        if score in ("acc", "f1") and task:
             first = min(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-            diagonal[key[len("acc/") :]] = (first.step, first.value)
+            diagonal[task] = (first.step, first.value)
     return diagonal
 
 

@@ -24,6 +24,7 @@ from continual.files import RunLock
 from continual.routers import Reads, Router
 from continual.sinks import summary_text
 from continual.streams import Stream
+from continual.streams.task import TOKENS
 from continual.tracking.base import Tracker, data_inputs
 from continual.tracking.mlflow import child_tags, close_sweep
 
@@ -57,7 +58,9 @@ def run_tags(config: Mapping[str, Any], choices: Mapping[str, str], router: Rout
 
 def _describe(stream: Stream) -> str:
     return ", ".join(
-        f"{t.name} ({len(t.labels)} labels, {len(t.train)}/{len(t.validation)}/{len(t.test)})" for t in stream.tasks
+        f"{t.name} ({len(t.labels)} {'entity types' if t.kind == TOKENS else 'labels'}, "
+        f"{len(t.train)}/{len(t.validation)}/{len(t.test)})"
+        for t in stream.tasks
     )
 
 

@@ -34,6 +34,9 @@ class Sink(Protocol):
     def on_end(self, result: RunResult, totals: dict[str, float]) -> None: ...
 
 
+ENTITY_SCORES = "entity_f1.json"  # token tasks' routed micro and per-type F1, rewritten after every step
+
+
 def _csv_cell(value: float) -> str:
     return "" if not np.isfinite(value) else f"{value:.6f}"
 
@@ -86,6 +89,14 @@ class FileSink:
 
     def on_step(self, record: StepRecord, state: RunState) -> None:
         write_matrix_csv(state.R, self.names, self.out_dir / "accuracy_matrix.csv")
+        scored = {
+            self.names[j]: {"f1": e.accuracy, "oracle_f1": e.oracle_accuracy, "by_type": e.by_type}
+            for j, e in enumerate(record.evals)
+            if e.by_type
+        }
+        if scored:  # token tasks: per-type entity scores after this step (routed)
+            body = {"after_task": self.names[record.step.row], "tasks": scored}
+            files.write_text(self.out_dir / ENTITY_SCORES, json.dumps(body, indent=2))
 
     def on_end(self, result: RunResult, totals: dict[str, float]) -> None:
         out, state, names = self.out_dir, result.state, self.names
@@ -97,6 +108,7 @@ class FileSink:
             plots.heatmap(state.R, names, out / "accuracy_matrix.png"),
             plots.curves(state.R, names, out / "accuracy_curves.png"),
             files.write_text(out / "results.json", json.dumps(results_json(result), indent=2)),
+            *([out / ENTITY_SCORES] if (out / ENTITY_SCORES).is_file() else []),
         ]
 
 
@@ -184,6 +196,7 @@ def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Pat
         f"{'forgetting':20}{_pct(m['forgetting']):>12}{_pct(m['oracle_forgetting']):>15}",
         f"learning accuracy   {_pct(m['learning_acc'])}",
         f"router accuracy     {_pct(state.router_accuracy)} (inputs sent to their own task)",
+        *([f"scored by F1        {', '.join(result.f1_tasks)} (entity micro F1 in R)"] if result.f1_tasks else []),
         *([f"OOS recall          {_pct(m['oos_recall'])} (out-of-scope inputs rejected)"] if "oos_recall" in m else []),
         f"train time          {state.train_seconds:.1f} s ({state.train_samples_per_second:.0f} samples/s); "
         f"total {result.seconds:.1f} s",

@@ -163,6 +163,27 @@ def pad(token_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -
     return ids.to(device), mask.to(device)
 
 
+IGNORED = -100  # target of positions the loss skips (cross_entropy's default ignore_index)
+
+
+def token_targets(length: int, starts: np.ndarray, tags: np.ndarray) -> np.ndarray:
+    """A token task's targets for one text of ``length`` token ids: each word's tag at its first sub-token,
+    :data:`IGNORED` everywhere else (special tokens, later sub-tokens, words cut off by truncation)."""
+    targets = np.full(length, IGNORED, dtype=np.int64)
+    kept = starts >= 0
+    targets[starts[kept]] = tags[kept]
+    return targets
+
+
+def pad_targets(targets: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Right-pad per-token targets to the batch's longest member with :data:`IGNORED` (as :func:`pad` pads ids)."""
+    width = max(len(t) for t in targets)
+    out = torch.full((len(targets), width), IGNORED, dtype=torch.long)
+    for row, t in enumerate(targets):
+        out[row, : len(t)] = torch.as_tensor(t)
+    return out.to(device)
+
+
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
     """Linear warm-up then linear decay to zero, as in BERT fine-tuning."""
     warmup = max(1, int(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0

@@ -231,3 +231,55 @@ def copy_run(run: Path, dest: Path) -> Path:
 
     shutil.copytree(run, dest)
     return dest
+
+
+# Token tasks over the tiny model's vocabulary: entity words are distinct, so a tagger can learn them.
+SLOT_TEMPLATES = {
+    "trip_slots": ("book a flight to {city} {date}", {"city": ["paris", "rome", "tokyo", "berlin", "lisbon"]}),
+    "meal_slots": ("make {dish} for dinner {date}", {"dish": ["pancakes", "lasagna", "risotto", "curry", "stew"]}),
+}
+DATES = ["monday", "friday", "tomorrow", "tonight", "next month", "next friday"]
+
+
+def slot_rows(task: str, n: int, seed: int) -> list[dict]:
+    """``n`` tagged sentences ``{"tokens", "tags"}`` of a token task in :data:`SLOT_TEMPLATES` (seeded)."""
+    import random
+
+    template, fillers = SLOT_TEMPLATES[task]
+    ((kind, values),) = fillers.items()
+    rng = random.Random(f"{task}:{seed}")
+    rows = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for word in template.split():
+            if word.startswith("{"):
+                filler = rng.choice(DATES) if word == "{date}" else rng.choice(values)
+                entity = "date" if word == "{date}" else kind
+                parts = filler.split()
+                tokens += parts
+                tags += [f"B-{entity}"] + [f"I-{entity}"] * (len(parts) - 1)
+            else:
+                tokens.append(word)
+                tags.append("O")
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def slot_task_files(root: Path, tasks: tuple[str, ...] = tuple(SLOT_TEMPLATES)) -> list[dict]:
+    """Token tasks written as jsonl files; their stream-file task entries."""
+    entries = []
+    for task in tasks:
+        paths = {
+            split: write_jsonl(root / "data" / task / f"{split}.jsonl", slot_rows(task, n, seed))
+            for split, n, seed in (("train", 120, 0), ("test", 30, 1))
+        }
+        entries.append(
+            {
+                "name": task,
+                "type": "tokens",
+                "train": str(paths["train"]),
+                "test": str(paths["test"]),
+                "tags_field": "tags",
+            }
+        )
+    return entries

@@ -59,6 +59,8 @@ def test_every_option_composes_and_its_values_reach_the_object(group, option):
     overrides = [f"{'+' if group in OVERLAYS else ''}{group}={option}"]
     if (group == "stream" and option == "cl5") or (group == "experiment" and option == "cl5_methods"):
         overrides.append(f"stream.data_dir={SHARED / 'cl5'}")
+    if group == "stream" and option.startswith("fbtod"):
+        overrides.append(f"stream.data_dir={SHARED / 'fbtod'}")
     config = plain(_compose(overrides))
     for name in BUILT:
         node = {k: v for k, v in config[name].items() if k != "_target_"}

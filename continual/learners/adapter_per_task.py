@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from torch import nn
 
 from continual import files
 from continual.adapters import AdapterBank, AdapterKind, describe, segments_for
-from continual.backbone import Backbone
+from continual.backbone import TOKEN_STATES, Backbone, pool
 from continual.cache import PrefixCache
 from continual.errors import ContinualError
 from continual.learners.base import (
@@ -42,13 +42,15 @@ from continual.learners.base import (
     Schedule,
     digest,
     freeze,
-    oracle_accuracy,
+    oracle_score,
     padded_batches,
     task_seed,
     tokenize,
+    tokenize_words,
 )
 from continual.streams import Split, Task
-from continual.training import TrainerConfig, fit, pad, train_batches
+from continual.streams.task import SEQUENCE, TOKENS
+from continual.training import TrainerConfig, fit, pad, pad_targets, token_targets, train_batches
 
 log = logging.getLogger(__name__)
 TRANSFERS = ("none", "similar", "fusion")
@@ -153,16 +155,42 @@ class AdapterPerTask:
     def _logits(
         self, k: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: PrefixCache | None = None
     ) -> torch.Tensor:
+        """Task ``k``'s head on its adapter's features: ``[batch, labels]`` (``[batch, tokens, tags]``: token task)."""
+        pooling = TOKEN_STATES if self.tasks[k].kind == TOKENS else None
         with self.bank.routed([(k, 0, input_ids.shape[0])]):
-            features = self._encode(input_ids, attention_mask, cache)
+            features = self._encode(input_ids, attention_mask, cache, pooling)
         return self.heads[k](self.dropout(features))
+
+    def _loss(self, k: int, task: Task, cache: PrefixCache | None) -> tuple[list[list[int]], Callable]:
+        """The training texts' token ids, and the loss of a batch of their indices: cross-entropy over the
+        labels, or over the tags at each word's first sub-token (later sub-tokens are ignored)."""
+        if task.kind == TOKENS:
+            tokens, starts = tokenize_words(self, task.train.texts, f"task '{task.name}' train")
+            targets = [
+                token_targets(len(ids), first, tags) for ids, first, tags in zip(tokens, starts, task.train.tags)
+            ]
+
+            def tag_loss(idx: np.ndarray) -> torch.Tensor:
+                ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
+                target = pad_targets([targets[i] for i in idx], self.device)
+                return nn.functional.cross_entropy(self._logits(k, ids, mask, cache).flatten(0, 1), target.flatten())
+
+            return tokens, tag_loss
+        tokens = tokenize(self, task.train.texts)
+        labels = torch.as_tensor(task.train.labels, device=self.device)
+
+        def label_loss(idx: np.ndarray) -> torch.Tensor:
+            ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
+            return nn.functional.cross_entropy(self._logits(k, ids, mask, cache), labels[idx])
+
+        return tokens, label_loss
 
     def _allocate(self, task: Task) -> int:
         """A fresh adapter and head for ``task``, created from a seed of (run seed, task index)."""
         k = len(self.tasks)
         torch.manual_seed(task_seed(self.seed, k))
         self.bank.add(fuse=self.transfer == "fusion")
-        self.heads.append(nn.Linear(self.backbone.hidden_size, len(task.labels)))
+        self.heads.append(nn.Linear(self.backbone.hidden_size, task.outputs))
         self.tasks.append(task)
         self.bank.to(self.device)
         self.heads.to(self.device)
@@ -202,11 +230,6 @@ class AdapterPerTask:
         freeze(self.bank, self.heads)
 
         cfg = self.trainer
-        tokens = tokenize(self, task.train.texts)
-        labels = torch.as_tensor(task.train.labels, device=self.device)
-        rng = np.random.default_rng([self.seed, k])
-        epochs = [train_batches([len(t) for t in tokens], cfg.batch_size, rng) for _ in range(cfg.epochs)]
-
         # Over several epochs the frozen, un-adapted lower layers (AdapterDrop) are computed once per
         # text; the cache lives for this task only, since training texts are never seen again.
         cache = (
@@ -214,10 +237,9 @@ class AdapterPerTask:
             if self.cache is not None and cfg.epochs > 1
             else None
         )
-
-        def loss_of(idx: np.ndarray) -> torch.Tensor:
-            ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
-            return nn.functional.cross_entropy(self._logits(k, ids, mask, cache), labels[idx])
+        tokens, loss_of = self._loss(k, task, cache)
+        rng = np.random.default_rng([self.seed, k])
+        epochs = [train_batches([len(t) for t in tokens], cfg.batch_size, rng) for _ in range(cfg.epochs)]
 
         # Dropout on in the adapted layers, as in standard adapter training (weights stay frozen). Layers
         # below the first adapted one stay in eval mode, so that caching them changes nothing.
@@ -232,7 +254,7 @@ class AdapterPerTask:
             progress=self.progress,
             on_loss=on_loss,
         )
-        val_acc = oracle_accuracy(self, k, task.validation.texts, task.validation.labels)
+        val_acc = oracle_score(self, k, task, task.validation)
         return LearnReport(
             task.name,
             fitted.steps,
@@ -248,12 +270,18 @@ class AdapterPerTask:
         """Sort the batch by routed task, run every adapter once on its slice, unsort the outputs."""
         order, segments = segments_for(task_ids.to(self.device))
         ids, mask = input_ids[order], attention_mask[order]
-        with self.bank.routed(segments):
-            features = self._encode(ids, mask, self.cache)
-        out = Classified.empty(ids.shape[0], self.device)
+        with self.bank.routed(segments):  # token states once; sequence heads read them pooled
+            states = self._encode(ids, mask, self.cache, TOKEN_STATES)
+        features = pool(states, mask, self.backbone.pooling)
+        out = Classified.empty(ids.shape[0], self.device, ids.shape[1])
         for k, start, stop in segments:
-            if k is not None:  # a negative task id means "no task" (abstained): no prediction
-                out.fill(slice(start, stop), self.heads[k](features[start:stop]))
+            if k is None:  # a negative task id means "no task" (abstained): no prediction
+                continue
+            rows = slice(start, stop)
+            if self.tasks[k].kind == TOKENS:
+                out.fill_tags(rows, self.heads[k](states[rows]), mask[rows])
+            else:
+                out.fill(rows, self.heads[k](features[rows]))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return Classified(*(t[inverse] for t in out))
@@ -285,6 +313,7 @@ class AdapterPerTask:
             "task": task.name,
             "index": str(k),
             "labels": json.dumps(list(task.labels)),
+            "kind": task.kind,
             "backbone": self.backbone.name,
             "hidden_size": str(self.backbone.hidden_size),
             "adapter": describe(self.bank.config),
@@ -298,6 +327,8 @@ class AdapterPerTask:
             k = len(self.tasks)
             expected = self._metadata(k, task)
             checked = {key: expected[key] for key in ("backbone", "hidden_size", "adapter", "labels", "transfer")}
+            if task.kind != SEQUENCE:  # files written before token tasks existed hold sequence tasks, without the key
+                checked["kind"] = task.kind
             tensors = files.read_checked(
                 task_file(directory, k, task.name),
                 checked,
@@ -353,5 +384,6 @@ def saved_tasks(directory: Path) -> list[Task]:
         meta = files.read_metadata(path)
         if meta.get("index") != str(k) or "labels" not in meta or "task" not in meta:
             raise ContinualError(f"{path}: not adapter {k} of a run (metadata index={meta.get('index')!r})")
-        tasks.append(Task(meta["task"], tuple(json.loads(meta["labels"])), empty, empty, empty))
+        kind = meta.get("kind", SEQUENCE)
+        tasks.append(Task(meta["task"], tuple(json.loads(meta["labels"])), empty, empty, empty, kind=kind))
     return tasks

@@ -8,6 +8,7 @@ value is one error line before any model loads, and it builds the learner once t
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,9 +22,12 @@ from torch import nn
 
 from continual.adapters import AdapterKind
 from continual.backbone import Backbone
-from continual.streams import Task
+from continual.entities import EntityCounts, as_classes, entities
+from continual.streams import Split, Task
+from continual.streams.task import TOKENS
 from continual.training import TrainerConfig, eval_batches, iter_padded
 
+log = logging.getLogger(__name__)
 LossCallback = Callable[[int, float], None]  # (optimizer step within the step's training, loss)
 
 
@@ -74,24 +78,55 @@ class LearnReport:
 
 
 class Classified(NamedTuple):
-    """Per-example outputs of the routed heads; ``labels`` is -1 where an example went to no task."""
+    """Per-example outputs of the routed heads; ``labels`` is -1 where an example went to no task.
+
+    A token task's head tags every token: ``tags``/``tag_confidence`` are ``[batch, tokens]`` (-1 / 0 on
+    rows of sequence tasks and on padding), and its row's ``labels`` is 0 while ``confidence`` and
+    ``certainty`` are the means over the row's real tokens.
+    """
 
     labels: torch.Tensor
     confidence: torch.Tensor  # softmax probability of the predicted label
     certainty: torch.Tensor  # 1 - entropy / log(number of labels): 1 = one-hot, 0 = uniform
+    tags: torch.Tensor  # [batch, tokens]: a token task's predicted tag per token position
+    tag_confidence: torch.Tensor  # [batch, tokens]: the softmax probability of that tag
 
     @classmethod
-    def empty(cls, n: int, device: torch.device) -> Classified:
-        """Outputs for ``n`` examples that no head has seen yet (label -1)."""
+    def empty(cls, n: int, device: torch.device, width: int = 0) -> Classified:
+        """Outputs for ``n`` examples of ``width`` tokens that no head has seen yet (label -1)."""
         zeros = torch.zeros(n, device=device)
-        return cls(torch.full((n,), -1, dtype=torch.long, device=device), zeros, zeros.clone())
+        no_tags = torch.full((n, width), -1, dtype=torch.long, device=device)
+        return cls(
+            torch.full((n,), -1, dtype=torch.long, device=device),
+            zeros,
+            zeros.clone(),
+            no_tags,
+            torch.zeros((n, width), device=device),
+        )
 
     def fill(self, rows: torch.Tensor | slice, logits: torch.Tensor) -> None:
         """Write one head's prediction, confidence and certainty for ``rows`` from its ``logits``."""
         probs = logits.softmax(-1)
         self.confidence[rows], self.labels[rows] = probs.max(-1)
-        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-        self.certainty[rows] = 1.0 - entropy / math.log(probs.shape[-1])
+        self.certainty[rows] = _certainty(probs)
+
+    def fill_tags(self, rows: slice, logits: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Write a tagger's ``[n, tokens, tags]`` logits for ``rows``: tags per real token, means per row."""
+        probs = logits.softmax(-1)
+        confidence, tags = probs.max(-1)
+        real = attention_mask.bool()
+        self.tags[rows] = torch.where(real, tags, -1)
+        self.tag_confidence[rows] = torch.where(real, confidence, 0.0)
+        count = real.sum(1).clamp(min=1)
+        self.labels[rows] = 0
+        self.confidence[rows] = self.tag_confidence[rows].sum(1) / count
+        self.certainty[rows] = torch.where(real, _certainty(probs), 0.0).sum(1) / count
+
+
+def _certainty(probs: torch.Tensor) -> torch.Tensor:
+    """1 - entropy / log(number of outcomes), over the last axis."""
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    return 1.0 - entropy / math.log(probs.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -211,6 +246,50 @@ def padded_batches(
 def tokenize(learner: Learner, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of ``texts`` as the learner trains on them (its backbone's tokenizer, its max length)."""
     return learner.backbone.tokenize(list(texts), learner.trainer.max_length)
+
+
+def tokenize_words(learner: Learner, texts: Sequence[str], what: str) -> tuple[list[list[int]], list[np.ndarray]]:
+    """:func:`tokenize` for a token task's sentences, with each word's first sub-token position (-1: cut off).
+
+    Sentences longer than ``trainer.max_length`` tokens keep their first words; the rest are neither
+    trained nor tagged (their gold entities count as missed). They are counted in one warning, never
+    dropped silently.
+    """
+    tokens, starts = learner.backbone.tokenize_words(list(texts), learner.trainer.max_length)
+    cut = sum(int(np.any(first < 0)) for first in starts)
+    if cut:
+        log.warning(
+            "%s: %d of %d sentences are longer than trainer.max_length=%d tokens; their last words are not tagged",
+            what,
+            cut,
+            len(texts),
+            min(learner.trainer.max_length, learner.backbone.max_tokens),
+        )
+    return tokens, starts
+
+
+def word_tags(tags: torch.Tensor, starts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per row of ``tags`` ``[n, tokens]``, the tag at each word's first sub-token (0 = O for words cut off)."""
+    rows = tags.cpu().numpy()
+    return [np.where(first >= 0, row[np.maximum(first, 0)], 0) for row, first in zip(rows, starts)]
+
+
+def oracle_score(learner: Learner, k: int, task: Task, split: Split) -> float:
+    """Task ``k``'s score on a labelled ``split`` of ``task``, each text given task ``k``: accuracy, or entity
+    micro F1 for a token task (``nan`` without texts)."""
+    if task.kind != TOKENS:
+        return oracle_accuracy(learner, k, split.texts, split.labels)
+    if len(split) == 0:
+        return float("nan")
+    tokens, starts = tokenize_words(learner, split.texts, f"task '{task.name}'")
+    counts = EntityCounts()
+    local = np.arange(len(task.labels))
+    for idx, ids, mask in padded_batches(learner, tokens):
+        task_ids = torch.full((len(idx),), k, dtype=torch.long, device=learner.device)
+        predicted = word_tags(learner.classify(ids, mask, task_ids).tags, [starts[i] for i in idx])
+        for i, tags in zip(idx, predicted):
+            counts.add(as_classes(entities(split.tags[i]), local), as_classes(entities(tags), local))
+    return counts.micro_f1
 
 
 def oracle_accuracy(learner: Learner, k: int, texts: Sequence[str], labels: np.ndarray) -> float:

@@ -150,6 +150,19 @@ def decide(scores: np.ndarray, threshold: float, support: np.ndarray | None = No
     return Routing(tasks.astype(np.int64), scores, support)
 
 
+def restrict(routing: Routing, allowed: np.ndarray) -> np.ndarray:
+    """Routes chosen among the ``allowed`` tasks only (per stream task; a text evaluated or asked for as a
+    token task goes to a token task): each input's best allowed score, abstentions kept."""
+    if routing.scores is None:  # a router that scores nothing (the oracle) already chose the asked-for task
+        return routing.tasks
+    allowed = allowed[: routing.scores.shape[1]]
+    if allowed.all():
+        return routing.tasks
+    tasks = np.where(allowed[None, :], routing.scores, -np.inf).argmax(1).astype(np.int64)
+    tasks[routing.tasks < 0] = ABSTAIN
+    return tasks
+
+
 class StatelessRouter:
     """What a router that learns nothing from the data keeps: how many tasks it has seen (the oracle, the head)."""
 

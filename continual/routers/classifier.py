@@ -64,7 +64,10 @@ class ClassifierRouter(FeatureRouter):
             labels = labels_of(train)
             rng = np.random.default_rng([self.seed, index, 1])
             keep = np.concatenate(
-                [rng.permutation(np.flatnonzero(labels == c))[: self.memory_per_class] for c in range(len(task.labels))]
+                [
+                    rng.permutation(np.flatnonzero(labels == c))[: self.memory_per_class]
+                    for c in range(task.routing_classes)
+                ]
             )
             self.memory = features[keep] if not len(self.memory) else np.concatenate([self.memory, features[keep]])
             self.memory_class = np.concatenate([self.memory_class, first_class + labels[keep]])

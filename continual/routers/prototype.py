@@ -197,7 +197,7 @@ class FeatureRouter:
     def _add_statistics(self, index: int, task: Task, train: RouterInputs) -> np.ndarray:
         """Fold the task's train features into the statistics; returns them."""
         features = self._features(train)
-        self.stats.add(index, features, labels_of(train), len(task.labels))
+        self.stats.add(index, features, labels_of(train), task.routing_classes)
         self.num_tasks = index + 1
         return features
 

@@ -127,12 +127,15 @@ def records_to_pairs(records: list[Record], text_field: str, label_field: str, w
     for location, row in records:
         text = _field(location, row, text_field, "text_field", where)
         label = _field(location, row, label_field, "label_field", where)
+        if isinstance(text, list) and all(isinstance(word, str) for word in text):
+            text = " ".join(text)  # a tokenized sentence (e.g. the tokens of a slot-tagged utterance)
         if text is None or (isinstance(text, str) and not text.strip()):
             dropped += 1
             continue
         if not isinstance(text, str):
             raise ContinualError(
-                f"{where}: text_field '{text_field}' of {location} is {type(text).__name__} {text!r}, expected a string"
+                f"{where}: text_field '{text_field}' of {location} is {type(text).__name__} {text!r}, "
+                "expected a string (or a list of tokens)"
             )
         if label is None or (isinstance(label, str) and not label.strip()):
             raise ContinualError(f"{where}: label_field '{label_field}' of {location} is empty")

@@ -13,6 +13,12 @@ This is the format a user writes as ``my_conf/stream/NAME.yaml``::
         labels: [card_arrival, card_linking]   # optional subset, fixes the label order
         max_per_class: 40                     # optional cap on train examples per label
         label_space: reviews                  # optional: tasks naming the same space share their classes
+      - name: alarm_slots
+        type: tokens                 # token classification: a BIO tag per word, scored by entity F1
+        train: alarm/train.jsonl     # jsonl/json/parquet with lists in tokens_field and tags_field,
+        test: alarm/test.jsonl       # or `format: conll` (a token and its tag per line; tag_column, default -1)
+        tokens_field: tokens
+        tags_field: tags
 
 Stream-level ``max_per_class`` / ``max_eval_per_class`` apply to every task that sets no cap itself.
 Stream-level ``label_space: per_task`` (default: equal label names in two tasks are two classes) or
@@ -33,6 +39,9 @@ from typing import Any
 from continual.errors import ContinualError
 from continual.streams.sources import read_file, read_hub
 from continual.streams.task import (
+    SEQUENCE,
+    TASK_KINDS,
+    TOKENS,
     Stream,
     Task,
     apply_order,
@@ -41,6 +50,7 @@ from continual.streams.task import (
     check_unique_names,
     label_space_of,
 )
+from continual.streams.tokens import build_token_task, read_token_file
 
 
 def _check_keys(raw: Mapping[str, Any], cls: type, where: str, required: Sequence[str]) -> None:
@@ -79,6 +89,10 @@ class TaskSpec:
     dataset: str | None = None
     dataset_config: str | None = None
     label_space: str | None = None
+    type: str = SEQUENCE  # sequence (a label per text) | tokens (a BIO tag per word: see streams/tokens.py)
+    tokens_field: str = "tokens"
+    tags_field: str | None = None
+    tag_column: int = -1  # CoNLL: the column holding the tag (the token is column 0)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str) -> TaskSpec:
@@ -97,6 +111,9 @@ class TaskSpec:
             "format",
             "dataset",
             "label_space",
+            "type",
+            "tokens_field",
+            "tags_field",
         ):
             if raw.get(key) is not None and not isinstance(raw[key], str):
                 raise ContinualError(f"{where}: field '{key}' must be a string, got {raw[key]!r}")
@@ -106,6 +123,7 @@ class TaskSpec:
                 f"{where}: text_field and label_field are both '{raw.get('text_field', 'text')}'; "
                 "a task would learn to read its labels"
             )
+        _check_type(raw, where)
         labels = raw.get("labels")
         if labels is not None:
             if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
@@ -125,8 +143,17 @@ class TaskSpec:
         )
 
     def read(self, split: str, base_dir: Path, where: str):
-        """Pairs of one split ('train', 'validation' or 'test'), from the Hub or a local file."""
+        """Pairs (a token task: sentences) of one split ('train', 'validation' or 'test'), from the Hub or a file."""
         ref = getattr(self, split)
+        if self.type == TOKENS:
+            return read_token_file(
+                self._path(ref, base_dir),
+                self.tokens_field,
+                self.tags_field,
+                f"{where} field '{split}'",
+                self.format,
+                self.tag_column,
+            )
         if self.dataset:
             return read_hub(self.dataset, self.dataset_config, ref, self.text_field, self.label_field, where)
         return read_file(
@@ -146,6 +173,33 @@ class TaskSpec:
     def _path(ref: str, base_dir: Path) -> Path:
         path = Path(ref).expanduser()
         return path if path.is_absolute() else base_dir / path
+
+
+def _check_type(raw: Mapping[str, Any], where: str) -> None:
+    """``type`` and the fields that only one type reads, checked before any file is opened."""
+    kind = raw.get("type", SEQUENCE)
+    if kind not in TASK_KINDS:
+        raise ContinualError(f"{where}: field 'type' must be one of {list(TASK_KINDS)}, got {kind!r}")
+    column = raw.get("tag_column", -1)
+    if isinstance(column, bool) or not isinstance(column, int):
+        raise ContinualError(f"{where}: field 'tag_column' must be an integer column index, got {column!r}")
+    if kind == SEQUENCE:
+        if raw.get("format") == "conll":
+            raise ContinualError(f"{where}: format conll holds tagged tokens; set type: tokens")
+        return
+    if raw.get("labels") is not None:
+        raise ContinualError(
+            f"{where}: field 'labels' selects labels of a sequence task; a token task's labels are its entity types"
+        )
+    if raw.get("dataset"):
+        raise ContinualError(
+            f"{where}: a task of type tokens reads local files (jsonl, json, parquet, conll), not a Hub dataset"
+        )
+    if raw.get("format") != "conll" and not raw.get("tags_field"):
+        raise ContinualError(
+            f"{where}: a task of type tokens needs field 'tags_field' (each sentence's list of BIO tags) "
+            "or format: conll"
+        )
 
 
 def _label_space(value: Any, specs: Sequence[TaskSpec], where: str) -> str:
@@ -214,13 +268,14 @@ class StreamSpec:
         for name in order_names:
             spec = by_name[name]
             where = f"stream '{self.name}' task '{spec.name}'"
+            build = build_token_task if spec.type == TOKENS else build_task
             tasks.append(
-                build_task(
+                build(
                     spec.name,
                     train=spec.read("train", base, where),
                     test=spec.read("test", base, where),
                     validation=spec.read("validation", base, where) if spec.validation else None,
-                    labels=spec.labels,
+                    **({} if spec.type == TOKENS else {"labels": spec.labels}),
                     max_per_class=spec.max_per_class or self.max_per_class,
                     max_eval_per_class=spec.max_eval_per_class or self.max_eval_per_class,
                     validation_fraction=spec.validation_fraction,

@@ -14,6 +14,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,16 +23,32 @@ from continual.errors import ContinualError
 log = logging.getLogger(__name__)
 
 Pairs = list[tuple[str, str]]
+X = TypeVar("X")  # what a (example, label) pair holds: a text, or a token task's sentence
+
+
+SEQUENCE, TOKENS = "sequence", "tokens"
+TASK_KINDS = (SEQUENCE, TOKENS)
+
+
+def bio_tags(types: Sequence[str]) -> tuple[str, ...]:
+    """``O``, ``B-t1``, ``I-t1``, ``B-t2``, ...: tag id 0 is outside, 2m+1 begins and 2m+2 continues type m."""
+    return ("O", *(f"{prefix}-{t}" for t in types for prefix in ("B", "I")))
 
 
 @dataclass(frozen=True, eq=False)
 class Split:
     """Labelled texts; ``labels[k]`` indexes the owning task's ``labels`` tuple; ``source`` says where they
-    came from (a file, a Hub dataset split), for the run's data lineage."""
+    came from (a file, a Hub dataset split), for the run's data lineage.
+
+    In a token task (``Task.kind == "tokens"``) a text is its words joined by single spaces, ``tags[k]``
+    holds one tag id per word (indexing ``Task.tag_names``), and ``labels`` is 0 for every text (one
+    routing class per token task: a router sends a whole sentence to it).
+    """
 
     texts: tuple[str, ...]
     labels: np.ndarray
     source: str = ""
+    tags: tuple[np.ndarray, ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -44,6 +61,9 @@ class Task:
     ``label_space`` names the namespace its labels live in: tasks that share one share their classes
     (a label name is the same class in each: Yelp and Amazon stars), while by default ("") every task
     has its own, so equal names in two tasks are two classes.
+
+    ``kind`` is ``sequence`` (a label per text) or ``tokens`` (a BIO tag per word; ``labels`` are then
+    the entity types, and the task is scored by entity-level F1).
     """
 
     name: str
@@ -52,12 +72,28 @@ class Task:
     validation: Split
     test: Split
     label_space: str = ""
+    kind: str = SEQUENCE
 
     @property
     def classes(self) -> tuple[str, ...]:
         """The identity of each label across the stream: equal strings are the same class."""
         space = self.label_space or self.name
         return tuple(f"{space}/{label}" for label in self.labels)
+
+    @property
+    def tag_names(self) -> tuple[str, ...]:
+        """A token task's BIO tags: ``O``, then ``B-`` and ``I-`` of each entity type (tag 2m+1 begins type m)."""
+        return bio_tags(self.labels) if self.kind == TOKENS else ()
+
+    @property
+    def routing_classes(self) -> int:
+        """How many classes a router keeps statistics of: one per label, one per token task (its sentences)."""
+        return 1 if self.kind == TOKENS else len(self.labels)
+
+    @property
+    def outputs(self) -> int:
+        """Width of the task's head: one logit per label, or per BIO tag."""
+        return len(self.tag_names) if self.kind == TOKENS else len(self.labels)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,27 +113,29 @@ class Stream:
         return [t.name for t in self.tasks]
 
 
-def _cap_per_class(pairs: Pairs, cap: int | None, rng: random.Random) -> Pairs:
+def cap_per_class(pairs: list[tuple[X, str]], cap: int | None, rng: random.Random) -> list[tuple[X, str]]:
     """Keep at most ``cap`` examples of each label, chosen at random but reproducibly."""
     if cap is None:
         return pairs
-    by_label: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    by_label: dict[str, list[tuple[X, str]]] = defaultdict(list)
     for pair in pairs:
         by_label[pair[1]].append(pair)
-    kept: Pairs = []
+    kept: list[tuple[X, str]] = []
     for label in sorted(by_label):
         group = by_label[label]
         kept.extend(group if len(group) <= cap else rng.sample(group, cap))
     return kept
 
 
-def _carve_validation(pairs: Pairs, fraction: float, rng: random.Random) -> tuple[Pairs, Pairs]:
+def carve_validation(
+    pairs: list[tuple[X, str]], fraction: float, rng: random.Random
+) -> tuple[list[tuple[X, str]], list[tuple[X, str]]]:
     """Stratified, seeded split of train into (train, validation); every label keeps >= 1 train example."""
-    by_label: dict[str, Pairs] = defaultdict(list)
+    by_label: dict[str, list[tuple[X, str]]] = defaultdict(list)
     for pair in pairs:
         by_label[pair[1]].append(pair)
-    train: Pairs = []
-    val: Pairs = []
+    train: list[tuple[X, str]] = []
+    val: list[tuple[X, str]] = []
     for label in sorted(by_label):
         group = list(by_label[label])
         rng.shuffle(group)
@@ -148,15 +186,15 @@ def build_task(
     keep = set(label_names)
     train, test = [p for p in train if p[1] in keep], [p for p in test if p[1] in keep or labels is None]
     _check_labels(train, test, label_names, where)
-    train = _cap_per_class(train, max_per_class, rng)
+    train = cap_per_class(train, max_per_class, rng)
     if validation is None:
         if not 0.0 <= validation_fraction < 1.0:
             raise ContinualError(f"{where}: validation_fraction must be in [0, 1), got {validation_fraction}")
-        train, validation = _carve_validation(train, validation_fraction, rng)
+        train, validation = carve_validation(train, validation_fraction, rng)
     else:
         validation = _given_validation(validation, keep, labels is None, where)
-    test = _cap_per_class(test, max_eval_per_class, rng)
-    validation = _cap_per_class(validation, max_eval_per_class, rng)
+    test = cap_per_class(test, max_eval_per_class, rng)
+    validation = cap_per_class(validation, max_eval_per_class, rng)
     _check_tested(test, label_names, where)
     index = {lab: k for k, lab in enumerate(label_names)}
     sources = dict(sources or {})

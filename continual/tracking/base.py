@@ -62,7 +62,7 @@ def data_inputs(stream: Stream) -> list[DataInput]:
         DataInput(
             f"{task.name}/{context}",
             context,
-            digest(split.texts, split.labels),
+            digest(split.texts, [" ".join(map(str, t)) for t in split.tags] if split.tags else split.labels),
             split.source,
             len(split),
             len(task.labels),
