@@ -103,6 +103,7 @@ class Report:
     groups: list[Group]
     columns: tuple[Column, ...] = COLUMNS
     skipped: dict[str, int] = field(default_factory=dict)  # reason (a run status, ...) -> count of runs
+    f1_tasks: tuple[str, ...] = ()  # token tasks of the runs: their entries in R (and so ACC) are entity F1
 
     @property
     def runs(self) -> int:
@@ -114,6 +115,8 @@ class Report:
         if self.skipped:
             reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
             text += f"; skipped {sum(self.skipped.values())} runs ({reasons})"
+        if self.f1_tasks:
+            text += f"; token tasks scored by entity F1 in R: {', '.join(self.f1_tasks)}"
         return text
 
 
@@ -276,7 +279,8 @@ def build_report(
                     row[FWT.metric] = fwt
         stats = {c.metric: Stat.of([v[c.metric] for v in values if c.metric in v]) for c in columns}
         groups.append(Group(key, tuple(r.info.run_id for r in members[key]), stats))
-    return Report(experiment, group_by, groups, tuple(columns), skipped)
+    f1_tasks = tuple(sorted({key[len("f1/") :] for run in runs for key in run.data.metrics if key.startswith("f1/")}))
+    return Report(experiment, group_by, groups, tuple(columns), skipped, f1_tasks)
 
 
 def format_stat(stat: Stat | None, column: Column, n: int) -> str:

@@ -166,3 +166,28 @@ def test_every_kind_learns_saves_and_reloads(tiny_backbone, kind, tmp_path):
     restored = AdapterPerTask(tiny_backbone, KINDS[kind][0], cfg, progress=False)
     restored.load(tmp_path / "adapters", stream.tasks)
     assert restored.fingerprints() == learner.fingerprints()
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "prefix"])
+def test_batched_many_adapters_equal_the_segment_loop(tiny_backbone, kind, monkeypatch):
+    from continual.adapters import bank as bank_module
+
+    bank = AdapterBank(tiny_backbone, KINDS[kind][0])
+    for _ in range(12):
+        bank.add()
+    _randomise(bank)
+    tiny_backbone.eval()
+    texts = TEXTS * 4
+    routes = torch.tensor([k % 13 - 1 for k in range(len(texts))])  # 12 adapters and rows routed to none
+    ids, mask = _batch(tiny_backbone, texts)
+    order, segments = segments_for(routes)
+    calls = []
+    run_many = type(bank.config).run_many
+    monkeypatch.setattr(type(bank.config), "run_many", lambda *a: calls.append(1) or run_many(*a))
+    outputs = {}
+    for switch in (2, 10_000):  # batched from 2 segments on / never batched: the loop
+        monkeypatch.setattr(bank_module, "BATCHED_FROM", switch)
+        with bank.routed(segments):
+            outputs[switch] = tiny_backbone(ids[order], mask[order])
+    torch.testing.assert_close(outputs[2], outputs[10_000], rtol=1e-5, atol=1e-5)
+    assert len(calls) == len(bank._site_modules) and len(segments) == 13  # one batched call per site, once

@@ -43,3 +43,16 @@ def test_bad_inputs_are_one_clear_line(tmp_path, name, content, message):
     assert message in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ContinualError, match="file not found"):
         read_queries(tmp_path / "missing.jsonl")
+
+
+def test_saved_tasks_past_one_hundred_are_in_index_order(tmp_path):
+    import torch
+
+    from continual import files
+    from continual.learners import saved_tasks
+    from continual.learners.adapter_per_task import task_file
+
+    for k in range(102):  # 00_ .. 99_, then 100_, 101_: sorted as numbers, not as strings
+        meta = {"task": f"t{k}", "index": str(k), "labels": '["a", "b"]'}
+        files.save_tensors(task_file(tmp_path, k, f"t{k}"), {"head.bias": torch.zeros(2)}, meta)
+    assert [t.name for t in saved_tasks(tmp_path)] == [f"t{k}" for k in range(102)]

@@ -49,7 +49,8 @@ def test_jsonl_and_conll_sentences(tmp_path, caplog):
     assert "1 I- tags without their B- were read as B- (first: " in caplog.text and "a.jsonl line 1" in caplog.text
     conll = tmp_path / "a.conll"
     conll.write_text(  # CoNLL-2003 columns: token, POS, chunk, entity
-        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n"
+        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n"
+        "Peter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n"
     )
     assert read_token_file(conll, "tokens", None, "here", "conll") == [
         (("EU", "rejects"), ("B-ORG", "O")),
@@ -161,6 +162,12 @@ def test_a_stream_with_token_tasks_scores_them_by_entity_f1(hub_run):
     keys = histories(f"sqlite:///{root}/mlflow.db", mlrun.info.run_id)
     assert {"f1/trip_slots", "oracle_f1/meal_slots", "acc/travel", "val_f1/trip_slots"} <= set(keys)
     assert "acc/trip_slots" not in keys
+    from mlflow.tracking import MlflowClient
+
+    from continual.report import build_report
+
+    report = build_report(MlflowClient(f"sqlite:///{root}/mlflow.db"), "continual")
+    assert report.note().endswith("token tasks scored by entity F1 in R: meal_slots, trip_slots")
     assert "scored by F1" not in (run / "results.json").read_text()  # the summary line, not the results
     assert (run / "adapters" / "00_trip_slots.safetensors").is_file()
 

@@ -4,6 +4,9 @@ Routing is data, not model surgery: before a forward pass the caller sets *segme
 slices of the batch that each belong to one adapter (``[(adapter, start, stop), ...]``). Every
 adapted module then runs each adapter once on its own slice. A batch that mixes many tasks therefore
 costs one backbone pass plus one small computation per adapter and site, not one pass per adapter.
+From :data:`BATCHED_FROM` segments on, kinds that can (bottleneck, LoRA, BitFit) run all of a site's
+adapters as one batched computation instead: each example's adapter weights are gathered and applied
+with ``bmm``, so a batch of 128 adapters costs a few kernels per site rather than 128 small ones.
 Without segments (or with adapter ``None``) the backbone runs plain, which routers use for features.
 
 Any adapter kind fits: its config implements :class:`AdapterKind`. Output adapters (bottleneck,
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from continual.backbone import Backbone
 
 Segment = tuple[int | None, int, int]
+BATCHED_FROM = 4  # segments from which a site's adapters run batched (scripts/bench_scale.py measured the switch)
 
 
 class AdapterKind(Protocol):
@@ -45,6 +49,8 @@ class AdapterKind(Protocol):
     * :meth:`sites`: the backbone modules it attaches to, keyed ``'<layer>_<name>'``; a target that
       does not exist is one error line.
     * :meth:`make`: one task's modules, one per site, with the same keys.
+    * :meth:`run_many`: an output kind's modules of many tasks at one site applied in one batched
+      computation, equal to running each on its rows; None if the kind cannot (the bank then loops).
     """
 
     hook: str
@@ -53,6 +59,12 @@ class AdapterKind(Protocol):
     def sites(self, backbone: Backbone) -> dict[str, nn.Module]: ...
 
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict: ...
+
+    def run_many(
+        self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Row ``b`` through ``modules[index[b]]``: ``(x, out) -> new out`` for a batch mixing adapters."""
+        ...
 
 
 def describe(config: AdapterKind) -> str:
@@ -94,6 +106,19 @@ class AdapterBank(nn.Module):
         weights = self.fusion[str(k)][site].softmax(0)  # type: ignore[index]  # a ParameterDict per fused task
         return out + sum(w * (self.module(j, site)(x, out) - out) for j, w in enumerate(weights))
 
+    def _batched(self, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        """Every routed row through its adapter in one batched computation (None: the kind cannot, or a
+        segment is fused, which mixes adapters); rows routed to no adapter keep ``out``."""
+        segments = [s for s in self._segments if s[0] is not None]
+        if any(str(a) in self.fusion for a, _, _ in segments):
+            return None
+        modules = [self.module(a, site) for a, _, _ in segments]  # type: ignore[arg-type]
+        lengths = torch.tensor([stop - start for _, start, stop in segments], device=out.device)
+        index = torch.repeat_interleave(torch.arange(len(segments), device=out.device), lengths)
+        first = segments[0][1]  # rows routed to no adapter sort first (negative ids)
+        new = self.config.run_many(modules, index, x[first:], out[first:])
+        return None if new is None else (new if first == 0 else torch.cat([out[:first], new]))
+
     def _hook(self, site: str):
         def apply(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:
             segments = self._segments
@@ -103,6 +128,10 @@ class AdapterBank(nn.Module):
             if len(segments) == 1:
                 adapter = segments[0][0]
                 return None if adapter is None else self._run(adapter, site, x, out)
+            if len(segments) >= BATCHED_FROM:
+                batched = self._batched(site, x, out)
+                if batched is not None:
+                    return batched
             pieces = [
                 out[start:stop] if adapter is None else self._run(adapter, site, x[start:stop], out[start:stop])
                 for adapter, start, stop in segments

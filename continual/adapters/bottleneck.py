@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -70,6 +71,18 @@ class BottleneckConfig:
         """One task's adapters: a :class:`Bottleneck` per site."""
         width = self.width(hidden_size)
         return nn.ModuleDict({name: Bottleneck(hidden_size, width, self.non_linearity) for name in sites})
+
+    def run_many(
+        self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
+        """Row b: out + up_b(act(down_b(out))) with each row's own adapter, as gathered weights and ``baddbmm``."""
+        modules = cast(Sequence[Bottleneck], modules)  # what make() built
+        down = torch.stack([m.down.weight for m in modules])[index].transpose(1, 2)  # [B, hidden, width]
+        down_bias = torch.stack([m.down.bias for m in modules])[index].unsqueeze(1)
+        up = torch.stack([m.up.weight for m in modules])[index].transpose(1, 2)  # [B, width, hidden]
+        up_bias = torch.stack([m.up.bias for m in modules])[index].unsqueeze(1)
+        act = modules[0].act  # one config: every module has the same activation
+        return out + torch.baddbmm(up_bias, act(torch.baddbmm(down_bias, out, down)), up)
 
 
 class Bottleneck(nn.Module):

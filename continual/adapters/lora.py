@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -50,6 +51,16 @@ class LoRAConfig:
                 for name, m in _linear(sites).items()
             }
         )
+
+    def run_many(
+        self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
+        """Row b: out + dropout(x) A_bᵀ B_bᵀ · alpha/rank with each row's own A and B, as two ``bmm``."""
+        modules = cast(Sequence[LoRA], modules)  # what make() built
+        a = torch.stack([m.A for m in modules])[index].transpose(1, 2)  # [B, in, rank]
+        b = torch.stack([m.B for m in modules])[index].transpose(1, 2)  # [B, rank, out]
+        first = modules[0]
+        return out + torch.bmm(torch.bmm(first.dropout(x), a), b) * first.scale
 
 
 def _linear(sites: dict[str, nn.Module]) -> dict[str, nn.Linear]:

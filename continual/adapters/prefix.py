@@ -56,6 +56,10 @@ class PrefixConfig:
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
         return nn.ModuleDict({name: Prefix(self.length, _width(m), self.init_std) for name, m in sites.items()})
 
+    def run_many(self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Prefixes change attention itself (:class:`PrefixAttention` runs each segment): nothing to batch here."""
+        return None
+
 
 def _width(attention: Any) -> int:
     """Width of one self-attention module's key projection (a BERT-style module, as :meth:`sites` checked)."""

@@ -375,7 +375,9 @@ def task_file(directory: Path, k: int, name: str) -> Path:
 
 def saved_tasks(directory: Path) -> list[Task]:
     """The tasks (names and labels, no data) whose files a learner's ``save`` wrote to ``directory``."""
-    paths = sorted(directory.glob("[0-9][0-9]_*.safetensors")) if directory.is_dir() else []
+    found = directory.glob("[0-9][0-9]*_*.safetensors") if directory.is_dir() else ()
+    # NN_<task> up to 99, then 100_<task>, ...: ordered by the number, not as strings
+    paths = sorted((p for p in found if p.name.split("_", 1)[0].isdigit()), key=lambda p: int(p.name.split("_", 1)[0]))
     if not paths:
         raise ContinualError(f"{directory}: no saved adapters (NN_<task>.safetensors)")
     empty = Split((), np.zeros(0, dtype=np.int64))

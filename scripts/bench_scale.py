@@ -1,0 +1,207 @@
+"""Many adapters on one resident backbone: mixed batches, memory, load time and routing cost at N adapters.
+
+    .venv/bin/python scripts/bench_scale.py [--adapters 10 100 1000] [--repeats 9] [--peft]
+
+For each N, in one process, on the packaged MiniLM with N Pfeiffer adapters (width 24, random
+non-zero weights) and heads, a batch of 128 demo texts padded once:
+
+- **mixed / single**: a batch whose examples are routed uniformly at random over the N adapters,
+  against the same batch through one adapter, as throughput ratios: ``batched`` (each site gathers
+  every row's adapter weights and runs ``bmm``: what the bank does from ``BATCHED_FROM`` segments)
+  and ``loop`` (one small computation per adapter and site). Variants are interleaved, medians kept.
+- **resident memory**: RSS growth from creating the N adapters and heads, against their bytes.
+- **load time**: saving the N adapters (one safetensors file each) and loading them into a fresh learner.
+- **router**: the prototype router's cost per query over N tasks of 10 classes (1920-dim features:
+  the default five layers), 256 queries.
+- ``--peft``: the same mixed batch through peft's ``adapter_names`` over N LoRA adapters (query/value,
+  r=8) on the same backbone, against one adapter (needs ``pip install peft``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from continual.adapters import BottleneckConfig
+from continual.adapters import bank as bank_module
+from continual.backbone import Backbone
+from continual.learners import AdapterPerTask
+from continual.routers.prototype import ClassStatistics
+from continual.streams import Split, Task
+from continual.training import TrainerConfig, pad
+
+CLASSES_PER_TASK = 10
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc), in MB."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def texts(n: int) -> list[str]:
+    from continual.streams.demo_data import DEMO_TASKS, demo_examples
+
+    pool = [text for task in DEMO_TASKS for text, _ in demo_examples(task, "test")]
+    return (pool * (n // len(pool) + 1))[:n]
+
+
+def tasks(n: int) -> list[Task]:
+    empty = Split((), np.zeros(0, dtype=np.int64))
+    return [Task(f"t{k}", tuple(f"l{c}" for c in range(CLASSES_PER_TASK)), empty, empty, empty) for k in range(n)]
+
+
+def medians(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def build(n: int) -> tuple[AdapterPerTask, float, float]:
+    """A learner with ``n`` random adapters and heads; RSS growth (MB) and the adapters' and heads' bytes (MB)."""
+    torch.manual_seed(0)
+    learner = AdapterPerTask(Backbone.load(), BottleneckConfig(bottleneck_dim=24), TrainerConfig(), progress=False)
+    before = rss_mb()
+    for task in tasks(n):
+        k = learner._allocate(task)
+        for p in learner.bank.adapters[k].parameters():  # zero "up" weights would make adapters no-ops
+            torch.nn.init.normal_(p, std=0.02)
+    grown = rss_mb() - before
+    params = sum(p.numel() * p.element_size() for p in [*learner.bank.parameters(), *learner.heads.parameters()])
+    learner.backbone.eval()
+    return learner, grown, params / 2**20
+
+
+def load_seconds(learner: AdapterPerTask, n: int) -> tuple[float, float]:
+    """Seconds to save the ``n`` adapters (a file each) and to load them into a fresh learner."""
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        learner.save(Path(folder))
+        saved = time.perf_counter() - start
+        fresh = AdapterPerTask(learner.backbone, learner.bank.config, TrainerConfig(), progress=False)
+        start = time.perf_counter()
+        fresh.load(Path(folder), tasks(n))
+        loaded = time.perf_counter() - start
+        fresh.bank.remove_hooks()
+    return saved, loaded
+
+
+def router_ms(n: int, queries: int = 256, dim: int = 1920) -> float:
+    """Milliseconds per query of the prototype router's task scores over ``n`` tasks (Mahalanobis)."""
+    rng = np.random.default_rng(0)
+    stats = ClassStatistics()
+    for k in range(n):
+        features = rng.standard_normal((2 * CLASSES_PER_TASK, dim))
+        stats.add(k, features, np.repeat(np.arange(CLASSES_PER_TASK), 2), CLASSES_PER_TASK)
+    x = rng.standard_normal((queries, dim))
+    stats.task_scores(stats.class_scores(x, "mahalanobis"), n)  # whitening is computed once, then kept
+    start = time.perf_counter()
+    for _ in range(3):
+        stats.task_scores(stats.class_scores(x, "mahalanobis"), n)
+    return (time.perf_counter() - start) / 3 / queries * 1000
+
+
+def ours(n: int, batch: int, repeats: int) -> dict[str, float]:
+    learner, grown, params = build(n)
+    ids, mask = pad(learner.backbone.tokenize(texts(batch), 128), learner.backbone.pad_id, learner.device)
+    mixed = torch.randint(0, n, (batch,), generator=torch.Generator().manual_seed(1))
+    single = torch.zeros(batch, dtype=torch.long)
+    batched_from = bank_module.BATCHED_FROM
+
+    def loop() -> None:
+        bank_module.BATCHED_FROM = 10**9
+        try:
+            learner.classify(ids, mask, mixed)
+        finally:
+            bank_module.BATCHED_FROM = batched_from
+
+    times = medians(
+        {
+            "single": lambda: learner.classify(ids, mask, single),
+            "batched": lambda: learner.classify(ids, mask, mixed),
+            "loop": loop,
+        },
+        repeats,
+    )
+    saved, loaded = load_seconds(learner, n)
+    learner.bank.remove_hooks()
+    return {
+        "batched": times["single"] / times["batched"],
+        "loop": times["single"] / times["loop"],
+        "segments": float(mixed.unique().numel()),
+        "rss_mb": grown,
+        "params_mb": params,
+        "save_s": saved,
+        "load_s": loaded,
+        "router_ms": router_ms(n),
+    }
+
+
+def peft_ratio(n: int, batch: int, repeats: int) -> float:
+    """peft's mixed-batch inference (``adapter_names``) over ``n`` LoRA adapters, as a ratio to one adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    backbone = Backbone.load()
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"])
+    model = get_peft_model(backbone.model, config, adapter_name="a0")
+    for k in range(1, n):
+        model.add_adapter(f"a{k}", config)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: give the adapters real work
+            torch.nn.init.normal_(p, std=0.02)
+    model.eval()
+    ids, mask = pad(backbone.tokenize(texts(batch), 128), backbone.pad_id, torch.device("cpu"))
+    mixed = [f"a{k}" for k in torch.randint(0, n, (batch,), generator=torch.Generator().manual_seed(1)).tolist()]
+
+    @torch.no_grad()
+    def run(names: list[str]) -> None:
+        model(input_ids=ids, attention_mask=mask, adapter_names=names)
+
+    times = medians({"single": lambda: run(["a0"] * batch), "mixed": lambda: run(mixed)}, repeats)
+    return times["single"] / times["mixed"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapters", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--peft", action="store_true", help="also peft adapter_names (pip install peft)")
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}; batch {args.batch_size}, {args.repeats} repeats; "
+        f"bank batches from {bank_module.BATCHED_FROM} segments\n"
+    )
+    header = "N       segments  mixed/single batched  loop  peft   RSS MB  params MB  save s  load s  router ms/q"
+    print(header)
+    for n in args.adapters:
+        row = ours(n, args.batch_size, args.repeats)
+        peft = f"{peft_ratio(n, args.batch_size, args.repeats):5.2f}" if args.peft else "  n/a"
+        print(
+            f"{n:<7} {row['segments']:8.0f}  {row['batched']:21.2f} {row['loop']:5.2f} {peft}  "
+            f"{row['rss_mb']:7.1f}  {row['params_mb']:9.1f}  {row['save_s']:6.2f}  {row['load_s']:6.2f}  "
+            f"{row['router_ms']:11.3f}",
+            flush=True,
+        )
+    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
