@@ -29,6 +29,7 @@ from continual.backbone import Backbone
 from continual.errors import ContinualError
 from continual.learners import Head, Learner, LearnerConfig
 from continual.routers import HeadRouter, Reads, Router
+from continual.schedule import EvalConfig
 from continual.streams import StreamSource, StreamSpec
 from continual.tracking.base import Tracker
 from continual.training import TrainerConfig
@@ -107,6 +108,7 @@ class Parts:
     router: Router
     source: StreamSource
     learner: LearnerConfig
+    evaluation: EvalConfig
 
 
 def parts(config: Mapping[str, Any]) -> Parts:
@@ -127,6 +129,8 @@ def parts(config: Mapping[str, Any]) -> Parts:
         router=router_for(learner_config, build(config["router"], "router")),
         source=stream_source(config["stream"]),
         learner=learner_config,
+        # runs saved before the schedule existed have no eval node: they evaluated everything, every step
+        evaluation=build(config.get("eval") or {"_target_": "continual.schedule.EvalConfig"}, "eval"),
     )
 
 

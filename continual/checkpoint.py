@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,20 +27,26 @@ FILENAME = "checkpoint.json"
 ORACLE_KEYS = ("oracle_bwt", "oracle_forgetting")
 CONFIG = "config.yaml"  # the run's resolved config, as the runner saved it
 ORIGIN = "job.json"  # how the job was started (Origin)
-VERSION = 2
+VERSION = 3  # 3: matrices as evaluated cells; 2 (dense rows) is still read
 # config keys a resumption may change: how it shows progress, the threads and device it runs on
 RESUMABLE = ("progress", "threads", "trainer.device")
 
 
-def _cells(matrix: np.ndarray) -> list[list[float | None]]:
-    """A matrix as JSON: ``nan`` (not evaluated) becomes null."""
-    return [[None if not math.isfinite(v) else float(v) for v in row] for row in matrix]
+def _cells(matrix: np.ndarray) -> list[list[float]]:
+    """A matrix as JSON: its evaluated cells as ``[row, column, value]`` (a 1,000-task stream's matrix is
+    mostly unevaluated, and a checkpoint is rewritten after every step)."""
+    rows, columns = np.nonzero(np.isfinite(matrix))
+    return [[int(i), int(j), float(matrix[i, j])] for i, j in zip(rows, columns)]
 
 
-def _matrix(cells: list[list[float | None]], T: int) -> np.ndarray:
-    if not cells:
-        return np.full((T, T), np.nan)
-    return np.array([[np.nan if v is None else v for v in row] for row in cells], dtype=float)
+def _matrix(cells: list[list[float | None]], T: int, version: int) -> np.ndarray:
+    """The matrix from :func:`_cells`, or from the dense rows (null = not evaluated) of version 2 checkpoints."""
+    if version == 2:
+        return np.array([[np.nan if v is None else v for v in row] for row in cells], dtype=float).reshape(T, T)
+    matrix = np.full((T, T), np.nan)
+    for i, j, value in cells:
+        matrix[int(i), int(j)] = float(value)  # type: ignore[arg-type]
+    return matrix
 
 
 @dataclass
@@ -68,11 +73,11 @@ class RunState:
             if getattr(self, name).shape != (T, T):
                 setattr(self, name, np.full((T, T), np.nan))
 
-    def record(
-        self, row: int, tasks: int, accuracy: np.ndarray, oracle: np.ndarray, routed: np.ndarray, report: LearnReport
-    ) -> None:
-        """Step done: row ``row`` of the matrices is filled and ``tasks`` more tasks are learned."""
-        self.R[row, : row + 1], self.oracle_R[row, : row + 1], self.router_R[row, : row + 1] = accuracy, oracle, routed
+    def record(self, row: int, tasks: int, scores: dict[int, tuple[float, float, float]], report: LearnReport) -> None:
+        """Step done: ``tasks`` more tasks are learned, and row ``row`` of the matrices holds ``scores``
+        (routed, task given, router accuracy) of the tasks evaluated (none: a step the schedule skips)."""
+        for j, (accuracy, oracle, routed) in scores.items():
+            self.R[row, j], self.oracle_R[row, j], self.router_R[row, j] = accuracy, oracle, routed
         self.completed += tasks
         self.global_step += report.steps
         self.reports.append(report)
@@ -136,17 +141,18 @@ class RunState:
             return None
         try:
             raw = json.loads(path.read_text())
-            if raw.get("version") != VERSION:
-                raise ValueError(f"version {raw.get('version')}, expected {VERSION}")
+            version = raw.get("version")
+            if version not in (2, VERSION):
+                raise ValueError(f"version {version}, expected {VERSION}")
             T = len(raw["task_names"])
             return cls(
                 raw["task_names"],
                 raw["run_id"],
                 raw["completed"],
                 raw["global_step"],
-                _matrix(raw["R"], T),
-                _matrix(raw["oracle_acc"], T),
-                _matrix(raw["router_acc"], T),
+                _matrix(raw["R"], T, version),
+                _matrix(raw["oracle_acc"], T, version),
+                _matrix(raw["router_acc"], T, version),
                 [LearnReport(**r) for r in raw["reports"]],
                 # checkpoints written before the flag: a finished run had written its summary
                 bool(raw.get("finished", (directory / "summary.txt").is_file())),
@@ -156,7 +162,8 @@ class RunState:
 
 
 def _row_mean(matrix: np.ndarray, row: int) -> float:
-    return float(np.mean(matrix[row, : row + 1])) if row >= 0 else float("nan")
+    """Mean of row ``row``'s evaluated cells."""
+    return metrics.average_accuracy(metrics.prefix(matrix, row)) if row >= 0 else float("nan")
 
 
 def resume_state(out_dir: Path, config: dict, resume: bool) -> RunState | None:

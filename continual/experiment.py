@@ -32,8 +32,9 @@ from continual.evaluation import Evaluator, TaskEval, split_inputs
 from continual.learners.base import Head, Learner, LearnReport, Step, steps
 from continual.routers.base import Reads, Router
 from continual.routers.state import load_router, save_router
-from continual.sinks import Sink, default_sinks
-from continual.streams import Stream, Task
+from continual.schedule import EvalConfig
+from continual.sinks import TASKS_LEARNED, Sink, default_sinks
+from continual.streams import Stream
 from continual.streams.task import TOKENS
 from continual.tracking.base import Tracker
 
@@ -46,17 +47,17 @@ class StepRecord:
 
     step: Step  # the tasks learned and the row of R filled
     report: LearnReport
-    evals: list[TaskEval]  # tasks 0..row, in stream order
+    evals: dict[int, TaskEval]  # the tasks evaluated at this step (all of 0..row by default), by stream index
     losses: list[tuple[int, float]]  # (global optimizer step, training loss)
     row: dict[str, float]  # the metrics logged at step ``step.row``
 
     def describe(self, num_tasks: int) -> str:
         """One log line: where the stream is, the average accuracy so far, what learning the step cost."""
         row, report = self.row, self.report
+        scores = f"avg_acc={row['avg_acc']:.4f} router_acc={row['router_acc']:.4f} " if self.evals else ""
         return (
-            f"after task {self.step.row + 1}/{num_tasks} {report.task}: avg_acc={row['avg_acc']:.4f} "
-            f"router_acc={row['router_acc']:.4f} val_acc={report.val_acc:.4f} {report.seconds:.1f}s "
-            f"({report.samples_per_second:.0f} samples/s)"
+            f"after task {self.step.row + 1}/{num_tasks} {report.task}: {scores}val_acc={report.val_acc:.4f} "
+            f"{report.seconds:.1f}s ({report.samples_per_second:.0f} samples/s)"
         )
 
 
@@ -75,8 +76,14 @@ class RunResult:
         return self.state.metrics()
 
 
-def check_compatible(tasks: Sequence[Task], router: Router, head: Head, learner: str) -> None:
+def check_compatible(stream: Stream, router: Router, head: Head, learner: str) -> None:
     """Every problem between stream, learner and router that would otherwise surface after training."""
+    tasks = stream.tasks
+    if not stream.routable and router.reads is not Reads.TASK_IDS:
+        raise ContinualError(
+            f"stream '{stream.name}': its tasks share their texts (the task id is the client id), so only "
+            f"router=oracle can route it, not {type(router).__name__}"
+        )
     if head is Head.ALL_SEEN and router.reads is not Reads.ONE_HEAD:
         raise ContinualError(
             f"{learner} has one head over all labels seen so far: it predicts without task ids by "
@@ -117,35 +124,45 @@ def metric_row(
     """Everything logged at step ``i`` (the row just filled): the matrices' summaries, per-task values, costs.
 
     A task's entry in R is its accuracy, or its entity micro F1 for a token task (keys ``f1/<task>``,
-    ``oracle_f1/<task>``); ACC, BWT and forgetting summarise R whatever each entry's score is."""
+    ``oracle_f1/<task>``); ACC, BWT and forgetting summarise R whatever each entry's score is. A step
+    that the evaluation schedule skips logs its costs only; per-task values are those of the tasks
+    evaluated (all seen tasks by default, see :mod:`continual.schedule`)."""
     i, report = record.step.row, record.report
     learned = record.step.tasks
     val_key = score_key(kinds[learned[0]]) if len(learned) == 1 else "acc"  # joint: the mean over its tasks
-    row = metrics.summary(metrics.prefix(state.R, i))  # no task id: class-incremental for every learner
-    given = metrics.summary(metrics.prefix(state.oracle_R, i))  # task id given: task-incremental
-    row.update({"oracle_bwt": given["bwt"], "oracle_forgetting": given["forgetting"]})
-    row.update({f"{score_key(kinds[j])}/{names[j]}": state.R[i, j] for j in range(i + 1)})
-    row.update({f"router_acc/{names[j]}": state.router_R[i, j] for j in range(i + 1)})
-    row.update({f"oracle_{score_key(kinds[j])}/{names[j]}": state.oracle_R[i, j] for j in range(i + 1)})
-    row.update(
-        {
-            "router_acc": float(np.mean(state.router_R[i, : i + 1])),
-            "oracle_avg_acc": float(np.mean(state.oracle_R[i, : i + 1])),
-            f"val_{val_key}/{report.task}": report.val_acc,
-            "trainable_params": report.trainable_params,
-            "train_seconds": report.seconds,
-            "train_samples_per_s": report.samples_per_second,
-        }
-    )
-    row.update(extra)
+    row = {
+        f"val_{val_key}/{report.task}": report.val_acc,
+        "trainable_params": report.trainable_params,
+        "train_seconds": report.seconds,
+        "train_samples_per_s": report.samples_per_second,
+        **extra,
+    }
+    columns = sorted(record.evals)
+    if columns:
+        row.update(metrics.summary(metrics.prefix(state.R, i)))  # no task id: class-incremental for every learner
+        given = metrics.summary(metrics.prefix(state.oracle_R, i))  # task id given: task-incremental
+        row.update({"oracle_bwt": given["bwt"], "oracle_forgetting": given["forgetting"]})
+        row.update({f"{score_key(kinds[j])}/{names[j]}": state.R[i, j] for j in columns})
+        row.update({f"router_acc/{names[j]}": state.router_R[i, j] for j in columns})
+        row.update({f"oracle_{score_key(kinds[j])}/{names[j]}": state.oracle_R[i, j] for j in columns})
+        row.update(
+            {
+                "router_acc": float(np.mean(state.router_R[i, columns])),
+                "oracle_avg_acc": float(np.mean(state.oracle_R[i, columns])),
+            }
+        )
+    row[TASKS_LEARNED] = float(i + 1)  # logged last: marks the step as logged (see sinks.TrackerSink)
     return row
 
 
 class _Run:
     """The parts of one run and what persists between its steps."""
 
-    def __init__(self, stream: Stream, learner: Learner, router: Router, out_dir: Path, memoise: bool) -> None:
+    def __init__(
+        self, stream: Stream, learner: Learner, router: Router, out_dir: Path, memoise: bool, schedule: EvalConfig
+    ) -> None:
         self.stream, self.learner, self.router, self.out_dir = stream, learner, router, out_dir
+        self.schedule = schedule
         rejects = router.accept_rate is not None
         self.evaluator = Evaluator(
             learner, router, stream.tasks, memoise=memoise, out_of_scope=stream.out_of_scope if rejects else ()
@@ -184,11 +201,11 @@ class _Run:
         added, self.saved_bytes = total - self.saved_bytes, total
         return {"artifact_bytes": total, "task_artifact_bytes": added}
 
-    def rejection(self, evals: list[TaskEval]) -> dict[str, float]:
+    def rejection(self, evals: dict[int, TaskEval]) -> dict[str, float]:
         """With a rejecting router: in-scope inputs rejected, and (given out-of-scope texts) those rejected."""
-        if self.router.accept_rate is None:
+        if self.router.accept_rate is None or not evals:
             return {}
-        row = {"rejected_in_scope": float(np.mean(np.concatenate([e.routes for e in evals]) < 0))}
+        row = {"rejected_in_scope": float(np.mean(np.concatenate([e.routes for e in evals.values()]) < 0))}
         if self.evaluator.has_out_of_scope:
             row["oos_recall"] = self.evaluator.rejection_rate()
         return row
@@ -201,7 +218,7 @@ class _Run:
         router_seconds = self.add_to_router(step.tasks)
         self.evaluator.new_step()
         eval_start = time.perf_counter()
-        evals = [self.evaluator.evaluate(j) for j in range(step.row + 1)]
+        evals = {j: self.evaluator.evaluate(j) for j in self.schedule.columns(step.row, len(self.stream.tasks))}
         extra = {
             "trainable_share": report.trainable_params / self.backbone_params,
             "router_seconds": router_seconds,
@@ -211,9 +228,7 @@ class _Run:
         state.record(
             step.row,
             len(step.tasks),
-            np.array([e.accuracy for e in evals]),
-            np.array([e.oracle_accuracy for e in evals]),
-            np.array([e.router_accuracy for e in evals]),
+            {j: (e.accuracy, e.oracle_accuracy, e.router_accuracy) for j, e in evals.items()},
             report,
         )
         extra.update(self.save(self.stream.task_names[: step.row + 1]))
@@ -226,7 +241,7 @@ class _Run:
         """Routes of every test set after the last step (routed again when this process ran no step)."""
         T = len(self.stream.tasks)
         if last is not None and len(last.evals) == T:
-            return [e.routes for e in last.evals]
+            return [last.evals[j].routes for j in range(T)]
         self.evaluator.new_step()
         return [self.evaluator.evaluate(j).routes for j in range(T)]
 
@@ -254,6 +269,7 @@ def run_stream(
     state: RunState | None = None,
     label: str = "",
     sinks: Sequence[Sink] | None = None,
+    schedule: EvalConfig | None = None,
 ) -> RunResult:
     """Learn ``stream`` step by step (as ``learner.schedule`` says); evaluate every seen task through ``router``.
 
@@ -265,18 +281,19 @@ def run_stream(
     every step (the plain path). With a rejecting router (``accept_rate``) and a stream with
     out-of-scope texts, the share of them rejected is logged as ``oos_recall``. ``label`` prefixes
     progress bars and log lines (a multirun's job index). ``sinks`` default to the files, the
-    tracker and the checkpoint.
+    tracker and the checkpoint. ``schedule`` says after which steps which tasks are evaluated (default:
+    all seen tasks after every step; see :mod:`continual.schedule`).
 
     A learner whose schedule is ``ALL_AT_END`` (joint training, the upper bound) learns every task at
     the last step: only the final row of R is filled; BWT and forgetting are undefined.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     names = stream.task_names
-    check_compatible(stream.tasks, router, learner.head, f"learner {type(learner).__name__}")
+    check_compatible(stream, router, learner.head, f"learner {type(learner).__name__}")
     state = state or RunState(names)
     if state.task_names != names:
         raise ContinualError(f"{out_dir}: the checkpoint is for tasks {state.task_names}, this stream has {names}")
-    run = _Run(stream, learner, router, out_dir, memoise)
+    run = _Run(stream, learner, router, out_dir, memoise, schedule or EvalConfig())
     run.restore(state)
     sinks = list(sinks) if sinks is not None else default_sinks(tracker, out_dir, names)
     start, record = time.perf_counter(), None

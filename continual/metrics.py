@@ -9,6 +9,11 @@ Conventions used everywhere in ``continual``:
   ended after task ``i``. Functions take the block they should look at; use :func:`prefix`.
 * Our ``forgetting`` is Chaudhry et al. (2018): the *maximum* earlier accuracy minus the final one.
   It is not Avalanche's "forgetting" (first minus last).
+* Entries not evaluated are ``nan`` too (``eval.every``, ``eval.tasks=sample:K``: see
+  :mod:`continual.schedule`). Every metric uses what was evaluated: R[j, j] is then the first
+  evaluation of task j after it was learned, and a task enters BWT and forgetting when it was
+  evaluated in the last row and at least once before it. On a full matrix these are the usual
+  definitions.
 """
 
 from __future__ import annotations
@@ -39,15 +44,29 @@ def prefix(R: np.ndarray, i: int) -> np.ndarray:
     return _square(R)[: i + 1, : i + 1]
 
 
+def _mean(values: list[float] | np.ndarray) -> float:
+    """Mean of the finite values; ``nan`` when there are none."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _learned(R: np.ndarray, j: int, before: int) -> float:
+    """R[j, j], or the first evaluation of task ``j`` in rows ``j..before-1`` (``nan`` if none)."""
+    column = R[j:before, j]
+    finite = np.flatnonzero(np.isfinite(column))
+    return float(column[finite[0]]) if len(finite) else float("nan")
+
+
 def average_accuracy(R: np.ndarray) -> float:
     """ACC = mean_{j<T} R[T-1, j]: mean accuracy over all tasks after the last one was learned."""
     R = _square(R)
-    return float(np.mean(R[-1, :]))
+    return _mean(R[-1, :])
 
 
 def learning_accuracy(R: np.ndarray) -> float:
     """LA = mean_j R[j, j]: how well each task was learned right after training on it."""
-    return float(np.mean(np.diag(_square(R))))
+    R = _square(R)
+    return _mean([_learned(R, j, len(R)) for j in range(len(R))])
 
 
 def backward_transfer(R: np.ndarray) -> float:
@@ -60,7 +79,7 @@ def backward_transfer(R: np.ndarray) -> float:
     T = R.shape[0]
     if T == 1:
         return float("nan")
-    return float(np.mean([R[T - 1, j] - R[j, j] for j in range(T - 1)]))
+    return _mean([R[T - 1, j] - _learned(R, j, T - 1) for j in range(T - 1)])
 
 
 def forgetting(R: np.ndarray) -> float:
@@ -74,7 +93,8 @@ def forgetting(R: np.ndarray) -> float:
     T = R.shape[0]
     if T == 1:
         return float("nan")
-    return float(np.mean([np.max(R[j : T - 1, j]) - R[T - 1, j] for j in range(T - 1)]))
+    earlier = [R[j : T - 1, j][np.isfinite(R[j : T - 1, j])] for j in range(T - 1)]
+    return _mean([np.max(e) - R[T - 1, j] if len(e) else np.nan for j, e in enumerate(earlier)])
 
 
 def forward_transfer(R: np.ndarray, reference: np.ndarray) -> float:

@@ -91,7 +91,7 @@ def _train(
     log.info("stream %s: %s", stream.name, _describe(stream))
     if new_run:
         tracker.log_inputs(data_inputs(stream))
-    check_compatible(stream.tasks, parts.router, parts.learner.head, f"learner={learner_name}")
+    check_compatible(stream, parts.router, parts.learner.head, f"learner={learner_name}")
     if state is None:  # written before any training so that even task 0 can be resumed into this run
         state = RunState(stream.task_names)
     if state.run_id is None:
@@ -101,7 +101,15 @@ def _train(
     backbone = assemble.backbone(config)
     learner = assemble.learner(parts, backbone, config["seed"])
     result = run_stream(
-        stream, learner, parts.router, tracker, out_dir, progress=config["progress"], state=state, label=label
+        stream,
+        learner,
+        parts.router,
+        tracker,
+        out_dir,
+        progress=config["progress"],
+        state=state,
+        label=label,
+        schedule=parts.evaluation,
     )
     registry.publish(tracker, out_dir, dict(config), learner, parts.router, stream.tasks)
     return result

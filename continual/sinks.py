@@ -1,7 +1,9 @@
 """Sinks: where the records of a run go. Each consumes every step's record and the run's end.
 
 * :class:`FileSink`: ``accuracy_matrix.csv`` after every step; at the end the task-given matrix,
-  router confusion, plots and ``results.json``.
+  router confusion, plots, ``results.json`` and ``matrices.npz`` (R, R given, router R: compressed).
+  Past :data:`TABLE_LIMIT` tasks only the compressed matrices are written (a CSV of R would be
+  megabytes rewritten after every step, a plot unreadable).
 * :class:`TrackerSink`: the step's training losses and metric row; at the end the run totals and
   every file worth keeping (the files sink's outputs, the learner's files, the router state).
 * :class:`CheckpointSink`: ``checkpoint.json``, last, so that it never names a step whose outputs
@@ -25,6 +27,8 @@ from continual.tracking.base import Tracker
 if TYPE_CHECKING:
     from continual.experiment import RunResult, StepRecord
 
+TASKS_LEARNED = "tasks_learned"  # every step's last metric (continual.experiment.metric_row)
+
 
 class Sink(Protocol):
     """Consumes a run's records: :meth:`on_step` after every step, :meth:`on_end` once after the last."""
@@ -34,6 +38,9 @@ class Sink(Protocol):
     def on_end(self, result: RunResult, totals: dict[str, float]) -> None: ...
 
 
+TABLE_LIMIT = 100  # tasks up to which R is also a CSV after every step, plotted, and written into results.json
+MATRICES = "matrices.npz"
+SUMMARY_LIMIT = 20  # tasks up to which the closing summary prints R
 ENTITY_SCORES = "entity_f1.json"  # token tasks' routed micro and per-type F1, rewritten after every step
 
 
@@ -59,6 +66,21 @@ def write_confusion_csv(counts: np.ndarray, names: list[str], path: Path) -> Pat
     return path
 
 
+def write_matrices(state: RunState, confusion: np.ndarray, path: Path) -> Path:
+    """R, R with the task given, router R (``nan``: not evaluated), the routing confusion and the task names,
+    as one compressed ``.npz``, atomically: the full matrices of any stream length (``numpy.load`` reads it)."""
+    with files.atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez_compressed(
+            fh,
+            R=state.R,
+            oracle_R=state.oracle_R,
+            router_R=state.router_R,
+            confusion=confusion,
+            task_names=np.array(state.task_names),
+        )
+    return path
+
+
 def _json_cells(matrix: np.ndarray) -> list[list[float | None]]:
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in matrix]
 
@@ -67,10 +89,11 @@ def results_json(result: RunResult) -> dict:
     """The run's matrices and final metrics as plain JSON (``null`` for undefined values, never NaN)."""
     state = result.state
     final = {k: v if np.isfinite(v) else None for k, v in result.metrics.items()}
+    small = len(state.task_names) <= TABLE_LIMIT  # longer streams: the matrices are in matrices.npz
     return {
         "task_names": state.task_names,
-        "R": _json_cells(state.R),
-        "oracle_R": _json_cells(state.oracle_R),
+        "R": _json_cells(state.R) if small else MATRICES,
+        "oracle_R": _json_cells(state.oracle_R) if small else MATRICES,
         **final,
         "router_acc": state.router_accuracy,
         "oracle_avg_acc": state.oracle_average,
@@ -88,10 +111,11 @@ class FileSink:
         self.outputs: list[Path] = []
 
     def on_step(self, record: StepRecord, state: RunState) -> None:
-        write_matrix_csv(state.R, self.names, self.out_dir / "accuracy_matrix.csv")
+        if len(self.names) <= TABLE_LIMIT:
+            write_matrix_csv(state.R, self.names, self.out_dir / "accuracy_matrix.csv")
         scored = {
             self.names[j]: {"f1": e.accuracy, "oracle_f1": e.oracle_accuracy, "by_type": e.by_type}
-            for j, e in enumerate(record.evals)
+            for j, e in record.evals.items()
             if e.by_type
         }
         if scored:  # token tasks: per-type entity scores after this step (routed)
@@ -100,13 +124,21 @@ class FileSink:
 
     def on_end(self, result: RunResult, totals: dict[str, float]) -> None:
         out, state, names = self.out_dir, result.state, self.names
+        tables = len(names) <= TABLE_LIMIT
         self.outputs = [
-            out / "accuracy_matrix.csv",
-            write_matrix_csv(state.oracle_R, names, out / "oracle_accuracy_matrix.csv"),
-            write_confusion_csv(result.confusion, names, out / "router_confusion.csv"),
-            plots.confusion(result.confusion, names, out / "router_confusion.png"),
-            plots.heatmap(state.R, names, out / "accuracy_matrix.png"),
-            plots.curves(state.R, names, out / "accuracy_curves.png"),
+            *(
+                [
+                    out / "accuracy_matrix.csv",
+                    write_matrix_csv(state.oracle_R, names, out / "oracle_accuracy_matrix.csv"),
+                    write_confusion_csv(result.confusion, names, out / "router_confusion.csv"),
+                    plots.confusion(result.confusion, names, out / "router_confusion.png"),
+                    plots.heatmap(state.R, names, out / "accuracy_matrix.png"),
+                    plots.curves(state.R, names, out / "accuracy_curves.png"),
+                ]
+                if tables
+                else []
+            ),
+            write_matrices(state, result.confusion, out / MATRICES),
             files.write_text(out / "results.json", json.dumps(results_json(result), indent=2)),
             *([out / ENTITY_SCORES] if (out / ENTITY_SCORES).is_file() else []),
         ]
@@ -116,15 +148,17 @@ class TrackerSink:
     """Metric rows and training losses per step; run totals and the files worth keeping at the end.
 
     Nothing is logged twice: a step whose row reached the tracker before a kill (the row's last key,
-    ``avg_acc``, is logged last) is skipped when the resumed run redoes it, and so are losses and totals
-    already there. This closes the gap between logging a step and checkpointing it.
+    ``tasks_learned``, is logged last) is skipped when the resumed run redoes it, and so are losses and
+    totals already there. This closes the gap between logging a step and checkpointing it.
     """
 
-    DONE = "avg_acc"  # the row's key logged last: its presence at a step means the whole step was logged
+    DONE = TASKS_LEARNED  # the row's key logged last: its presence at a step means the whole step was logged
+    OLD_DONE = "avg_acc"  # what marked a logged step before evaluation could skip steps (runs made then)
 
     def __init__(self, tracker: Tracker, out_dir: Path, files_sink: FileSink) -> None:
         self.tracker, self.out_dir, self.files = tracker, out_dir, files_sink
         self.logged = {key: tracker.logged_steps(key) for key in (self.DONE, "train_loss", "total_train_seconds")}
+        self.logged[self.DONE] |= tracker.logged_steps(self.OLD_DONE)
 
     def on_step(self, record: StepRecord, state: RunState) -> None:
         i, task = record.step.row, record.report.task
@@ -188,7 +222,9 @@ def summary_text(result: RunResult, tracking_uri: str, run_id: str, out_dir: Pat
     lines = [
         "",
         "accuracy matrix R[i, j] (%), no task id: row = after training task i, column = task j",
-        format_matrix(state.R, state.task_names),
+        format_matrix(state.R, state.task_names)
+        if len(state.task_names) <= SUMMARY_LIMIT
+        else f"({len(state.task_names)} tasks: the matrices are in {out_dir / MATRICES})",
         "",
         f"{'':20}{'no task id':>12}{'task id given':>15}",
         f"{'ACC (avg accuracy)':20}{_pct(m['avg_acc']):>12}{_pct(state.oracle_average):>15}",

@@ -9,7 +9,8 @@ non-zero weights) and heads, a batch of 128 demo texts padded once:
   against the same batch through one adapter, as throughput ratios: ``batched`` (each site gathers
   every row's adapter weights and runs ``bmm``: what the bank does from ``BATCHED_FROM`` segments)
   and ``loop`` (one small computation per adapter and site). Variants are interleaved, medians kept.
-- **resident memory**: RSS growth from creating the N adapters and heads, against their bytes.
+- **resident memory**: RSS growth from creating the N adapters and heads, against their bytes, and the
+  RSS of backbone plus bank against the backbone's and the bank's bytes.
 - **load time**: saving the N adapters (one safetensors file each) and loading them into a fresh learner.
 - **router**: the prototype router's cost per query over N tasks of 10 classes (1920-dim features:
   the default five layers), 256 queries.
@@ -20,6 +21,8 @@ non-zero weights) and heads, a batch of 128 demo texts padded once:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import os
 import platform
 import resource
@@ -44,7 +47,10 @@ CLASSES_PER_TASK = 10
 
 
 def rss_mb() -> float:
-    """Current resident set size (Linux /proc), in MB."""
+    """Current resident set size (Linux /proc), in MB, after handing freed heap back to the system (memory a
+    previous N freed would otherwise be reused and hide the growth)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 

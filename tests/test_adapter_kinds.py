@@ -191,3 +191,27 @@ def test_batched_many_adapters_equal_the_segment_loop(tiny_backbone, kind, monke
             outputs[switch] = tiny_backbone(ids[order], mask[order])
     torch.testing.assert_close(outputs[2], outputs[10_000], rtol=1e-5, atol=1e-5)
     assert len(calls) == len(bank._site_modules) and len(segments) == 13  # one batched call per site, once
+
+
+def test_batched_heads_label_as_each_head_alone(tiny_backbone, monkeypatch):
+    from continual.adapters import bank as bank_module
+    from continual.learners import AdapterPerTask
+    from continual.streams import Split, Task
+    from continual.training import TrainerConfig
+
+    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=4), TrainerConfig(), progress=False)
+    empty = Split((), np.zeros(0, dtype=np.int64))
+    for k in range(6):  # heads of 2..7 labels: padded to 7 when stacked
+        learner._allocate(Task(f"t{k}", tuple(f"l{c}" for c in range(k + 2)), empty, empty, empty))
+    _randomise(learner.bank)
+    _randomise(learner.heads)
+    texts = TEXTS * 3
+    ids, mask = _batch(tiny_backbone, texts)
+    routes = torch.tensor([k % 7 - 1 for k in range(len(texts))])  # six tasks and rows routed to none
+    got = {}
+    for switch in (2, 10_000):
+        monkeypatch.setattr(bank_module, "BATCHED_FROM", switch)
+        got[switch] = learner.classify(ids, mask, routes)
+    for batched, looped in zip(got[2], got[10_000]):
+        torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-5)
+    assert learner._stacked is not None and (got[2].labels >= 0).sum() == (routes >= 0).sum()

@@ -242,12 +242,13 @@ def test_every_learner_config_builds_its_learner(option, tiny_backbone):
 
 
 def test_routers_and_learners_that_do_not_fit_are_one_line():
-    tasks = _stream().tasks
+    stream = _stream()
     with pytest.raises(ContinualError, match="has one head over all labels seen so far"):
-        check_compatible(tasks, PrototypeRouter(), Head.ALL_SEEN, "learner=seq_finetune")
+        check_compatible(stream, PrototypeRouter(), Head.ALL_SEEN, "learner=seq_finetune")
     with pytest.raises(ContinualError, match="router=head reads one head over all labels"):
-        check_compatible(tasks, HeadRouter(), Head.PER_TASK, "learner=adapter_per_task")
-    check_compatible(tasks[:1], HeadRouter(), Head.ALL_SEEN, "learner=seq_finetune")  # one task is fine
+        check_compatible(stream, HeadRouter(), Head.PER_TASK, "learner=adapter_per_task")
+    one = Stream(stream.name, stream.tasks[:1])
+    check_compatible(one, HeadRouter(), Head.ALL_SEEN, "learner=seq_finetune")  # one task is fine
 
 
 def test_a_single_head_learner_routes_itself_whatever_router_is_configured(tmp_path, tiny_model_dir):

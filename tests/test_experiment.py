@@ -109,3 +109,54 @@ def test_memo_is_invalidated_when_an_old_adapter_changes(tiny_backbone):
     again = evaluator.evaluate(0)
     assert again.computed == len(stream.tasks[0].test)
     assert again.accuracy == Evaluator(learner, router, stream.tasks, memoise=False).evaluate(0).accuracy
+
+
+def test_an_evaluation_schedule_bounds_what_long_streams_evaluate_and_log(tiny_backbone, tmp_path):
+    from continual.schedule import EvalConfig
+    from continual.streams import ManyTasks
+
+    stream = ManyTasks(num_tasks=7, train_per_label=4, eval_per_label=2).load()
+    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=4), TrainerConfig(epochs=1), progress=False)
+    schedule = EvalConfig(every=3, tasks="sample:2", seed=1)
+    followed = schedule.sample(7).tolist()
+    tracker = MemoryTracker()
+    result = run_stream(stream, learner, OracleRouter(), tracker, tmp_path, progress=False, schedule=schedule)
+
+    evaluated = {i: np.flatnonzero(np.isfinite(result.state.R[i])).tolist() for i in range(7)}
+    assert evaluated == {
+        0: [],
+        1: [],
+        2: sorted({*[j for j in followed if j <= 2], 2}),
+        3: [],
+        4: [],
+        5: sorted({*[j for j in followed if j <= 5], 5}),
+        6: list(range(7)),  # the last step evaluates every task: ACC is exact
+    }
+    assert [s for s, _ in tracker.metrics["tasks_learned"]] == list(range(7))  # every step marked as logged
+    assert [s for s, _ in tracker.metrics["avg_acc"]] == [2, 5, 6]  # summaries at evaluated steps only
+    name = stream.task_names[followed[0]]
+    assert [s for s, _ in tracker.metrics[f"acc/{name}"]][-1] == 6 and "acc/client00001" in tracker.metrics
+    with np.load(tmp_path / "matrices.npz") as saved:
+        np.testing.assert_array_equal(saved["R"], result.state.R)
+        assert saved["task_names"].tolist() == stream.task_names
+    assert result.metrics["bwt"] == 0.0  # oracle, frozen adapters: on what was evaluated, as on the full matrix
+
+
+def test_metrics_on_what_was_evaluated():
+    from continual import metrics
+
+    nan = np.nan
+    R = np.array(
+        [
+            [nan, nan, nan, nan],
+            [0.8, 0.6, nan, nan],  # task 0 first evaluated after task 1
+            [nan, nan, nan, nan],  # a step not evaluated
+            [0.7, 0.5, 0.9, 0.4],
+        ]
+    )
+    assert metrics.average_accuracy(R) == pytest.approx(0.625)
+    assert metrics.learning_accuracy(R) == pytest.approx((0.8 + 0.6 + 0.9 + 0.4) / 4)
+    assert metrics.backward_transfer(R) == pytest.approx(((0.7 - 0.8) + (0.5 - 0.6)) / 2)  # task 2: no earlier
+    assert metrics.forgetting(R) == pytest.approx(0.1)
+    full = np.tril(np.full((3, 3), 0.5)) + np.triu(np.full((3, 3), nan), 1)
+    assert metrics.summary(full) == {"avg_acc": 0.5, "bwt": 0.0, "forgetting": 0.0, "learning_acc": 0.5}

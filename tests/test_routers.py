@@ -8,7 +8,7 @@ from continual.experiment import check_compatible
 from continual.learners import Head
 from continual.routers import ClassifierRouter, EntropyRouter, OracleRouter, PrototypeRouter, RouterInputs
 from continual.routers.state import load_router, save_router
-from continual.streams import Split, Task
+from continual.streams import Split, Stream, Task
 
 DIM, CLASSES = 8, 3
 
@@ -170,11 +170,11 @@ def test_bad_router_settings_are_one_clear_error(make, message):
 def test_stream_checks_before_training():
     tasks, _, _ = _world(1)
     with pytest.raises(ContinualError, match="at least 2 tasks"):
-        check_compatible(tasks, PrototypeRouter(), Head.PER_TASK, "learner")
-    check_compatible(tasks, OracleRouter(), Head.PER_TASK, "learner")  # the oracle is fine with one task
+        check_compatible(Stream("s", tuple(tasks)), PrototypeRouter(), Head.PER_TASK, "learner")
+    check_compatible(Stream("s", tuple(tasks)), OracleRouter(), Head.PER_TASK, "learner")  # fine with one task
     no_val = [Task(t.name, t.labels, t.train, Split((), np.zeros(0)), t.test) for t in _world(2)[0]]
     with pytest.raises(ContinualError, match="accept_rate: calibrating rejection needs validation"):
-        check_compatible(no_val, PrototypeRouter(accept_rate=0.9), Head.PER_TASK, "learner")
+        check_compatible(Stream("s", tuple(no_val)), PrototypeRouter(accept_rate=0.9), Head.PER_TASK, "learner")
 
 
 def test_class_statistics_scores_tasks_in_one_pass_and_refresh_after_each_task():

@@ -182,3 +182,24 @@ def test_clinc150_real_data():
     stream = Clinc150Domains(data_dir=str(SHARED / "clinc150")).load()
     assert len(stream.tasks) == 10
     assert all(len(t.labels) == 15 and len(t.train) == 1500 and len(t.test) == 450 for t in stream.tasks)
+
+
+def test_many_tasks_are_seeded_clients_that_only_the_oracle_routes():
+    from continual.experiment import check_compatible
+    from continual.learners.base import Head
+    from continual.routers import OracleRouter, PrototypeRouter
+    from continual.streams import ManyTasks
+
+    small, large = ManyTasks(num_tasks=10).load(), ManyTasks(num_tasks=20).load()
+    assert [t.name for t in small.tasks] == [f"client{k:05d}" for k in range(10)]
+    seven, same = small.tasks[7], large.tasks[7]  # a client does not depend on the stream's length
+    assert seven.train.texts == same.train.texts and seven.labels == ("label_0", "label_1", "label_2")
+    assert (len(seven.train), len(seven.validation), len(seven.test)) == (30, 12, 12)
+    assert set(seven.test.texts).isdisjoint(seven.train.texts)
+    # two clients of one domain map the same intents to different label orders, or different intents
+    assert small.tasks[0].train.texts != small.tasks[4].train.texts
+    check_compatible(small, OracleRouter(), Head.PER_TASK, "learner")
+    with pytest.raises(ContinualError, match="only router=oracle can route it"):
+        check_compatible(small, PrototypeRouter(), Head.PER_TASK, "learner")
+    with pytest.raises(ContinualError, match=r"stream.num_tasks must be an integer in \[1, 10000\], got 10001"):
+        ManyTasks(num_tasks=10001)

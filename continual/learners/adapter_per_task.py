@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch import nn
 
 from continual import files
 from continual.adapters import AdapterBank, AdapterKind, describe, segments_for
+from continual.adapters import bank as bank_module
 from continual.backbone import TOKEN_STATES, Backbone, pool
 from continual.cache import PrefixCache
 from continual.errors import ContinualError
@@ -116,6 +118,8 @@ class AdapterPerTask:
         # files that already hold a task's adapter as it is: a learned adapter is frozen, so a later save
         # skips them (its files stay byte-identical, and a save costs one file, not one per task so far)
         self._on_disk: set[Path] = set()
+        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _stacked_heads
+        self._digests: dict[int, tuple[tuple, str]] = {}  # task -> (backbone digest + tensor versions, digest)
         self.backbone.to(self.device)
         # AdapterDrop leaves the lowest layers frozen and un-adapted: their outputs are cached for
         # evaluation and router features, and recomputed only once per epoch-independent text.
@@ -188,12 +192,13 @@ class AdapterPerTask:
     def _allocate(self, task: Task) -> int:
         """A fresh adapter and head for ``task``, created from a seed of (run seed, task index)."""
         k = len(self.tasks)
+        self._stacked = None  # the new head is trained (or loaded) next: stack the heads again afterwards
         torch.manual_seed(task_seed(self.seed, k))
         self.bank.add(fuse=self.transfer == "fusion")
         self.heads.append(nn.Linear(self.backbone.hidden_size, task.outputs))
         self.tasks.append(task)
-        self.bank.to(self.device)
-        self.heads.to(self.device)
+        for module in (*self.bank.task_modules(k), self.heads[k]):  # only the new modules: O(1) per task, not O(T)
+            module.to(self.device)
         return k
 
     def _centroid(self, texts: Sequence[str]) -> np.ndarray:
@@ -274,9 +279,12 @@ class AdapterPerTask:
             states = self._encode(ids, mask, self.cache, TOKEN_STATES)
         features = pool(states, mask, self.backbone.pooling)
         out = Classified.empty(ids.shape[0], self.device, ids.shape[1])
+        labelled = [s for s in segments if s[0] is not None and self.tasks[s[0]].kind != TOKENS]
+        if len(labelled) >= bank_module.BATCHED_FROM:  # many sequence heads: one gathered product
+            self._batched_heads(labelled, features, out)
         for k, start, stop in segments:
-            if k is None:  # a negative task id means "no task" (abstained): no prediction
-                continue
+            if k is None or (self.tasks[k].kind != TOKENS and len(labelled) >= bank_module.BATCHED_FROM):
+                continue  # no task (abstained): no prediction; or already labelled by the batched heads
             rows = slice(start, stop)
             if self.tasks[k].kind == TOKENS:
                 out.fill_tags(rows, self.heads[k](states[rows]), mask[rows])
@@ -285,6 +293,28 @@ class AdapterPerTask:
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return Classified(*(t[inverse] for t in out))
+
+    def _stacked_heads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every task's head weights padded to the widest ``[tasks, labels, hidden]``, biases (``-inf`` where
+        padded) and label counts; built once the heads are frozen and kept until a task is added."""
+        if self._stacked is None or self._stacked[0].shape[0] != len(self.heads):
+            heads = cast(list[nn.Linear], list(self.heads))
+            width = max(head.out_features for head in heads)
+            weight = torch.zeros(len(heads), width, self.backbone.hidden_size, device=self.device)
+            bias = torch.full((len(heads), width), -torch.inf, device=self.device)
+            for k, head in enumerate(heads):
+                weight[k, : head.out_features], bias[k, : head.out_features] = head.weight, head.bias
+            sizes = torch.tensor([head.out_features for head in heads], device=self.device)
+            self._stacked = (weight, bias, sizes)
+        return self._stacked
+
+    def _batched_heads(self, segments: list, features: torch.Tensor, out: Classified) -> None:
+        """Label the rows of many sequence-task segments at once: each row's head gathered, one ``einsum``."""
+        weight, bias, sizes = self._stacked_heads()
+        rows = torch.cat([torch.arange(start, stop, device=self.device) for _, start, stop in segments])
+        tasks = torch.cat([torch.full((stop - start,), k, device=self.device) for k, start, stop in segments])
+        logits = torch.einsum("bh,bch->bc", features[rows], weight[tasks]) + bias[tasks]
+        out.fill(rows, logits, sizes[tasks])
 
     @torch.no_grad()
     def features(
@@ -302,11 +332,20 @@ class AdapterPerTask:
 
         The backbone is frozen by construction, but it is hashed anyway (about 0.2 s for MiniLM, once
         per call, shared by all tasks) so that a memoised prediction can never outlive a change to it.
+        A task's digest is kept while none of its tensors was written (torch counts every in-place
+        write of a tensor in its ``_version``), so a step hashes the task just trained, not every task
+        so far (0.8 s at 1,000 tasks), and a change to any old tensor is still seen.
         """
         shared = digest(self.backbone)
-        return Fingerprints(
-            shared, [digest(*self.bank.task_modules(k), self.heads[k], prefix=shared) for k in range(len(self.tasks))]
-        )
+        fingerprints = []
+        for k in range(len(self.tasks)):
+            modules = (*self.bank.task_modules(k), self.heads[k])
+            versions = (shared, *(t._version for m in modules for t in m.state_dict(keep_vars=True).values()))
+            cached = self._digests.get(k)
+            if cached is None or cached[0] != versions:
+                cached = self._digests[k] = (versions, digest(*modules, prefix=shared))
+            fingerprints.append(cached[1])
+        return Fingerprints(shared, fingerprints)
 
     def _metadata(self, k: int, task: Task) -> dict[str, str]:
         return {

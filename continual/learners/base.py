@@ -104,11 +104,12 @@ class Classified(NamedTuple):
             torch.zeros((n, width), device=device),
         )
 
-    def fill(self, rows: torch.Tensor | slice, logits: torch.Tensor) -> None:
-        """Write one head's prediction, confidence and certainty for ``rows`` from its ``logits``."""
+    def fill(self, rows: torch.Tensor | slice, logits: torch.Tensor, sizes: torch.Tensor | None = None) -> None:
+        """Write the heads' prediction, confidence and certainty for ``rows`` from their ``logits`` (rows of
+        heads of several widths: padded with ``-inf``, each row's label count in ``sizes``)."""
         probs = logits.softmax(-1)
         self.confidence[rows], self.labels[rows] = probs.max(-1)
-        self.certainty[rows] = _certainty(probs)
+        self.certainty[rows] = _certainty(probs, sizes)
 
     def fill_tags(self, rows: slice, logits: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Write a tagger's ``[n, tokens, tags]`` logits for ``rows``: tags per real token, means per row."""
@@ -123,10 +124,10 @@ class Classified(NamedTuple):
         self.certainty[rows] = torch.where(real, _certainty(probs), 0.0).sum(1) / count
 
 
-def _certainty(probs: torch.Tensor) -> torch.Tensor:
-    """1 - entropy / log(number of outcomes), over the last axis."""
+def _certainty(probs: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - entropy / log(number of outcomes), over the last axis (``sizes``: each row's own number)."""
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-    return 1.0 - entropy / math.log(probs.shape[-1])
+    return 1.0 - entropy / (math.log(probs.shape[-1]) if sizes is None else sizes.float().log())
 
 
 @dataclass(frozen=True)

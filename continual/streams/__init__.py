@@ -12,6 +12,7 @@ from typing import Protocol
 from continual.streams.clinc150 import Clinc150Domains, Clinc150Intents
 from continual.streams.concatenated import Concatenated
 from continual.streams.demo import DemoStream
+from continual.streams.many import ManyTasks
 from continual.streams.spec import StreamSpec, TaskSpec
 from continual.streams.task import Split, Stream, Task, apply_order, build_task
 
@@ -30,6 +31,7 @@ __all__ = [
     "Clinc150Intents",
     "Concatenated",
     "DemoStream",
+    "ManyTasks",
     "Split",
     "Stream",
     "StreamSource",

@@ -101,12 +101,14 @@ class Stream:
     """A named, ordered sequence of tasks; task ``i`` is learned at step ``i``.
 
     ``out_of_scope`` holds test texts that belong to no task (e.g. CLINC150's ``oos_test``): a router
-    that can reject inputs is scored on how many of them it rejects.
+    that can reject inputs is scored on how many of them it rejects. ``routable`` is False when the
+    tasks cannot be told apart from their texts (clients relabeling the same texts): only the oracle.
     """
 
     name: str
     tasks: tuple[Task, ...]
     out_of_scope: tuple[str, ...] = ()
+    routable: bool = True
 
     @property
     def task_names(self) -> list[str]:
