@@ -237,11 +237,11 @@ def fit(
     """AdamW + linear warm-up/decay over ``epochs`` (lists of batches), minimising ``loss_of(batch)``.
 
     ``params`` (parameters, or param groups with their own ``lr``) require grad during the loop and
-    are frozen again afterwards; ``modules`` are in train mode (dropout on) during the loop and in
-    eval mode afterwards. Every ``cfg.log_every`` steps (and at the last) ``on_loss(step, loss)`` is
-    called. ``after_backward`` may change the gradients before they are clipped (A-GEM);
-    ``after_step`` runs after each optimizer step (DER++ fills its memory). A non-finite loss stops
-    training with one line naming task ``name``.
+    are frozen again afterwards, their gradients dropped; ``modules`` are in train mode (dropout on)
+    during the loop and in eval mode afterwards. Every ``cfg.log_every`` steps (and at the last)
+    ``on_loss(step, loss)`` is called. ``after_backward`` may change the gradients before they are
+    clipped (A-GEM); ``after_step`` runs after each optimizer step (DER++ fills its memory). A
+    non-finite loss stops training with one line naming task ``name``.
     """
     flat = _flat(params)
     total = sum(len(e) for e in epochs)
@@ -284,6 +284,7 @@ def fit(
         bar.close()
         for module in modules:
             module.eval()
-        for p in flat:
+        for p in flat:  # frozen from now on: the gradients would only hold memory (as much as the weights)
             p.requires_grad_(False)
+            p.grad = None
     return Fitted(step, loss_value, time.perf_counter() - start)

@@ -14,6 +14,9 @@ non-zero weights) and heads, a batch of 128 demo texts padded once:
 - **load time**: saving the N adapters (one safetensors file each) and loading them into a fresh learner.
 - **router**: the prototype router's cost per query over N tasks of 10 classes (1920-dim features:
   the default five layers), 256 queries.
+- **one site**: the bottleneck update of 128 rows over 118 adapters alone (what a 1,000-adapter batch
+  holds), stacking the routed adapters' weights per call (what the bank does) against weights already
+  stacked, and against one adapter: where a mixed batch loses its time.
 - ``--peft``: the same mixed batch through peft's ``adapter_names`` over N LoRA adapters (query/value,
   r=8) on the same backbone, against one adapter (needs ``pip install peft``).
 """
@@ -183,6 +186,39 @@ def peft_ratio(n: int, batch: int, repeats: int) -> float:
     return times["single"] / times["mixed"]
 
 
+def one_site(repeats: int, rows: int = 128, length: int = 16, hidden: int = 384, width: int = 24, adapters: int = 118):
+    """Milliseconds of one site's update: one adapter; stacked per call (the bank); from pre-stacked weights."""
+    from continual.adapters.bottleneck import Bottleneck
+
+    torch.manual_seed(0)
+    config = BottleneckConfig(bottleneck_dim=width)
+    modules = [Bottleneck(hidden, width) for _ in range(adapters)]
+    for module in modules:
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.02)
+    index = torch.sort(torch.arange(rows) % adapters).values  # rows sorted by adapter, as the bank routes them
+    out = torch.randn(rows, length, hidden)
+    stacked = [torch.stack([getattr(m, layer).weight.T for m in modules]) for layer in ("down", "up")]
+    biases = [torch.stack([getattr(m, layer).bias for m in modules]) for layer in ("down", "up")]
+
+    def prestacked() -> torch.Tensor:
+        down, up = (w[index] for w in stacked)
+        down_bias, up_bias = (b[index].unsqueeze(1) for b in biases)
+        return out + torch.baddbmm(up_bias, torch.relu(torch.baddbmm(down_bias, out, down)), up)
+
+    with torch.no_grad():
+        torch.testing.assert_close(prestacked(), config.run_many(modules, index, out, out))
+        times = medians(
+            {
+                "one adapter": lambda: modules[0](out, out),
+                "stacked per call": lambda: config.run_many(modules, index, out, out),
+                "pre-stacked": prestacked,
+            },
+            max(repeats, 21),
+        )
+    return {name: 1000 * t for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapters", type=int, nargs="+", default=[10, 100, 1000])
@@ -206,6 +242,8 @@ def main() -> None:
             f"{row['router_ms']:11.3f}",
             flush=True,
         )
+    site = one_site(args.repeats)
+    print("\none site, 128 rows over 118 adapters: " + ", ".join(f"{k} {v:.2f} ms" for k, v in site.items()))
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from continual.backbone import Backbone
 
 Segment = tuple[int | None, int, int]
-BATCHED_FROM = 4  # segments from which a site's adapters run batched (scripts/bench_scale.py measured the switch)
+# segments from which sites run batched: equal to the loop at 4-10 segments, ahead at 70 (scripts/bench_scale.py)
+BATCHED_FROM = 16
 
 
 class AdapterKind(Protocol):
