@@ -121,7 +121,7 @@ class SavedBank:
         missing = sorted({q.kind for q in queries if q.kind and q.kind not in kinds})
         if missing:
             raise ContinualError(
-                f"{where}: --type {missing[0]}: this run has no task of that type (types: {sorted(kinds)})"
+                f"{where}: type {missing[0]}: this run has no task of that type (types: {sorted(kinds)})"
             )
         if all_tasks:
             return

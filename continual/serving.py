@@ -1,9 +1,12 @@
 """A registered bank as an MLflow pyfunc model: what ``tracking.register`` logs and ``mlflow models serve`` serves.
 
 Request: a list of texts; one request may mix tasks. Params (optional): ``task`` skips the router
-(every text is of that task), ``accept_rate`` is the share of in-scope validation texts to accept
-(default: the bank's, 0.99). Response, per text: ``text``, ``task`` (null: rejected), ``label``,
-``confidence``, ``scores`` (the router's score per task), ``abstained``, ``routed``.
+(every text is of that task), ``type`` (``sequence`` or ``tokens``) routes among tasks of that type,
+``accept_rate`` is the share of in-scope validation texts to accept (default: the bank's, 0.99),
+``all_tasks`` (true) answers with every task's output per text (the hub, as ``predict --all-tasks``).
+Response, per text: ``text``, ``task`` (null: rejected), ``label``, ``confidence`` (a token task:
+``entities`` with text, type, character offsets, confidence), ``scores`` (the router's score per task),
+``abstained``, ``routed``.
 
 The model holds the bank folder (see :mod:`continual.registry`), not the backbone: the bank's config
 names it (a Hub id, a local path, or the packaged MiniLM), and one process loads it once; every task's
@@ -25,12 +28,20 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from continual.errors import ContinualError
 from continual.predictor import Query, SavedBank
+from continual.streams.task import TASK_KINDS
 
 BANK = "bank"  # the model's artifact that holds the bank folder
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.string)]),
-    params=ParamSchema([ParamSpec("task", DataType.string, None), ParamSpec("accept_rate", DataType.double, None)]),
+    params=ParamSchema(
+        [
+            ParamSpec("task", DataType.string, None),
+            ParamSpec("type", DataType.string, None),
+            ParamSpec("accept_rate", DataType.double, None),
+            ParamSpec("all_tasks", DataType.boolean, False),
+        ]
+    ),
 )
 
 
@@ -62,7 +73,15 @@ class BankModel(PythonModel):
     def predict(self, context, model_input, params=None):
         params = params or {}
         try:
-            queries = [Query(text, params.get("task") or None) for text in _texts(model_input)]
+            kind = params.get("type") or None
+            if kind is not None and kind not in TASK_KINDS:
+                raise ContinualError(f"param type must be one of {list(TASK_KINDS)}, got {kind!r}")
+            queries = [Query(text, params.get("task") or None, kind) for text in _texts(model_input)]
+            if params.get("all_tasks"):
+                if params.get("task") or kind or params.get("accept_rate") is not None:
+                    raise ContinualError("param all_tasks runs every task: it takes no task, type or accept_rate")
+                self.bank.check(queries, "request", all_tasks=True)
+                return list(self.predictor.predict_all([q.text for q in queries]))
             self.bank.check(queries, "request")
             return list(self.predictor.predict(queries, params.get("accept_rate")))
         except ContinualError as exc:  # a bad request: HTTP 400 with the one line, not a 500 and a traceback

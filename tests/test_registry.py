@@ -93,6 +93,12 @@ def test_pyfunc_load_answers_mixed_tasks_with_params_and_rejects_bad_ones(regist
         model.predict(MIXED, params={"task": "fishing"})
     with pytest.raises(MlflowException, match="accept_rate must be in"):
         model.predict(MIXED, params={"accept_rate": 3.0})
+    hub = model.predict(MIXED[:1], params={"all_tasks": True})  # every task's answer per text
+    assert set(hub[0]["tasks"]) == {"banking", "travel", "cooking"} and set(hub[0]["routes"]) == {"sequence"}
+    with pytest.raises(MlflowException, match="param type must be one of"):
+        model.predict(MIXED, params={"type": "spans"})
+    with pytest.raises(MlflowException, match="this run has no task of that type"):
+        model.predict(MIXED, params={"type": "tokens"})
 
 
 def test_promote_moves_the_alias_records_each_move_and_rolls_back(registered, monkeypatch, capsys):
