@@ -12,6 +12,9 @@ non-zero weights) and heads, a batch of 128 demo texts padded once:
 - **resident memory**: RSS growth from creating the N adapters and heads, against their bytes, and the
   RSS of backbone plus bank against the backbone's and the bank's bytes.
 - **load time**: saving the N adapters (one safetensors file each) and loading them into a fresh learner.
+- **lazy**: loading them again under ``--resident-mb`` (``learner.max_resident_mb``): the RSS growth of
+  the load, the adapter bytes held after mixed batches, and their throughput against the all-resident
+  learner's (each batch reads back from the files what it needs: the cost of the budget).
 - **router**: the prototype router's cost per query over N tasks of 10 classes (1920-dim features:
   the default five layers), 256 queries.
 - **one site**: the bottleneck update of 128 rows over 118 adapters alone (what a 1,000-adapter batch
@@ -97,8 +100,10 @@ def build(n: int) -> tuple[AdapterPerTask, float, float]:
     return learner, grown, params / 2**20
 
 
-def load_seconds(learner: AdapterPerTask, n: int) -> tuple[float, float]:
-    """Seconds to save the ``n`` adapters (a file each) and to load them into a fresh learner."""
+def load_seconds(learner: AdapterPerTask, n: int, budget_mb: float, batch: Callable[[AdapterPerTask], None]):
+    """Seconds to save the ``n`` adapters (a file each) and to load them into a fresh learner; then, loaded
+    again under a residency budget of ``budget_mb``: the RSS growth of that load, the adapter bytes held
+    after a mixed batch (``batch``) and that batch's seconds."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         learner.save(Path(folder))
@@ -108,7 +113,18 @@ def load_seconds(learner: AdapterPerTask, n: int) -> tuple[float, float]:
         fresh.load(Path(folder), tasks(n))
         loaded = time.perf_counter() - start
         fresh.bank.remove_hooks()
-    return saved, loaded
+        del fresh
+        lazy = AdapterPerTask(
+            learner.backbone, learner.bank.config, TrainerConfig(), progress=False, max_resident_mb=budget_mb
+        )
+        before = rss_mb()
+        lazy.load(Path(folder), tasks(n))
+        grown = rss_mb() - before
+        seconds = medians({"lazy": lambda: batch(lazy)}, 3)["lazy"]  # each reads back what it needs
+        assert lazy.resident is not None
+        held = lazy.resident.resident_bytes / 2**20  # back under the budget after the batch
+        lazy.bank.remove_hooks()
+    return saved, loaded, grown, held, seconds
 
 
 def router_ms(n: int, queries: int = 256, dim: int = 1920) -> float:
@@ -126,7 +142,7 @@ def router_ms(n: int, queries: int = 256, dim: int = 1920) -> float:
     return (time.perf_counter() - start) / 3 / queries * 1000
 
 
-def ours(n: int, batch: int, repeats: int) -> dict[str, float]:
+def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
     learner, grown, params = build(n)
     ids, mask = pad(learner.backbone.tokenize(texts(batch), 128), learner.backbone.pad_id, learner.device)
     mixed = torch.randint(0, n, (batch,), generator=torch.Generator().manual_seed(1))
@@ -148,7 +164,9 @@ def ours(n: int, batch: int, repeats: int) -> dict[str, float]:
         },
         repeats,
     )
-    saved, loaded = load_seconds(learner, n)
+    saved, loaded, lazy_mb, held_mb, lazy_s = load_seconds(
+        learner, n, budget, lambda lazy: lazy.classify(ids, mask, mixed)
+    )
     learner.bank.remove_hooks()
     return {
         "batched": times["single"] / times["batched"],
@@ -158,6 +176,9 @@ def ours(n: int, batch: int, repeats: int) -> dict[str, float]:
         "params_mb": params,
         "save_s": saved,
         "load_s": loaded,
+        "lazy_rss_mb": lazy_mb,
+        "lazy_held_mb": held_mb,
+        "lazy_vs_resident": times["batched"] / lazy_s,
         "router_ms": router_ms(n),
     }
 
@@ -225,21 +246,26 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--peft", action="store_true", help="also peft adapter_names (pip install peft)")
+    parser.add_argument("--resident-mb", type=float, default=20.0, help="residency budget of the lazy load")
     args = parser.parse_args()
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}; batch {args.batch_size}, {args.repeats} repeats; "
         f"bank batches from {bank_module.BATCHED_FROM} segments\n"
     )
-    header = "N       segments  mixed/single batched  loop  peft   RSS MB  params MB  save s  load s  router ms/q"
+    header = (
+        "N       segments  mixed/single batched  loop  peft   RSS MB  params MB  save s  load s  router ms/q"
+        f"  lazy ({args.resident_mb:g} MB): load RSS MB, held MB, mixed vs resident"
+    )
     print(header)
     for n in args.adapters:
-        row = ours(n, args.batch_size, args.repeats)
+        row = ours(n, args.batch_size, args.repeats, args.resident_mb)
         peft = f"{peft_ratio(n, args.batch_size, args.repeats):5.2f}" if args.peft else "  n/a"
         print(
             f"{n:<7} {row['segments']:8.0f}  {row['batched']:21.2f} {row['loop']:5.2f} {peft}  "
             f"{row['rss_mb']:7.1f}  {row['params_mb']:9.1f}  {row['save_s']:6.2f}  {row['load_s']:6.2f}  "
-            f"{row['router_ms']:11.3f}",
+            f"{row['router_ms']:11.3f}  {row['lazy_rss_mb']:8.1f} {row['lazy_held_mb']:6.1f} "
+            f"{row['lazy_vs_resident']:6.2f}",
             flush=True,
         )
     site = one_site(args.repeats)

@@ -215,3 +215,32 @@ def test_batched_heads_label_as_each_head_alone(tiny_backbone, monkeypatch):
     for batched, looped in zip(got[2], got[10_000]):
         torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-5)
     assert learner._stacked is not None and (got[2].labels >= 0).sum() == (routes >= 0).sum()
+
+
+def test_adapters_past_the_budget_leave_memory_and_come_back_on_demand(tiny_backbone, tmp_path):
+    from continual.backbone import Backbone
+    from continual.learners import AdapterPerTask
+    from continual.streams import Split, Task
+    from continual.training import TrainerConfig
+
+    empty = Split((), np.zeros(0, dtype=np.int64))
+    tasks = [Task(f"t{k}", ("a", "b", "c"), empty, empty, empty) for k in range(6)]
+    full = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=4), TrainerConfig(), progress=False)
+    for task in tasks:
+        full._allocate(task)
+    _randomise(full.bank)
+    _randomise(full.heads)
+    full.save(tmp_path)
+    one = sum(p.numel() * 4 for p in full.bank.adapters[0].parameters())
+    budget = 2.5 * one / 2**20  # two adapters and a half
+    config = BottleneckConfig(bottleneck_dim=4)
+    lazy = AdapterPerTask(Backbone.load(tiny_backbone.name), config, TrainerConfig(), max_resident_mb=budget)
+    lazy.load(tmp_path, tasks)
+    assert lazy.resident is not None and len(lazy.resident.lru) == 2 and lazy.resident.resident_bytes <= 2.5 * one
+    assert lazy.fingerprints() == full.fingerprints() and lazy.trained_parameters() == full.trained_parameters()
+    ids, mask = _batch(tiny_backbone, TEXTS * 2)
+    routes = torch.tensor([k % 6 for k in range(12)])
+    expected, got = full.classify(ids, mask, routes), lazy.classify(ids, mask, routes)
+    torch.testing.assert_close(got.confidence, expected.confidence)
+    assert torch.equal(got.labels, expected.labels) and lazy.resident.loads >= 4  # read back from the files
+    assert lazy.resident.resident_bytes <= 2.5 * one  # the batch held all six; after it, the budget again

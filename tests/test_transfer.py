@@ -105,3 +105,24 @@ def test_forward_transfer_against_the_reference():
     assert np.isnan(metrics.forward_transfer(R[:1, :1], reference[:1, :1]))
     with pytest.raises(ValueError, match="same stream"):
         metrics.forward_transfer(R, reference[:2, :2])
+
+
+@pytest.mark.parametrize("transfer", ["fusion", "similar"])
+def test_resumed_under_a_residency_budget_earlier_adapters_come_back_for_transfer(
+    tiny_backbone, tasks, tmp_path, transfer
+):
+    from continual.backbone import Backbone
+
+    config = BottleneckConfig(bottleneck_dim=8)
+    first = AdapterPerTask(tiny_backbone, config, FAST, progress=False, transfer=transfer)
+    for task in tasks[:2]:
+        first.learn([task])
+    first.save(tmp_path)
+    again = AdapterPerTask(
+        Backbone.load(tiny_backbone.name), config, FAST, progress=False, transfer=transfer, max_resident_mb=0
+    )
+    again.load(tmp_path, tasks[:2])
+    assert again.resident is not None and not again.resident.lru  # a zero budget: nothing stays in memory
+    report = again.learn([tasks[2]])  # reads back the adapters it mixes or starts from
+    assert np.isfinite(report.val_acc) and report.trainable_params >= first.trainable_parameters(1)
+    assert again.resident.loads >= 1 and not again.resident.lru

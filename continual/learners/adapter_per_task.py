@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
@@ -32,6 +32,7 @@ from torch import nn
 from continual import files
 from continual.adapters import AdapterBank, AdapterKind, describe, segments_for
 from continual.adapters import bank as bank_module
+from continual.adapters.resident import ResidentSet
 from continual.backbone import TOKEN_STATES, Backbone, pool
 from continual.cache import PrefixCache
 from continual.errors import ContinualError
@@ -64,16 +65,23 @@ class AdapterPerTaskConfig:
 
     ``head_dropout``: dropout on the pooled features before each task's linear head, in [0, 1).
     ``transfer``: ``none`` | ``similar`` | ``fusion`` (see the module docstring).
+    ``max_resident_mb``: adapters loaded from a run's files (predict, serving, resume) stay in memory up
+    to this many megabytes; the others are read back from their files when routed to (LRU, see
+    :mod:`continual.adapters.resident`). None: all resident.
     """
 
     head_dropout: float = 0.1
     transfer: str = "none"
     progress: bool = True
+    max_resident_mb: float | None = None
 
     head = Head.PER_TASK  # per-task modules on a frozen backbone: a router chooses among them
 
     def __post_init__(self) -> None:
         check_dropout(self.head_dropout, "learner.head_dropout")
+        budget = self.max_resident_mb
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
+            raise ContinualError(f"learner.max_resident_mb must be a number of megabytes >= 0 or null, got {budget!r}")
         if self.transfer not in TRANSFERS:
             raise ContinualError(f"learner.transfer must be one of {list(TRANSFERS)}, got {self.transfer!r}")
 
@@ -101,8 +109,9 @@ class AdapterPerTask:
         seed: int = 0,
         progress: bool = True,
         transfer: str = "none",
+        max_resident_mb: float | None = None,
     ) -> None:
-        self.config = AdapterPerTaskConfig(head_dropout, transfer, progress)
+        self.config = AdapterPerTaskConfig(head_dropout, transfer, progress, max_resident_mb)
         self.transfer = transfer
         self.centroids: list[np.ndarray] = []  # per task, for transfer=similar
         self.sources: dict[int, int] = {}  # task -> the earlier task its adapter was copied from
@@ -112,6 +121,7 @@ class AdapterPerTask:
         self.progress = progress
         self.device = trainer.torch_device()
         self.bank = AdapterBank(backbone, adapter)
+        self.resident = ResidentSet(self.bank.adapters, max_resident_mb) if max_resident_mb is not None else None
         self.heads = nn.ModuleList()
         self.dropout = nn.Dropout(head_dropout)
         self.tasks: list[Task] = []
@@ -135,7 +145,16 @@ class AdapterPerTask:
         return [*self.bank.adapters[k].parameters(), *fusion, *self.heads[k].parameters()]
 
     def trainable_parameters(self, k: int) -> int:
+        if self.resident is not None and not self.resident.is_resident(k):  # counted from its saved shapes
+            fusion = self.bank.fusion[str(k)].parameters() if str(k) in self.bank.fusion else ()
+            return self.resident.numel(k) + sum(p.numel() for p in (*fusion, *self.heads[k].parameters()))
         return sum(p.numel() for p in self._parameters(k))
+
+    def _ensure(self, tasks: Iterable[int | None]) -> None:
+        """The adapters that tasks ``tasks`` run through, in memory (with a residency budget)."""
+        if self.resident is not None:
+            fused = [k for k in tasks if k is not None]
+            self.resident.ensure(j for k in fused for j in (range(k + 1) if str(k) in self.bank.fusion else (k,)))
 
     def trained_parameters(self) -> int:
         """Distinct parameters trained so far: every task's adapter, fusion weights and head."""
@@ -216,6 +235,7 @@ class AdapterPerTask:
         mine = self.centroids[k]
         cosine = [float(c @ mine / (np.linalg.norm(c) * np.linalg.norm(mine) + 1e-12)) for c in self.centroids[:k]]
         source = int(np.argmax(cosine))
+        self._ensure([source])
         self.bank.adapters[k].load_state_dict(self.bank.adapters[source].state_dict())
         self.sources[k] = source
         log.info(
@@ -229,6 +249,7 @@ class AdapterPerTask:
         """A new adapter and head for the step's one task, trained on it while everything else stays frozen."""
         (task,) = tasks
         k = self._allocate(task)
+        self._ensure([k])  # a fused task trains through every earlier adapter: in memory for the whole step
         if self.transfer == "similar":
             self._start_from_similar(k, task)
         params = self._parameters(k)
@@ -274,6 +295,7 @@ class AdapterPerTask:
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
         """Sort the batch by routed task, run every adapter once on its slice, unsort the outputs."""
         order, segments = segments_for(task_ids.to(self.device))
+        self._ensure(k for k, _, _ in segments)
         ids, mask = input_ids[order], attention_mask[order]
         with self.bank.routed(segments):  # token states once; sequence heads read them pooled
             states = self._encode(ids, mask, self.cache, TOKEN_STATES)
@@ -290,6 +312,8 @@ class AdapterPerTask:
                 out.fill_tags(rows, self.heads[k](states[rows]), mask[rows])
             else:
                 out.fill(rows, self.heads[k](features[rows]))
+        if self.resident is not None:
+            self.resident.release()
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return Classified(*(t[inverse] for t in out))
@@ -337,15 +361,18 @@ class AdapterPerTask:
         so far (0.8 s at 1,000 tasks), and a change to any old tensor is still seen.
         """
         shared = digest(self.backbone)
-        fingerprints = []
-        for k in range(len(self.tasks)):
-            modules = (*self.bank.task_modules(k), self.heads[k])
-            versions = (shared, *(t._version for m in modules for t in m.state_dict(keep_vars=True).values()))
-            cached = self._digests.get(k)
-            if cached is None or cached[0] != versions:
-                cached = self._digests[k] = (versions, digest(*modules, prefix=shared))
-            fingerprints.append(cached[1])
-        return Fingerprints(shared, fingerprints)
+        return Fingerprints(shared, [self._task_digest(k, shared) for k in range(len(self.tasks))])
+
+    def _task_digest(self, k: int, shared: str) -> str:
+        """Task ``k``'s digest, hashed again only when one of its tensors was written since (or first)."""
+        cached = self._digests.get(k)
+        if cached is not None and self.resident is not None and not self.resident.is_resident(k):
+            return cached[1]  # out of memory: as it was when it was read from its file
+        modules = (*self.bank.task_modules(k), self.heads[k])
+        versions = (shared, *(t._version for m in modules for t in m.state_dict(keep_vars=True).values()))
+        if cached is None or cached[0] != versions:
+            cached = self._digests[k] = (versions, digest(*modules, prefix=shared))
+        return cached[1]
 
     def _metadata(self, k: int, task: Task) -> dict[str, str]:
         return {
@@ -362,6 +389,7 @@ class AdapterPerTask:
 
     def load(self, directory: Path, tasks: Sequence[Task]) -> None:
         """Restore the adapters and heads of already learned ``tasks`` (in stream order) from :meth:`save`."""
+        shared = ""  # the backbone's digest, taken once if a residency budget needs task digests
         for task in tasks:
             k = len(self.tasks)
             expected = self._metadata(k, task)
@@ -386,6 +414,10 @@ class AdapterPerTask:
                 self.sources[k] = int(meta["initialised_from"])
             for p in self._parameters(k):
                 p.requires_grad_(False)
+            if self.resident is not None:  # hashed while in memory; then it may leave memory
+                shared = shared or digest(self.backbone)
+                self._task_digest(k, shared)
+                self.resident.track(k, task_file(directory, k, task.name))
 
     def save(self, directory: Path) -> list[Path]:
         """One safetensors file per task: its adapter (``adapter.*``) and head (``head.*``) + metadata."""

@@ -230,7 +230,7 @@ def digest(*modules: nn.Module, prefix: str = "") -> str:
     for module in modules:
         for name, tensor in module.state_dict().items():
             hashed.update(name.encode())
-            hashed.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            hashed.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # its buffer: no copy
     return hashed.hexdigest()
 
 
