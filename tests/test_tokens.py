@@ -98,6 +98,16 @@ def test_conll_and_spec_errors(tmp_path):
             StreamSpec.from_dict({"name": "x", "tasks": [{**base, **extra}]})
 
 
+def test_a_token_task_needs_entities_to_learn_and_to_score():
+    from continual.streams.tokens import build_token_task
+
+    tagged, plain = (("wake", "me"), ("O", "B-time")), (("hello",), ("O",))
+    with pytest.raises(ContinualError, match="task 'x': the train split has no entities"):
+        build_token_task("x", [plain], [tagged])
+    with pytest.raises(ContinualError, match="the test split has no entities .every tag is O.: its F1 could not"):
+        build_token_task("x", [tagged], [plain])
+
+
 def test_token_task_from_a_stream_file(tmp_path):
     entries = slot_task_files(tmp_path, ("trip_slots",))
     (task,) = StreamSpec.from_dict({"name": "x", "tasks": entries}).load(tmp_path).tasks

@@ -182,6 +182,8 @@ def build_token_task(
     rng = random.Random(f"{seed}:{name}")
     if not _types(train):
         raise ContinualError(f"{where}: the train split has no entities (every tag is O)")
+    if not _types(test):
+        raise ContinualError(f"{where}: the test split has no entities (every tag is O): its F1 could not be measured")
 
     def as_pairs(rows: list[Row]) -> list[tuple[Row, str]]:
         return [(row, SENTENCE) for row in rows]
