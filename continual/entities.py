@@ -65,6 +65,14 @@ class EntityCounts:
         for entity in gold - predicted:
             self.fn[entity[2]] += 1
 
+    def add_tags(
+        self, gold: np.ndarray, gold_classes: np.ndarray, predicted: np.ndarray | None, predicted_classes: np.ndarray
+    ) -> None:
+        """One sentence as tag ids: gold of a task with ``gold_classes``, predicted (None: nothing predicted)
+        by a tagger with ``predicted_classes`` (each task's type index -> stream-wide class)."""
+        found = set() if predicted is None else as_classes(entities(predicted), predicted_classes)
+        self.add(as_classes(entities(gold), gold_classes), found)
+
     @property
     def micro_f1(self) -> float:
         return f1(sum(self.tp.values()), sum(self.fp.values()), sum(self.fn.values()))

@@ -23,7 +23,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from continual.entities import EntityCounts, as_classes, entities
+from continual.entities import EntityCounts
 from continual.learners.base import (
     Fingerprints,
     Head,
@@ -271,9 +271,8 @@ class Evaluator:
         outputs = self._adapter(j, k, rows)
         gold, predicted = self.tasks[j].test.tags, outputs.tags
         for i in np.flatnonzero(rows):
-            found = predicted[i]
-            assert found is not None  # filled by _adapter for every needed row
-            counts.add(as_classes(entities(gold[i]), self.class_ids[j]), as_classes(entities(found), self.class_ids[k]))
+            assert predicted[i] is not None  # filled by _adapter for every needed row
+            counts.add_tags(gold[i], self.class_ids[j], predicted[i], self.class_ids[k])
 
     def _evaluate_tags(self, j: int, routes: np.ndarray, before: int) -> TaskEval:
         """A token task: entity micro F1 of the routed taggers (rejected texts: entities missed), and the oracle's."""
@@ -282,7 +281,7 @@ class Evaluator:
         for k in np.unique(routes[routes >= 0]).tolist():
             self._entities(j, k, routes == k, routed)
         for i in np.flatnonzero(routes < 0):
-            routed.add(as_classes(entities(task.test.tags[i]), self.class_ids[j]), set())
+            routed.add_tags(task.test.tags[i], self.class_ids[j], None, self.class_ids[j])  # rejected: all missed
         self._entities(j, j, np.ones(n, bool), oracle)
         names = {int(c): label for c, label in zip(self.class_ids[j], task.labels)}
         return TaskEval(

@@ -22,7 +22,7 @@ from torch import nn
 
 from continual.adapters import AdapterKind
 from continual.backbone import Backbone
-from continual.entities import EntityCounts, as_classes, entities
+from continual.entities import EntityCounts
 from continual.streams import Split, Task
 from continual.streams.task import TOKENS
 from continual.training import TrainerConfig, eval_batches, iter_padded
@@ -289,7 +289,7 @@ def oracle_score(learner: Learner, k: int, task: Task, split: Split) -> float:
         task_ids = torch.full((len(idx),), k, dtype=torch.long, device=learner.device)
         predicted = word_tags(learner.classify(ids, mask, task_ids).tags, [starts[i] for i in idx])
         for i, tags in zip(idx, predicted):
-            counts.add(as_classes(entities(split.tags[i]), local), as_classes(entities(tags), local))
+            counts.add_tags(split.tags[i], local, tags, local)
     return counts.micro_f1
 
 
