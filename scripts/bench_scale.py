@@ -7,10 +7,12 @@ non-zero weights) and heads, a batch of 128 demo texts padded once:
 
 - **mixed / single**: a batch whose examples are routed uniformly at random over the N adapters,
   against the same batch through one adapter, as throughput ratios: ``batched`` (each site gathers
-  every row's adapter weights and runs ``bmm``: what the bank does from ``BATCHED_FROM`` segments)
-  and ``loop`` (one small computation per adapter and site). Variants are interleaved, medians kept.
-- **resident memory**: RSS growth from creating the N adapters and heads, against their bytes, and the
-  RSS of backbone plus bank against the backbone's and the bank's bytes.
+  every row's adapter weights from its stack and runs ``bmm``: what the bank does from
+  ``BATCHED_FROM`` segments) and ``loop`` (one small computation per adapter and site). Variants are
+  interleaved, medians kept.
+- **resident memory**: RSS growth from creating the N adapters and heads, against their bytes; and
+  ``+mixed``: the growth that the mixed batches add to plain batches' (the sites' stacks take the
+  adapters' weights over rather than copying them, so this is working memory, not a second copy).
 - **load time**: saving the N adapters (one safetensors file each) and loading them into a fresh learner.
 - **lazy**: loading them again under ``--resident-mb`` (``learner.max_resident_mb``): the RSS growth of
   the load, the adapter bytes held after mixed batches, and their throughput against the all-resident
@@ -18,8 +20,8 @@ non-zero weights) and heads, a batch of 128 demo texts padded once:
 - **router**: the prototype router's cost per query over N tasks of 10 classes (1920-dim features:
   the default five layers), 256 queries.
 - **one site**: the bottleneck update of 128 rows over 118 adapters alone (what a 1,000-adapter batch
-  holds), stacking the routed adapters' weights per call (what the bank does) against weights already
-  stacked, and against one adapter: where a mixed batch loses its time.
+  holds): gathered from the site's stack (what the bank does outside training), stacking the routed
+  adapters' weights on each call (training, or adapters under a residency budget), and one adapter.
 - ``--peft``: the same mixed batch through peft's ``adapter_names`` over N LoRA adapters (query/value,
   r=8) on the same backbone, against one adapter (needs ``pip install peft``).
 """
@@ -86,7 +88,7 @@ def medians(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str
 
 
 def build(n: int) -> tuple[AdapterPerTask, float, float]:
-    """A learner with ``n`` random adapters and heads; RSS growth (MB) and the adapters' and heads' bytes (MB)."""
+    """A learner with ``n`` random adapters and heads; RSS before them (MB) and the adapters' and heads' bytes (MB)."""
     torch.manual_seed(0)
     learner = AdapterPerTask(Backbone.load(), BottleneckConfig(bottleneck_dim=24), TrainerConfig(), progress=False)
     before = rss_mb()
@@ -94,10 +96,9 @@ def build(n: int) -> tuple[AdapterPerTask, float, float]:
         k = learner._allocate(task)
         for p in learner.bank.adapters[k].parameters():  # zero "up" weights would make adapters no-ops
             torch.nn.init.normal_(p, std=0.02)
-    grown = rss_mb() - before
     params = sum(p.numel() * p.element_size() for p in [*learner.bank.parameters(), *learner.heads.parameters()])
     learner.backbone.eval()
-    return learner, grown, params / 2**20
+    return learner, before, params / 2**20
 
 
 def load_seconds(learner: AdapterPerTask, n: int, budget_mb: float, batch: Callable[[AdapterPerTask], None]):
@@ -143,7 +144,8 @@ def router_ms(n: int, queries: int = 256, dim: int = 1920) -> float:
 
 
 def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
-    learner, grown, params = build(n)
+    learner, before, params = build(n)
+    grown = rss_mb() - before
     ids, mask = pad(learner.backbone.tokenize(texts(batch), 128), learner.backbone.pad_id, learner.device)
     mixed = torch.randint(0, n, (batch,), generator=torch.Generator().manual_seed(1))
     single = torch.zeros(batch, dtype=torch.long)
@@ -156,6 +158,9 @@ def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
         finally:
             bank_module.BATCHED_FROM = batched_from
 
+    learner.classify(ids, mask, single)
+    loop()
+    plain = rss_mb()  # after batches that make no stacks
     times = medians(
         {
             "single": lambda: learner.classify(ids, mask, single),
@@ -164,6 +169,7 @@ def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
         },
         repeats,
     )
+    mixed_mb = rss_mb() - plain  # with the sites' stacks made
     saved, loaded, lazy_mb, held_mb, lazy_s = load_seconds(
         learner, n, budget, lambda lazy: lazy.classify(ids, mask, mixed)
     )
@@ -173,6 +179,7 @@ def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
         "loop": times["single"] / times["loop"],
         "segments": float(mixed.unique().numel()),
         "rss_mb": grown,
+        "mixed_mb": mixed_mb,
         "params_mb": params,
         "save_s": saved,
         "load_s": loaded,
@@ -208,8 +215,9 @@ def peft_ratio(n: int, batch: int, repeats: int) -> float:
 
 
 def one_site(repeats: int, rows: int = 128, length: int = 16, hidden: int = 384, width: int = 24, adapters: int = 118):
-    """Milliseconds of one site's update: one adapter; stacked per call (the bank); from pre-stacked weights."""
+    """Milliseconds of one site's update: gathered from the stack; stacked per call; one adapter."""
     from continual.adapters.bottleneck import Bottleneck
+    from continual.adapters.stacked import SiteStacks
 
     torch.manual_seed(0)
     config = BottleneckConfig(bottleneck_dim=width)
@@ -218,23 +226,21 @@ def one_site(repeats: int, rows: int = 128, length: int = 16, hidden: int = 384,
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.02)
     index = torch.sort(torch.arange(rows) % adapters).values  # rows sorted by adapter, as the bank routes them
+    routed = list(range(adapters))
     out = torch.randn(rows, length, hidden)
-    stacked = [torch.stack([getattr(m, layer).weight.T for m in modules]) for layer in ("down", "up")]
-    biases = [torch.stack([getattr(m, layer).bias for m in modules]) for layer in ("down", "up")]
+    weights = [config.row_weights(m) for m in modules]
+    stacks = SiteStacks()
 
-    def prestacked() -> torch.Tensor:
-        down, up = (w[index] for w in stacked)
-        down_bias, up_bias = (b[index].unsqueeze(1) for b in biases)
-        return out + torch.baddbmm(up_bias, torch.relu(torch.baddbmm(down_bias, out, down)), up)
+    def from_stack() -> torch.Tensor:
+        return config.run_rows(modules[0], stacks.rows("site", routed, index, lambda: weights), out, out)
+
+    def per_call() -> torch.Tensor:
+        return config.run_rows(modules[0], tuple(torch.stack(w)[index] for w in zip(*weights)), out, out)
 
     with torch.no_grad():
-        torch.testing.assert_close(prestacked(), config.run_many(modules, index, out, out))
+        torch.testing.assert_close(from_stack(), per_call())
         times = medians(
-            {
-                "one adapter": lambda: modules[0](out, out),
-                "stacked per call": lambda: config.run_many(modules, index, out, out),
-                "pre-stacked": prestacked,
-            },
+            {"one adapter": lambda: modules[0](out, out), "from the stack": from_stack, "stacked per call": per_call},
             max(repeats, 21),
         )
     return {name: 1000 * t for name, t in times.items()}
@@ -254,7 +260,8 @@ def main() -> None:
         f"bank batches from {bank_module.BATCHED_FROM} segments\n"
     )
     header = (
-        "N       segments  mixed/single batched  loop  peft   RSS MB  params MB  save s  load s  router ms/q"
+        "N       segments  mixed/single batched  loop  peft   RSS MB  +mixed  params MB  save s  load s"
+        "  router ms/q"
         f"  lazy ({args.resident_mb:g} MB): load RSS MB, held MB, mixed vs resident"
     )
     print(header)
@@ -263,7 +270,8 @@ def main() -> None:
         peft = f"{peft_ratio(n, args.batch_size, args.repeats):5.2f}" if args.peft else "  n/a"
         print(
             f"{n:<7} {row['segments']:8.0f}  {row['batched']:21.2f} {row['loop']:5.2f} {peft}  "
-            f"{row['rss_mb']:7.1f}  {row['params_mb']:9.1f}  {row['save_s']:6.2f}  {row['load_s']:6.2f}  "
+            f"{row['rss_mb']:7.1f}  {row['mixed_mb']:6.1f}  {row['params_mb']:9.1f}  "
+            f"{row['save_s']:6.2f}  {row['load_s']:6.2f}  "
             f"{row['router_ms']:11.3f}  {row['lazy_rss_mb']:8.1f} {row['lazy_held_mb']:6.1f} "
             f"{row['lazy_vs_resident']:6.2f}",
             flush=True,

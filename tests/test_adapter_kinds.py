@@ -168,29 +168,75 @@ def test_every_kind_learns_saves_and_reloads(tiny_backbone, kind, tmp_path):
     assert restored.fingerprints() == learner.fingerprints()
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k != "prefix"])
-def test_batched_many_adapters_equal_the_segment_loop(tiny_backbone, kind, monkeypatch):
+def _routed_run(bank, backbone, texts, routes, monkeypatch):
+    """``run(switch, grad)``: the backbone's output over ``texts`` routed by ``routes``, batched from ``switch``
+    segments on (10_000: never, the loop), with or without gradients; and the number of segments."""
     from continual.adapters import bank as bank_module
 
+    ids, mask = _batch(backbone, texts)
+    order, segments = segments_for(routes)
+
+    def run(switch: int, grad: bool = False) -> torch.Tensor:
+        monkeypatch.setattr(bank_module, "BATCHED_FROM", switch)
+        with torch.set_grad_enabled(grad), bank.routed(segments):
+            return backbone(ids[order], mask[order])
+
+    return run, len(segments)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "prefix"])
+def test_batched_many_adapters_equal_the_segment_loop(tiny_backbone, kind, monkeypatch):
     bank = AdapterBank(tiny_backbone, KINDS[kind][0])
     for _ in range(12):
         bank.add()
     _randomise(bank)
     tiny_backbone.eval()
-    texts = TEXTS * 4
-    routes = torch.tensor([k % 13 - 1 for k in range(len(texts))])  # 12 adapters and rows routed to none
-    ids, mask = _batch(tiny_backbone, texts)
-    order, segments = segments_for(routes)
+    routes = torch.tensor([k % 13 - 1 for k in range(len(TEXTS) * 4)])  # 12 adapters and rows routed to none
+    run, segments = _routed_run(bank, tiny_backbone, TEXTS * 4, routes, monkeypatch)
     calls = []
-    run_many = type(bank.config).run_many
-    monkeypatch.setattr(type(bank.config), "run_many", lambda *a: calls.append(1) or run_many(*a))
-    outputs = {}
-    for switch in (2, 10_000):  # batched from 2 segments on / never batched: the loop
-        monkeypatch.setattr(bank_module, "BATCHED_FROM", switch)
-        with bank.routed(segments):
-            outputs[switch] = tiny_backbone(ids[order], mask[order])
-    torch.testing.assert_close(outputs[2], outputs[10_000], rtol=1e-5, atol=1e-5)
-    assert len(calls) == len(bank._site_modules) and len(segments) == 13  # one batched call per site, once
+    run_rows = type(bank.config).run_rows
+    monkeypatch.setattr(type(bank.config), "run_rows", lambda *a: calls.append(1) or run_rows(*a))
+    loop = run(10_000)
+    assert not calls and bank.stacks is not None and set(bank.stacks._stacks) == set(bank._site_modules)
+    made = {site: stack.tensors for site, stack in bank.stacks._stacks.items()}  # rows bound as adapters came
+    torch.testing.assert_close(run(2), loop, rtol=1e-5, atol=1e-5)  # gathered from the stacks
+    assert len(calls) == len(bank._site_modules) and segments == 13  # one batched call per site
+    assert all(bank.stacks._stacks[site].tensors is tensors for site, tensors in made.items())  # not made again
+    projection = torch.randn_like(loop)
+
+    def gradients(switch: int) -> list:
+        bank.zero_grad(set_to_none=True)
+        (run(switch, grad=True) * projection).sum().backward()
+        return [p.grad for p in bank.parameters()]
+
+    looped, batched = gradients(10_000), gradients(2)  # training batches stack per call: gradients flow
+    assert sum(g is not None for g in batched) == len(list(bank.parameters()))
+    for got, expected in zip(batched, looped):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_weights_are_the_parameters_and_follow_their_changes(tiny_backbone, monkeypatch):
+    bank = AdapterBank(tiny_backbone, BottleneckConfig(bottleneck_dim=4))
+    for _ in range(4):
+        bank.add()
+    _randomise(bank)
+    tiny_backbone.eval()
+    routes = torch.tensor([k % 5 for k in range(12)])  # adapters 0-3, and 4 once it exists
+    site = next(iter(bank._site_modules))
+    down = [bank.module(k, site).down.weight for k in range(4)]
+    assert len({w.untyped_storage().data_ptr() for w in down}) == 1  # one copy: the parameters are its rows
+    run, _ = _routed_run(bank, tiny_backbone, TEXTS * 2, torch.where(routes == 4, 0, routes), monkeypatch)
+    torch.testing.assert_close(run(2), run(10_000), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        down[1].mul_(3)  # a write lands in the stack
+    torch.testing.assert_close(run(2), run(10_000), rtol=1e-5, atol=1e-5)
+    bank.module(2, site).up.weight.data = torch.randn_like(bank.module(2, site).up.weight)  # new storage
+    torch.testing.assert_close(run(2), run(10_000), rtol=1e-5, atol=1e-5)
+    bank.add()
+    _randomise(bank.adapters[4])
+    run, _ = _routed_run(bank, tiny_backbone, TEXTS * 2, routes, monkeypatch)  # routed to the new one too
+    torch.testing.assert_close(run(2), run(10_000), rtol=1e-5, atol=1e-5)
+    assert len(bank.stacks._stacks[site].params) == 5
 
 
 def test_batched_heads_label_as_each_head_alone(tiny_backbone, monkeypatch):
@@ -244,3 +290,41 @@ def test_adapters_past_the_budget_leave_memory_and_come_back_on_demand(tiny_back
     torch.testing.assert_close(got.confidence, expected.confidence)
     assert torch.equal(got.labels, expected.labels) and lazy.resident.loads >= 4  # read back from the files
     assert lazy.resident.resident_bytes <= 2.5 * one  # the batch held all six; after it, the budget again
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_files_hold_the_model_that_was_evaluated(tiny_backbone, dtype, tmp_path):
+    from safetensors import safe_open
+
+    from continual.learners import AdapterPerTask
+    from continual.learners.adapter_per_task import SAVE_DTYPES
+    from continual.streams import DemoStream
+    from continual.training import TrainerConfig
+
+    task = DemoStream(max_per_class=8).load().tasks[0]
+    cfg = TrainerConfig(epochs=1, batch_size=16, lr=1e-2)
+    sizes = {}
+    for stored in ("float32", dtype):
+        learner = AdapterPerTask(tiny_backbone, KINDS["lora"][0], cfg, progress=False, save_dtype=stored)
+        learner.learn([task])
+        (path,) = learner.save(tmp_path / stored)
+        sizes[stored] = _tensor_bytes(path)
+        learner.bank.remove_hooks()
+    weights = [*learner.bank.parameters(), *learner.heads.parameters()]
+    assert all(torch.equal(p, p.to(SAVE_DTYPES[dtype]).float()) for p in weights)  # rounded once trained
+    with safe_open(str(path), framework="pt") as f:
+        assert {f.get_tensor(name).dtype for name in f.keys()} == {SAVE_DTYPES[dtype]}  # noqa: SIM118
+    assert sizes[dtype] * 2 == sizes["float32"]
+    restored = AdapterPerTask(tiny_backbone, KINDS["lora"][0], cfg, progress=False)  # loads into float32
+    restored.load(tmp_path / dtype, [task])
+    assert restored.fingerprints() == learner.fingerprints()
+    restored.bank.remove_hooks()
+    with pytest.raises(ContinualError, match="learner.save_dtype must be one of"):
+        AdapterPerTask(tiny_backbone, KINDS["lora"][0], cfg, save_dtype="int8")
+
+
+def _tensor_bytes(path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return sum(f.get_tensor(name).nbytes for name in f.keys())  # noqa: SIM118  # not a dict

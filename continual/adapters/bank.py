@@ -7,6 +7,8 @@ costs one backbone pass plus one small computation per adapter and site, not one
 From :data:`BATCHED_FROM` segments on, kinds that can (bottleneck, LoRA, BitFit) run all of a site's
 adapters as one batched computation instead: each example's adapter weights are gathered and applied
 with ``bmm``, so a batch of 128 adapters costs a few kernels per site rather than 128 small ones.
+Outside training the weights are gathered from the site's stack (:mod:`continual.adapters.stacked`:
+the adapters' parameters are views of its rows), so no call copies every routed adapter again.
 Without segments (or with adapter ``None``) the backbone runs plain, which routers use for features.
 
 Any adapter kind fits: its config implements :class:`AdapterKind`. Output adapters (bottleneck,
@@ -20,6 +22,7 @@ import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -27,6 +30,7 @@ from torch import nn
 
 from continual.adapters.prefix import PrefixAttention
 from continual.adapters.sites import layer_of
+from continual.adapters.stacked import SiteStacks
 from continual.errors import ContinualError
 
 if TYPE_CHECKING:
@@ -50,8 +54,10 @@ class AdapterKind(Protocol):
     * :meth:`sites`: the backbone modules it attaches to, keyed ``'<layer>_<name>'``; a target that
       does not exist is one error line.
     * :meth:`make`: one task's modules, one per site, with the same keys.
-    * :meth:`run_many`: an output kind's modules of many tasks at one site applied in one batched
-      computation, equal to running each on its rows; None if the kind cannot (the bank then loops).
+    * :meth:`row_weights` and :meth:`run_rows`: an output kind's batched form, equal to running each
+      row through its own task's module. ``row_weights`` names the parameters that differ per task
+      (the bank stacks and gathers them per row); ``run_rows`` applies them. A kind without a batched
+      form returns ``()`` from ``row_weights`` (the bank then loops over the segments).
     """
 
     hook: str
@@ -61,10 +67,15 @@ class AdapterKind(Protocol):
 
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict: ...
 
-    def run_many(
-        self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Row ``b`` through ``modules[index[b]]``: ``(x, out) -> new out`` for a batch mixing adapters."""
+    def row_weights(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
+        """One task's module's per-task parameters at a site, in the order :meth:`run_rows` takes them."""
+        ...
+
+    def run_rows(
+        self, module: nn.Module, weights: tuple[torch.Tensor, ...], x: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
+        """``(x, out) -> new out`` where row ``b`` uses ``weights[i][b]`` (its task's ``row_weights()[i]``);
+        ``module`` is any task's module at the site, for what all share (activation, dropout, scale)."""
         ...
 
 
@@ -84,8 +95,12 @@ class AdapterBank(nn.Module):
         # AdapterFusion-style mixtures: fusion[str(k)][site] = logits over adapters 0..k (task k's own last)
         self.fusion = nn.ModuleDict()
         self._segments: Sequence[Segment] = ()
+        # per-site stacks of the adapters' weights for mixed batches; None: stack per call (a learner whose
+        # adapters leave memory turns them off, or a dropped adapter's row would keep it resident)
+        self.stacks: SiteStacks | None = SiteStacks()
         sites = config.sites(backbone)
         self._site_modules = sites
+        self._first_site = next(iter(sites))
         self.first_layer = min(layer_of(name) for name in sites)  # layers below it never see an adapter
         self._handles: list[Any] = (  # what remove_hooks undoes: prefix attentions or forward hooks
             [PrefixAttention(module, name, self._routed_sites) for name, module in sites.items()]
@@ -111,14 +126,34 @@ class AdapterBank(nn.Module):
         """Every routed row through its adapter in one batched computation (None: the kind cannot, or a
         segment is fused, which mixes adapters); rows routed to no adapter keep ``out``."""
         segments = [s for s in self._segments if s[0] is not None]
-        if any(str(a) in self.fusion for a, _, _ in segments):
+        adapters: list[int] = [a for a, _, _ in segments]  # type: ignore[misc]  # None filtered out above
+        if any(str(a) in self.fusion for a in adapters) or not self._weights(adapters[0], site):
             return None
-        modules = [self.module(a, site) for a, _, _ in segments]  # type: ignore[arg-type]
         lengths = torch.tensor([stop - start for _, start, stop in segments], device=out.device)
-        index = torch.repeat_interleave(torch.arange(len(segments), device=out.device), lengths)
+        weights = self._row_weights(site, adapters, lengths)
         first = segments[0][1]  # rows routed to no adapter sort first (negative ids)
-        new = self.config.run_many(modules, index, x[first:], out[first:])
-        return None if new is None else (new if first == 0 else torch.cat([out[:first], new]))
+        new = self.config.run_rows(self.module(adapters[0], site), weights, x[first:], out[first:])
+        return new if first == 0 else torch.cat([out[:first], new])
+
+    def _row_weights(self, site: str, adapters: list[int], lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each routed row's adapter weights at ``site`` (segment ``i`` has ``lengths[i]`` rows of adapter
+        ``adapters[i]``): from the site's stack, or, where gradients must reach the parameters (training)
+        or stacks are off, stacked from the routed adapters' parameters on this call."""
+        if self.stacks is not None and not torch.is_grad_enabled():
+            index = torch.repeat_interleave(torch.tensor(adapters, device=lengths.device), lengths)
+            return self.stacks.rows(site, adapters, index, partial(self._all_weights, site))
+        index = torch.repeat_interleave(torch.arange(len(adapters), device=lengths.device), lengths)
+        return tuple(torch.stack(w)[index] for w in zip(*(self._weights(a, site) for a in adapters)))
+
+    def _weights(self, k: int, site: str) -> tuple[torch.Tensor, ...]:
+        return self.config.row_weights(self.module(k, site))
+
+    def _all_weights(self, site: str) -> list[tuple[torch.Tensor, ...]]:
+        return [self._weights(k, site) for k in range(len(self.adapters))]
+
+    def _device(self) -> torch.device:
+        """Where the backbone is (its site modules): new adapters are made there."""
+        return next(self._site_modules[self._first_site].parameters()).device
 
     def _hook(self, site: str):
         def apply(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:
@@ -149,7 +184,10 @@ class AdapterBank(nn.Module):
                 "learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
                 "use transfer=similar or none with adapter=prefix"
             )
-        self.adapters.append(self.config.make(self._site_modules, self.hidden_size))
+        self.adapters.append(self.config.make(self._site_modules, self.hidden_size).to(self._device()))
+        if self.stacks is not None and self._weights(k, self._first_site):  # rows from the start: see stacked.py
+            for site in self._site_modules:
+                self.stacks.add(site, self._weights(k, site), partial(self._all_weights, site))
         if fuse and k > 0:
             self.fusion[str(k)] = nn.ParameterDict(
                 {site: nn.Parameter(torch.zeros(k + 1)) for site in self._site_modules}

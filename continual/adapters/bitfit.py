@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -41,12 +40,14 @@ class BitFitConfig:
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
         return nn.ModuleDict({name: BiasShift(_bias_size(m)) for name, m in sites.items()})
 
-    def run_many(
-        self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+    def row_weights(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
+        return (cast(BiasShift, module).delta,)
+
+    def run_rows(
+        self, module: nn.Module, weights: tuple[torch.Tensor, ...], x: torch.Tensor, out: torch.Tensor
     ) -> torch.Tensor:
-        """Row b: out + delta_b, the shifts gathered per row (broadcast over its tokens)."""
-        modules = cast(Sequence[BiasShift], modules)  # what make() built
-        delta = torch.stack([m.delta for m in modules])[index]  # [B, size]
+        """Row b: out + delta_b (broadcast over its tokens)."""
+        (delta,) = weights  # [B, size]
         return out + delta.view(delta.shape[0], *([1] * (out.dim() - 2)), delta.shape[1])
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
@@ -72,17 +71,18 @@ class BottleneckConfig:
         width = self.width(hidden_size)
         return nn.ModuleDict({name: Bottleneck(hidden_size, width, self.non_linearity) for name in sites})
 
-    def run_many(
-        self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+    def row_weights(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
+        m = cast(Bottleneck, module)  # what make() built
+        return m.down.weight, m.down.bias, m.up.weight, m.up.bias
+
+    def run_rows(
+        self, module: nn.Module, weights: tuple[torch.Tensor, ...], x: torch.Tensor, out: torch.Tensor
     ) -> torch.Tensor:
-        """Row b: out + up_b(act(down_b(out))) with each row's own adapter, as gathered weights and ``baddbmm``."""
-        modules = cast(Sequence[Bottleneck], modules)  # what make() built
-        down = torch.stack([m.down.weight for m in modules])[index].transpose(1, 2)  # [B, hidden, width]
-        down_bias = torch.stack([m.down.bias for m in modules])[index].unsqueeze(1)
-        up = torch.stack([m.up.weight for m in modules])[index].transpose(1, 2)  # [B, width, hidden]
-        up_bias = torch.stack([m.up.bias for m in modules])[index].unsqueeze(1)
-        act = modules[0].act  # one config: every module has the same activation
-        return out + torch.baddbmm(up_bias, act(torch.baddbmm(down_bias, out, down)), up)
+        """Row b: out + up_b(act(down_b(out))) with each row's own weights, as two ``baddbmm``."""
+        down, down_bias, up, up_bias = weights  # [B, width, hidden], [B, width], [B, hidden, width], [B, hidden]
+        act = cast(Bottleneck, module).act  # one config: every task's module has the same activation
+        hidden = act(torch.baddbmm(down_bias.unsqueeze(1), out, down.transpose(1, 2)))
+        return out + torch.baddbmm(up_bias.unsqueeze(1), hidden, up.transpose(1, 2))
 
 
 class Bottleneck(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
@@ -52,15 +51,17 @@ class LoRAConfig:
             }
         )
 
-    def run_many(
-        self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+    def row_weights(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
+        m = cast(LoRA, module)  # what make() built
+        return m.A, m.B
+
+    def run_rows(
+        self, module: nn.Module, weights: tuple[torch.Tensor, ...], x: torch.Tensor, out: torch.Tensor
     ) -> torch.Tensor:
         """Row b: out + dropout(x) A_bᵀ B_bᵀ · alpha/rank with each row's own A and B, as two ``bmm``."""
-        modules = cast(Sequence[LoRA], modules)  # what make() built
-        a = torch.stack([m.A for m in modules])[index].transpose(1, 2)  # [B, in, rank]
-        b = torch.stack([m.B for m in modules])[index].transpose(1, 2)  # [B, rank, out]
-        first = modules[0]
-        return out + torch.bmm(torch.bmm(first.dropout(x), a), b) * first.scale
+        a, b = weights  # [B, rank, in], [B, out, rank]
+        m = cast(LoRA, module)  # dropout and scale are the same in every task's module
+        return out + torch.bmm(torch.bmm(m.dropout(x), a.transpose(1, 2)), b.transpose(1, 2)) * m.scale
 
 
 def _linear(sites: dict[str, nn.Module]) -> dict[str, nn.Linear]:

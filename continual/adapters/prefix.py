@@ -56,9 +56,14 @@ class PrefixConfig:
     def make(self, sites: dict[str, nn.Module], hidden_size: int) -> nn.ModuleDict:
         return nn.ModuleDict({name: Prefix(self.length, _width(m), self.init_std) for name, m in sites.items()})
 
-    def run_many(self, modules: Sequence[nn.Module], index: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
-        """Prefixes change attention itself (:class:`PrefixAttention` runs each segment): nothing to batch here."""
-        return None
+    def row_weights(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
+        """Prefixes change attention itself (:class:`PrefixAttention` runs each segment): no batched form."""
+        return ()
+
+    def run_rows(
+        self, module: nn.Module, weights: tuple[torch.Tensor, ...], x: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError("prefix tuning has no batched form (row_weights is empty)")
 
 
 def _width(attention: Any) -> int:

@@ -57,6 +57,7 @@ from continual.training import TrainerConfig, fit, pad, pad_targets, token_targe
 
 log = logging.getLogger(__name__)
 TRANSFERS = ("none", "similar", "fusion")
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,16 @@ class AdapterPerTaskConfig:
     ``max_resident_mb``: adapters loaded from a run's files (predict, serving, resume) stay in memory up
     to this many megabytes; the others are read back from their files when routed to (LRU, see
     :mod:`continual.adapters.resident`). None: all resident.
+    ``save_dtype``: what adapter files hold: ``float32``, or ``float16`` / ``bfloat16`` (half the bytes, for
+    long streams of small tasks). Below float32 each task's weights are rounded to it once trained, so the
+    model that is evaluated is the one its file holds and a resumed run continues from the same weights.
     """
 
     head_dropout: float = 0.1
     transfer: str = "none"
     progress: bool = True
     max_resident_mb: float | None = None
+    save_dtype: str = "float32"
 
     head = Head.PER_TASK  # per-task modules on a frozen backbone: a router chooses among them
 
@@ -84,6 +89,8 @@ class AdapterPerTaskConfig:
             raise ContinualError(f"learner.max_resident_mb must be a number of megabytes >= 0 or null, got {budget!r}")
         if self.transfer not in TRANSFERS:
             raise ContinualError(f"learner.transfer must be one of {list(TRANSFERS)}, got {self.transfer!r}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ContinualError(f"learner.save_dtype must be one of {list(SAVE_DTYPES)}, got {self.save_dtype!r}")
 
     def build(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, seed: int) -> AdapterPerTask:
         return AdapterPerTask(backbone, adapter, trainer, seed=seed, **asdict(self))
@@ -110,8 +117,10 @@ class AdapterPerTask:
         progress: bool = True,
         transfer: str = "none",
         max_resident_mb: float | None = None,
+        save_dtype: str = "float32",
     ) -> None:
-        self.config = AdapterPerTaskConfig(head_dropout, transfer, progress, max_resident_mb)
+        self.config = AdapterPerTaskConfig(head_dropout, transfer, progress, max_resident_mb, save_dtype)
+        self.save_dtype = SAVE_DTYPES[save_dtype]
         self.transfer = transfer
         self.centroids: list[np.ndarray] = []  # per task, for transfer=similar
         self.sources: dict[int, int] = {}  # task -> the earlier task its adapter was copied from
@@ -122,6 +131,8 @@ class AdapterPerTask:
         self.device = trainer.torch_device()
         self.bank = AdapterBank(backbone, adapter)
         self.resident = ResidentSet(self.bank.adapters, max_resident_mb) if max_resident_mb is not None else None
+        if self.resident is not None:  # a dropped adapter's row in a stack would keep it in memory
+            self.bank.stacks = None
         self.heads = nn.ModuleList()
         self.dropout = nn.Dropout(head_dropout)
         self.tasks: list[Task] = []
@@ -280,6 +291,9 @@ class AdapterPerTask:
             progress=self.progress,
             on_loss=on_loss,
         )
+        with torch.no_grad():  # the weights its file will hold (a no-op in float32)
+            for p in params:
+                p.copy_(p.to(self.save_dtype))
         val_acc = oracle_score(self, k, task, task.validation)
         return LearnReport(
             task.name,
@@ -434,7 +448,9 @@ class AdapterPerTask:
             }
             if str(k) in self.bank.fusion:
                 tensors.update(files.with_prefix("fusion.", self.bank.fusion[str(k)].state_dict()))
-            files.save_tensors(path, tensors, self._metadata(k, task))
+            # rounded to save_dtype once trained (learn), so the cast is exact
+            stored = {name: t.to(self.save_dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+            files.save_tensors(path, stored, self._metadata(k, task))
             self._on_disk.add(path.absolute())
         return paths
 
