@@ -56,12 +56,17 @@ def run_tags(config: Mapping[str, Any], choices: Mapping[str, str], router: Rout
     return tags
 
 
+DESCRIBED_TASKS = 20  # a stream of 1,000 tasks is described by its first ones and a count, not in one huge line
+
+
 def _describe(stream: Stream) -> str:
-    return ", ".join(
+    described = ", ".join(
         f"{t.name} ({len(t.labels)} {'entity types' if t.kind == TOKENS else 'labels'}, "
         f"{len(t.train)}/{len(t.validation)}/{len(t.test)})"
-        for t in stream.tasks
+        for t in stream.tasks[:DESCRIBED_TASKS]
     )
+    more = len(stream.tasks) - DESCRIBED_TASKS
+    return described + (f", ... and {more} more tasks" if more > 0 else "")
 
 
 def _attach_log(tracker: Tracker, log_file: Path | None) -> None:

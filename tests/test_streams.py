@@ -203,3 +203,8 @@ def test_many_tasks_are_seeded_clients_that_only_the_oracle_routes():
         check_compatible(small, PrototypeRouter(), Head.PER_TASK, "learner")
     with pytest.raises(ContinualError, match=r"stream.num_tasks must be an integer in \[1, 10000\], got 10001"):
         ManyTasks(num_tasks=10001)
+    from continual.runner import _describe
+
+    described = _describe(large)  # the start-up log line names the first 20 tasks and counts the rest
+    assert "client00019 (3 labels, 30/12/12)" in described and described.endswith("client00019 (3 labels, 30/12/12)")
+    assert _describe(ManyTasks(num_tasks=25).load()).endswith("client00019 (3 labels, 30/12/12), ... and 5 more tasks")
