@@ -237,6 +237,9 @@ def test_stacked_weights_are_the_parameters_and_follow_their_changes(tiny_backbo
     run, _ = _routed_run(bank, tiny_backbone, TEXTS * 2, routes, monkeypatch)  # routed to the new one too
     torch.testing.assert_close(run(2), run(10_000), rtol=1e-5, atol=1e-5)
     assert len(bank.stacks._stacks[site].params) == 5
+    bank.to(torch.float64).to(torch.float32)  # new storage for every parameter: no stale rows are kept
+    assert not bank.stacks._stacks
+    torch.testing.assert_close(run(2), run(10_000), rtol=1e-5, atol=1e-5)
 
 
 def test_batched_heads_label_as_each_head_alone(tiny_backbone, monkeypatch):

@@ -209,6 +209,14 @@ class AdapterBank(nn.Module):
         finally:
             self._segments = previous
 
+    def _apply(self, fn, recurse=True):  # nn.Module's, behind .to(), .half(), ...
+        """A move or cast gives the parameters new storage: drop the stacks rather than keep stale rows (they
+        are made again at the next add or mixed batch)."""
+        moved = super()._apply(fn, recurse)
+        if self.stacks is not None:
+            self.stacks = SiteStacks()
+        return moved
+
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
