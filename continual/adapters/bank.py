@@ -184,7 +184,9 @@ class AdapterBank(nn.Module):
                 "learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
                 "use transfer=similar or none with adapter=prefix"
             )
-        self.adapters.append(self.config.make(self._site_modules, self.hidden_size).to(self._device()))
+        adapter = self.config.make(self._site_modules, self.hidden_size)  # on the CPU
+        device = self._device()
+        self.adapters.append(adapter if device.type == "cpu" else adapter.to(device))  # there before rows are bound
         if self.stacks is not None and self._weights(k, self._first_site):  # rows from the start: see stacked.py
             for site in self._site_modules:
                 self.stacks.add(site, self._weights(k, site), partial(self._all_weights, site))

@@ -63,12 +63,13 @@ def _stack(weights: list[Weights], capacity: int) -> _Stack:
     """Copy every adapter's weights into rows and make the parameters views of them, one weight at a time
     (so that at most one weight's old storage and its new rows are held together)."""
     tensors = []
-    for i, first in enumerate(weights[0]):
-        with torch.inference_mode(False):
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors: the parameters are trained in place
+        for i, first in enumerate(weights[0]):
             rows = torch.empty((capacity, *first.shape), dtype=first.dtype, device=first.device)
-        for k, w in enumerate(weights):
-            _bind((rows,), k, (w[i],))
-        tensors.append(rows)
+            torch.stack([w[i] for w in weights], out=rows[: len(weights)])
+            for k, w in enumerate(weights):
+                w[i].data = rows[k]
+            tensors.append(rows)
     return _Stack(tuple(tensors), weights, [_pointers(w) for w in weights])
 
 
