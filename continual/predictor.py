@@ -11,6 +11,7 @@ on text far from every learned task.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,10 @@ class Predictor:
         self.kinds = np.array(list(kinds) if kinds is not None else [SEQUENCE] * len(self.task_names))
         self.progress = progress
         self.calibration = calibration
+        # one answer at a time: a forward pass routes through state on shared modules (the bank's segments,
+        # the backbone's layer list, the tokenizer's truncation), so threads that share this predictor (the
+        # workers of `mlflow models serve`) would read each other's routing
+        self._busy = threading.Lock()
 
     def _task_index(self, name: str) -> int:
         if name not in self.task_names:
@@ -245,8 +250,9 @@ class Predictor:
         for start in range(0, len(texts), step):
             chunk = list(texts[start : start + step])
             pairs = [text for text in chunk for _ in range(T)]
-            outputs = self._outputs(pairs, np.tile(np.arange(T), len(chunk)))
-            routes = self._routes_by_kind(chunk)
+            with self._busy:
+                outputs = self._outputs(pairs, np.tile(np.arange(T), len(chunk)))
+                routes = self._routes_by_kind(chunk)
             for n, text in enumerate(chunk):
                 mine = outputs[n * T : (n + 1) * T]
                 record: dict[str, Any] = {"text": text, "tasks": dict(zip(self.task_names, mine))}
@@ -281,7 +287,9 @@ class Predictor:
         bar = tqdm(total=len(queries), desc="predict", unit="text", disable=not self.progress)
         for start in range(0, len(queries), CHUNK):
             chunk = queries[start : start + CHUNK]
-            yield from self._chunk(chunk, threshold)
+            with self._busy:
+                records = list(self._chunk(chunk, threshold))
+            yield from records
             bar.update(len(chunk))
         bar.close()
 

@@ -238,3 +238,33 @@ def test_mlflow_models_serve_answers_mixed_requests_and_a_rollback_forgets_the_n
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
+
+
+def test_concurrent_requests_to_one_loaded_model_get_the_serial_answers(registered):
+    """32 requests of mixed tasks and params at once on one loaded model (as `mlflow models serve` runs
+    them: worker threads sharing the model) answer exactly as the same requests one at a time."""
+    import random
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+
+    from continual.streams.demo_data import demo_examples
+
+    _, uri = registered
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/bank/2")
+    texts = [t for task in ("banking", "travel", "cooking") for t, _ in demo_examples(task, "test")]
+    rng = random.Random(0)
+    params = [None, {"task": "travel"}, {"accept_rate": 0.5}, {"all_tasks": True}]
+    requests = [(rng.sample(texts, rng.randint(1, 24)), params[n % len(params)]) for n in range(32)]
+    serial = [model.predict(r, params=p) for r, p in requests]
+    start = threading.Barrier(len(requests))
+
+    def ask(request):
+        start.wait()
+        return model.predict(request[0], params=request[1])
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        concurrent = list(pool.map(ask, requests))
+    assert concurrent == serial
