@@ -1,5 +1,5 @@
 """``python -m continual`` is the ``continual`` command."""
 
-from continual.cli import main
+from continual.commands.cli import main
 
 main()

@@ -6,7 +6,7 @@ A predicted entity counts only when its type *and* its span equal a gold entity'
 every entity of every sentence.
 
 Written here rather than taken from seqeval: the scorer works on the integer tag ids the heads emit
-(tag 0 = O, 2m+1 = B of type m, 2m+2 = I of type m, see :func:`continual.streams.task.bio_tags`),
+(tag 0 = O, 2m+1 = B of type m, 2m+2 = I of type m, see :func:`continual.streams.kinds.tokens.bio_tags`),
 compares entities by stream-wide class id so that an input routed to another task's tagger is scored
 against the right types, and is twenty lines that the tests pin to conlleval's numbers.
 """

@@ -1,15 +1,19 @@
-"""Writing files so that a crash never leaves half of one, and reading safetensors that must match.
+"""Writing files so that a crash never leaves half of one, reading safetensors that must match, and knowing
+that a file still holds what was written.
 
 Every file a run keeps (adapters, router state, checkpoint, CSVs, results) is written to a temporary
 file beside its destination and renamed into place: a kill at any moment leaves either the old file
 or the new one, never a truncated one. Saved tensors carry metadata that says what they were made
 for (backbone, adapter config, labels, ...); :func:`read_checked` refuses a file whose metadata
-disagrees with what the loader expects, naming the first key that differs.
+disagrees with what the loader expects, naming the first key that differs. A run records the sha256 of
+every file a reload needs (:class:`Hashes`, in ``checkpoint.json``); :func:`verify` checks them before a
+load, so a flipped bit or a truncated file is one line naming the file, not a changed prediction.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +27,16 @@ from safetensors import SafetensorError, safe_open
 from continual.errors import ContinualError, first_line
 
 
+def _file_mode() -> int:
+    """What a plain ``open(path, "w")`` gives a new file under this process's umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; once the block has written it, rename it onto ``path``.
@@ -33,6 +47,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, FILE_MODE)  # writers that make private temporary files (safetensors) would leave 0600
         tmp.replace(path)
     except OSError as exc:  # a full disk, a read-only folder: one line; the previous file stays as it was
         raise ContinualError(f"{path}: cannot write ({exc.strerror or exc}); the previous version is kept") from exc
@@ -85,15 +100,22 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise ContinualError(f"{path}: unreadable safetensors file ({first_line(exc)})") from exc
 
 
-def read_checked(path: Path, expected: Mapping[str, str], framework: str = "pt", hint: str = "") -> dict:
+def read_checked(
+    path: Path,
+    expected: Mapping[str, str],
+    framework: str = "pt",
+    hint: str = "",
+    upgrade: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None,
+) -> dict:
     """The tensors of ``path`` (torch with ``framework='pt'``, numpy with ``'np'``) after checking its metadata.
 
-    Every key of ``expected`` must hold the same value in the file's metadata; otherwise one line names
-    the file, the key, both values and ``hint`` (what the file can be loaded onto).
+    Every key of ``expected`` must hold the same value in the file's metadata (as ``upgrade`` brings an
+    older file's metadata up to date, see :mod:`continual.migrations`); otherwise one line names the
+    file, the key, both values and ``hint`` (what the file can be loaded onto).
     """
     if not path.is_file():
         raise ContinualError(f"{path}: missing")
-    meta = read_metadata(path)
+    meta = read_metadata(path) if upgrade is None else upgrade(read_metadata(path))
     for key, value in expected.items():
         if meta.get(key) != value:
             raise ContinualError(
@@ -105,6 +127,47 @@ def read_checked(path: Path, expected: Mapping[str, str], framework: str = "pt",
             return {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     except (SafetensorError, OSError) as exc:
         raise ContinualError(f"{path}: unreadable safetensors file ({first_line(exc)})") from exc
+
+
+def sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Hashes:
+    """The sha256 of files as they are now, hashed again only when a file was replaced or changed since."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[int, int, int], str]] = {}  # path -> ((inode, size, mtime), sha256)
+
+    def of(self, path: Path) -> str:
+        stat = path.stat()
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        known = self._known.get(path)
+        if known is None or known[0] != key:
+            known = self._known[path] = (key, sha256(path))
+        return known[1]
+
+
+def verify(folder: Path, manifest: Mapping[str, str], within: str = "") -> None:
+    """Every file of ``manifest`` (path relative to ``folder`` -> sha256; those under ``within`` only) still holds
+    what was written: one line naming the first file that is missing or differs."""
+    for name, recorded in manifest.items():
+        if not name.startswith(within):
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise ContinualError(f"{path}: missing (the run recorded it); restore it from the run's MLflow artifacts")
+        found = sha256(path)
+        if found != recorded:
+            raise ContinualError(
+                f"{path}: damaged: its sha256 is {found[:12]}..., the run recorded {recorded[:12]}... when it wrote "
+                "it; restore the file from the run's MLflow artifacts"
+            )
 
 
 def with_prefix(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ Conventions used everywhere in ``continual``:
 * Our ``forgetting`` is Chaudhry et al. (2018): the *maximum* earlier accuracy minus the final one.
   It is not Avalanche's "forgetting" (first minus last).
 * Entries not evaluated are ``nan`` too (``eval.every``, ``eval.tasks=sample:K``: see
-  :mod:`continual.schedule`). Every metric uses what was evaluated: R[j, j] is then the first
+  :mod:`continual.run.schedule`). Every metric uses what was evaluated: R[j, j] is then the first
   evaluation of task j after it was learned, and a task enters BWT and forgetting when it was
   evaluated in the last row and at least once before it. On a full matrix these are the usual
   definitions.

@@ -37,14 +37,14 @@ import numpy as np
 import torch
 
 from continual.adapters import BottleneckConfig
-from continual.backbone import PACKAGED_MINILM, Backbone, resolve_name
-from continual.evaluation import Evaluator
-from continual.experiment import run_stream
-from continual.learners import AdapterPerTask
+from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+from continual.model.backbone import PACKAGED_MINILM, Backbone, resolve_name
+from continual.model.training import TrainerConfig, pad
 from continual.routers import OracleRouter, PrototypeRouter
+from continual.run.evaluation import Evaluator
+from continual.run.experiment import RunOptions, run_stream
 from continual.streams import Clinc150Domains, Stream
 from continual.tracking import MemoryTracker
-from continual.training import TrainerConfig, pad
 
 
 def peak_rss_mb() -> float:
@@ -74,11 +74,14 @@ def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, ob
     for skip in args.ours_skip_layers:  # the first variant's learner is kept for parts 2 and 3
         torch.manual_seed(0)
         variant = AdapterPerTask(
-            Backbone.load(), BottleneckConfig(placement=args.placement, skip_layers=skip), trainer, progress=False
+            Backbone.load(),
+            BottleneckConfig(placement=args.placement, skip_layers=skip),
+            trainer,
+            AdapterPerTaskConfig(progress=False),
         )
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            result = run_stream(stream, variant, OracleRouter(), MemoryTracker(), Path(out), progress=False)
+            result = run_stream(stream, variant, OracleRouter(), MemoryTracker(), RunOptions(Path(out), progress=False))
             seconds = time.perf_counter() - start
         train = sum(r.seconds for r in result.reports)
         ours[skip] = (seconds, float(np.mean(result.state.R[-1])) * 100)
@@ -192,11 +195,13 @@ def prefix_cache(args, stream) -> None:
     rows = {}
     for cache_mb in (args.cache_mb, 0):
         trainer = TrainerConfig(epochs=args.cache_epochs, cache_mb=cache_mb)
-        learner = AdapterPerTask(Backbone.load(), BottleneckConfig(skip_layers=skip), trainer, progress=False)
+        learner = AdapterPerTask(
+            Backbone.load(), BottleneckConfig(skip_layers=skip), trainer, AdapterPerTaskConfig(progress=False)
+        )
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             result = run_stream(
-                sub, learner, PrototypeRouter(layers=layers), MemoryTracker(), Path(out), progress=False
+                sub, learner, PrototypeRouter(layers=layers), MemoryTracker(), RunOptions(Path(out), progress=False)
             )
             seconds = time.perf_counter() - start
         rows[cache_mb] = (seconds, float(np.mean(result.state.R[-1])) * 100)

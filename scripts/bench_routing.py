@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from continual.adapters import BottleneckConfig
-from continual.backbone import Backbone
-from continual.learners import AdapterPerTask
+from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+from continual.model.backbone import Backbone
+from continual.model.training import TrainerConfig, pad
 from continual.streams import Split, Task
-from continual.training import TrainerConfig, pad
 
 
 def texts_for(data: Path | None, n: int) -> list[str]:
@@ -53,7 +53,9 @@ def main() -> None:
 
     torch.manual_seed(0)
     backbone = Backbone.load()
-    learner = AdapterPerTask(backbone, BottleneckConfig(bottleneck_dim=24), TrainerConfig(), progress=False)
+    learner = AdapterPerTask(
+        backbone, BottleneckConfig(bottleneck_dim=24), TrainerConfig(), AdapterPerTaskConfig(progress=False)
+    )
     empty = Split((), torch.zeros(0, dtype=torch.long).numpy())
     for k in range(args.adapters):
         learner._allocate(Task(f"t{k}", tuple(f"l{c}" for c in range(15)), empty, empty, empty))

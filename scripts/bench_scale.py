@@ -43,14 +43,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from continual import files
 from continual.adapters import BottleneckConfig
 from continual.adapters import bank as bank_module
-from continual.backbone import Backbone
-from continual.learners import AdapterPerTask
+from continual.learners import AdapterPerTask, AdapterPerTaskConfig
 from continual.learners.base import digest
+from continual.model.backbone import Backbone
+from continual.model.training import TrainerConfig, pad
 from continual.routers.prototype import ClassStatistics
 from continual.streams import Split, Task
-from continual.training import TrainerConfig, pad
 
 CLASSES_PER_TASK = 10
 
@@ -91,7 +92,9 @@ def medians(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str
 def build(n: int) -> tuple[AdapterPerTask, float, float]:
     """A learner with ``n`` random adapters and heads; RSS before them (MB) and the adapters' and heads' bytes (MB)."""
     torch.manual_seed(0)
-    learner = AdapterPerTask(Backbone.load(), BottleneckConfig(bottleneck_dim=24), TrainerConfig(), progress=False)
+    learner = AdapterPerTask(
+        Backbone.load(), BottleneckConfig(bottleneck_dim=24), TrainerConfig(), AdapterPerTaskConfig(progress=False)
+    )
     before = rss_mb()
     for task in tasks(n):
         k = learner._allocate(task)
@@ -103,21 +106,31 @@ def build(n: int) -> tuple[AdapterPerTask, float, float]:
 
 
 def load_seconds(learner: AdapterPerTask, n: int, budget_mb: float, batch: Callable[[AdapterPerTask], None]):
-    """Seconds to save the ``n`` adapters (a file each) and to load them into a fresh learner; then, loaded
+    """Seconds to save the ``n`` adapters (a file each), to check their sha256 (the integrity check before a
+    load) and to load them into a fresh learner; then, loaded
     again under a residency budget of ``budget_mb``: the RSS growth of that load, the adapter bytes held
     after a mixed batch (``batch``) and that batch's seconds."""
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         learner.save(Path(folder))
         saved = time.perf_counter() - start
-        fresh = AdapterPerTask(learner.backbone, learner.bank.config, TrainerConfig(), progress=False)
+        fresh = AdapterPerTask(
+            learner.backbone, learner.bank.config, TrainerConfig(), AdapterPerTaskConfig(progress=False)
+        )
+        manifest = {p.name: files.sha256(p) for p in Path(folder).glob("*.safetensors")}  # what a run records
+        start = time.perf_counter()
+        files.verify(Path(folder), manifest)  # what predict, serving, resume and extend check before a load
+        checked = time.perf_counter() - start
         start = time.perf_counter()
         fresh.load(Path(folder), tasks(n))
         loaded = time.perf_counter() - start
         fresh.bank.remove_hooks()
         del fresh
         lazy = AdapterPerTask(
-            learner.backbone, learner.bank.config, TrainerConfig(), progress=False, max_resident_mb=budget_mb
+            learner.backbone,
+            learner.bank.config,
+            TrainerConfig(),
+            AdapterPerTaskConfig(progress=False, max_resident_mb=budget_mb),
         )
         digest(learner.backbone)  # the load hashes the backbone, whose weights are a memory map of its file: page
         before = rss_mb()  # them in first (about 85 MB for MiniLM) so that they do not count as the load's growth
@@ -127,7 +140,7 @@ def load_seconds(learner: AdapterPerTask, n: int, budget_mb: float, batch: Calla
         assert lazy.resident is not None
         held = lazy.resident.resident_bytes / 2**20  # back under the budget after the batch
         lazy.bank.remove_hooks()
-    return saved, loaded, grown, held, seconds
+    return saved, loaded, checked, grown, held, seconds
 
 
 def router_ms(n: int, queries: int = 256, dim: int = 1920) -> float:
@@ -172,7 +185,7 @@ def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
         repeats,
     )
     mixed_mb = rss_mb() - plain  # with the sites' stacks made
-    saved, loaded, lazy_mb, held_mb, lazy_s = load_seconds(
+    saved, loaded, checked, lazy_mb, held_mb, lazy_s = load_seconds(
         learner, n, budget, lambda lazy: lazy.classify(ids, mask, mixed)
     )
     learner.bank.remove_hooks()
@@ -185,6 +198,7 @@ def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
         "params_mb": params,
         "save_s": saved,
         "load_s": loaded,
+        "check_s": checked,
         "lazy_rss_mb": lazy_mb,
         "lazy_held_mb": held_mb,
         "lazy_vs_resident": times["batched"] / lazy_s,
@@ -262,7 +276,7 @@ def main() -> None:
         f"bank batches from {bank_module.BATCHED_FROM} segments\n"
     )
     header = (
-        "N       segments  mixed/single batched  loop  peft   RSS MB  +mixed  params MB  save s  load s"
+        "N       segments  mixed/single batched  loop  peft   RSS MB  +mixed  params MB  save s  load s  check s"
         "  router ms/q"
         f"  lazy ({args.resident_mb:g} MB): load RSS MB, held MB, mixed vs resident"
     )
@@ -273,7 +287,7 @@ def main() -> None:
         print(
             f"{n:<7} {row['segments']:8.0f}  {row['batched']:21.2f} {row['loop']:5.2f} {peft}  "
             f"{row['rss_mb']:7.1f}  {row['mixed_mb']:6.1f}  {row['params_mb']:9.1f}  "
-            f"{row['save_s']:6.2f}  {row['load_s']:6.2f}  "
+            f"{row['save_s']:6.2f}  {row['load_s']:6.2f}  {row['check_s']:7.2f}  "
             f"{row['router_ms']:11.3f}  {row['lazy_rss_mb']:8.1f} {row['lazy_held_mb']:6.1f} "
             f"{row['lazy_vs_resident']:6.2f}",
             flush=True,

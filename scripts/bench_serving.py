@@ -12,6 +12,9 @@ local`` on loopback (one worker, the machine's cores):
 * cold start: seconds from launching the server to its first answer (median of ``--starts``);
 * throughput: ``--requests`` requests of ``--batch`` texts each, in turn: texts of every task mixed
   (routed), texts of one task (routed), and texts of one task with the ``task`` param (no router);
+* under load: ``--load`` mixed requests sent by 1, 4 and 16 clients at once (threads), texts per second
+  in total and the ratio to one client (more clients must not be slower in total), and whether every
+  answer equals the one the same request got alone;
   the share of texts the model rejected is printed beside each (a rejected text skips its adapter).
   Texts per second are medians over requests; the ratio mixed / single is what the one-resident-backbone
   design promises (mixing tasks in a request costs about nothing).
@@ -44,7 +47,7 @@ def _train(out: Path) -> tuple[str, str]:
         f"hydra.run.dir={out}/run",
     ]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    from continual.registry import versions
+    from continual.tracking.registry import versions
 
     return f"models:/bench/{versions('bench', uri)[-1].version}", uri
 
@@ -92,7 +95,7 @@ def _stop(server: subprocess.Popen) -> None:
 def _storage(model: str, uri: str) -> dict[str, float]:
     import tempfile
 
-    from continual.registry import fetch_bank
+    from continual.serving.registry import fetch_bank
 
     with tempfile.TemporaryDirectory() as scratch:
         bank = fetch_bank(model, uri, Path(scratch), "bench")
@@ -112,15 +115,35 @@ def _texts(model: str, uri: str) -> dict[str, list[str]]:
 
     import yaml
 
-    from continual import assemble
-    from continual.checkpoint import Origin
-    from continual.registry import fetch_bank
+    from continual.run import assemble
+    from continual.run.checkpoint import Origin
+    from continual.serving.registry import fetch_bank
 
     with tempfile.TemporaryDirectory() as scratch:
         bank = fetch_bank(model, uri, Path(scratch), "bench")
         config = yaml.safe_load((bank / "config.yaml").read_text())
         stream = assemble.stream_source(config["stream"]).load(Path(Origin.load(bank).launch_dir))
     return {task.name: list(task.test.texts) for task in stream.tasks}
+
+
+def _load(port: int, texts: dict[str, list[str]], requests: int, batch: int) -> dict[int, tuple[float, bool]]:
+    """Texts per second in total when ``requests`` mixed requests come from 1, 4 and 16 clients at once, and
+    whether every answer equals the one its request got alone."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool_of_texts = [t for values in texts.values() for t in values]
+    rng = random.Random(0)
+    bodies = [{"inputs": rng.sample(pool_of_texts, batch)} for _ in range(requests)]
+    alone = [_post(port, body) for body in bodies]
+    out = {}
+    for clients in (1, 4, 16):
+        with ThreadPoolExecutor(clients) as pool:
+            start = time.perf_counter()
+            answers = list(pool.map(lambda body: _post(port, body), bodies))
+            seconds = time.perf_counter() - start
+        out[clients] = (requests * batch / seconds, answers == alone)
+    return out
 
 
 def main() -> None:
@@ -130,8 +153,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--load", type=int, default=48)
     args = parser.parse_args()
-    from continual.tracking.mlflow import free_port
+    from continual.tracking.store import free_port
 
     model, uri = (args.model, args.tracking_uri) if args.model else _train(ROOT / "runs" / "bench_serving")
     storage = _storage(model, uri)
@@ -147,6 +171,7 @@ def main() -> None:
     starts: list[float] = []
     rates: dict[str, list[float]] = {name: [] for name in bodies}
     rejected: dict[str, float] = {}
+    under_load: dict[int, tuple[float, bool]] = {}
     for start in range(args.starts):
         port = free_port()
         began = time.perf_counter()
@@ -161,6 +186,7 @@ def main() -> None:
                         answer = _post(port, body)["predictions"]
                         rates[name].append(len(body["inputs"]) / (time.perf_counter() - t))
                         rejected[name] = sum(r["abstained"] for r in answer) / len(answer)
+                under_load = _load(port, texts, args.load, args.batch)
         finally:
             _stop(server)
     print(
@@ -174,6 +200,12 @@ def main() -> None:
         print(
             f"{name:24s} {med:7.1f} texts/s  {med / args.batch:6.2f} requests/s  "
             f"ratio to one task routed {med / base:.2f}  (rejected {100 * rejected[name]:.0f}% of texts)"
+        )
+    alone = under_load[1][0]
+    for clients, (rate, same) in under_load.items():
+        print(
+            f"{clients:2d} clients at once      {rate:7.1f} texts/s in total  ratio to one client {rate / alone:.2f}  "
+            f"answers {'equal to' if same else 'DIFFERENT from'} each request's alone"
         )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from continual.tracking import MLflowTracker
-from continual.tracking.mlflow import serve
+from continual.tracking.store import serve
 
 
 def replay(tracker: MLflowTracker, tasks: int, folder: Path) -> None:

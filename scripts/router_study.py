@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import yaml
 
-from continual import assemble
-from continual.backbone import pool
 from continual.learners import AdapterPerTask, saved_tasks
 from continual.learners.base import padded_batches, tokenize
+from continual.model.backbone import pool
 from continual.routers.prototype import ClassStatistics
+from continual.run import assemble
 from continual.streams import Stream
 
 SPLITS = ("train", "validation", "test")

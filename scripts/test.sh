@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh), then the static checks and the tests: what CI runs on a clean clone.
-#   bash scripts/test.sh          ruff (lint + format), mypy, the default test suite (~2-4 min on 2 cores)
+#   bash scripts/test.sh          ruff (lint + format), mypy, the docs site (strict), the default test suite
 #   bash scripts/test.sh slow     the slow set: packaged MiniLM, real servers, browser, PostgreSQL, launchers
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ bash scripts/setup.sh
 echo "ruff: lint"; .venv/bin/ruff check continual tests scripts
 echo "ruff: format"; .venv/bin/ruff format --check continual tests scripts
 echo "mypy"; .venv/bin/mypy
+echo "docs"; NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet -d "$(mktemp -d)/site"
 if [ "${1:-}" = "slow" ]; then
   .venv/bin/python -m pytest -m slow
 else

@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from continual.backbone import Backbone
+from continual.model.backbone import Backbone
 from continual.streams.demo_data import DEMO_TASKS, demo_examples
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -60,7 +60,7 @@ def tiny_backbone(tiny_model_dir) -> Backbone:
 
 def batch(backbone: Backbone, texts: list[str]):
     """(input_ids, attention_mask) of ``texts``, padded, on the CPU."""
-    from continual.training import pad
+    from continual.model.training import pad
 
     return pad(backbone.tokenize(texts, 32), backbone.pad_id, torch.device("cpu"))
 
@@ -141,13 +141,13 @@ QUIET_HYDRA = ("hydra/job_logging=none", "hydra/hydra_logging=none")
 
 
 def main_in_process(monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
-    """``continual ARGS`` through :func:`continual.cli.main` in this process (Hydra door included).
+    """``continual ARGS`` through :func:`continual.commands.cli.main` in this process (Hydra door included).
 
     Returns what a subprocess would: exit status, stdout, stderr. Runs (not subcommands) get Hydra's
     logging set-up turned off; the run's summary still goes to stdout.
     """
-    from continual import cli
-    from continual.cli import SUBCOMMANDS
+    from continual.commands import cli
+    from continual.commands.cli import SUBCOMMANDS
 
     args = tuple(map(str, args))
     if args[:1] != ("resume",) and (not args or args[0] not in SUBCOMMANDS):
@@ -167,7 +167,7 @@ def compose(overrides: list[str], config_dir: Path | None = None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from continual.cmdline import conf_dir
+    from continual.commands.cmdline import conf_dir
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
@@ -175,18 +175,18 @@ def compose(overrides: list[str], config_dir: Path | None = None):
 
 
 def run_in_process(out_dir: Path, overrides: list[str], config_dir: Path | None = None, launch_dir: Path | None = None):
-    """One job through :func:`continual.runner.run_job`, exactly as the CLI runs it, without a subprocess."""
+    """One job through :func:`continual.commands.train.train`, exactly as the CLI runs it, without a subprocess."""
     from omegaconf import OmegaConf, open_dict
 
-    from continual.cli import plain
-    from continual.runner import run_job
+    from continual.commands.cli import plain
+    from continual.commands.train import Job, train
 
     cfg = compose(overrides, config_dir)
     choices = dict(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
     OmegaConf.set_struct(cfg, False)
-    return run_job(plain(cfg), out_dir, launch_dir or out_dir.parent, choices)
+    return train(plain(cfg), Job(out_dir, launch_dir or out_dir.parent, choices))
 
 
 def mlflow_runs(uri: str, experiment: str = "continual") -> list:

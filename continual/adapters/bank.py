@@ -1,8 +1,9 @@
 """A bank of per-task adapters attached to a frozen backbone, routable per example.
 
 Routing is data, not model surgery: before a forward pass the caller sets *segments*, contiguous
-slices of the batch that each belong to one adapter (``[(adapter, start, stop), ...]``). Every
-adapted module then runs each adapter once on its own slice. A batch that mixes many tasks therefore
+slices of the batch that each belong to one adapter (``[(adapter, start, stop), ...]``), for its own
+thread only: threads that share one bank (a served model's request workers) never see each other's
+routing. Every adapted module then runs each adapter once on its own slice. A batch that mixes many tasks therefore
 costs one backbone pass plus one small computation per adapter and site, not one pass per adapter.
 From :data:`BATCHED_FROM` segments on, kinds that can (bottleneck, LoRA, BitFit) run all of a site's
 adapters as one batched computation instead: each example's adapter weights are gathered and applied
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -34,7 +36,7 @@ from continual.adapters.stacked import SiteStacks
 from continual.errors import ContinualError
 
 if TYPE_CHECKING:
-    from continual.backbone import Backbone
+    from continual.model.backbone import Backbone
 
 Segment = tuple[int | None, int, int]
 # segments from which sites run batched: equal to the loop at 4-10 segments, ahead at 70 (scripts/bench_scale.py)
@@ -94,7 +96,7 @@ class AdapterBank(nn.Module):
         self.adapters = nn.ModuleList()
         # AdapterFusion-style mixtures: fusion[str(k)][site] = logits over adapters 0..k (task k's own last)
         self.fusion = nn.ModuleDict()
-        self._segments: Sequence[Segment] = ()
+        self._routing = threading.local()  # each thread's segments (see routed)
         # per-site stacks of the adapters' weights for mixed batches; None: stack per call (a learner whose
         # adapters leave memory turns them off, or a dropped adapter's row would keep it resident)
         self.stacks: SiteStacks | None = SiteStacks()
@@ -111,6 +113,11 @@ class AdapterBank(nn.Module):
     def module(self, k: int, site: str) -> Any:
         """Task ``k``'s module at ``site`` (as its kind's ``make`` built it)."""
         return self.adapters[k][site]  # type: ignore[index]  # adapters[k] is the ModuleDict make() returned
+
+    @property
+    def _segments(self) -> Sequence[Segment]:
+        """This thread's segments (none: the plain backbone)."""
+        return getattr(self._routing, "segments", ())
 
     def _routed_sites(self, site: str) -> list[tuple[Any, int, int]]:
         return [(None if a is None else self.module(a, site), start, stop) for a, start, stop in self._segments]
@@ -196,20 +203,32 @@ class AdapterBank(nn.Module):
             )
         return k
 
+    def fused(self, k: int) -> bool:
+        """Whether adapter ``k`` mixes in the earlier adapters' updates (``add(fuse=True)``)."""
+        return str(k) in self.fusion
+
+    def own_modules(self, k: int) -> list[nn.Module]:
+        """What belongs to adapter ``k`` alone (and trains with it): itself, and its fusion weights if fused."""
+        return [self.adapters[k], *([self.fusion[str(k)]] if self.fused(k) else [])]
+
+    def runs_through(self, k: int) -> range:
+        """The adapters a batch routed to ``k`` runs: ``k``, and every earlier one if ``k`` is fused."""
+        return range(k + 1) if self.fused(k) else range(k, k + 1)
+
     def task_modules(self, k: int) -> list[nn.Module]:
         """What adapter ``k``'s outputs depend on: itself, plus its fusion weights and the adapters they mix."""
-        if str(k) not in self.fusion:
+        if not self.fused(k):
             return [self.adapters[k]]
         return [self.fusion[str(k)], *self.adapters[: k + 1]]
 
     @contextmanager
     def routed(self, segments: Sequence[Segment]) -> Iterator[None]:
-        """Apply ``segments`` to every forward pass inside the block."""
-        previous, self._segments = self._segments, tuple(segments)
+        """Apply ``segments`` to every forward pass this thread makes inside the block."""
+        previous, self._routing.segments = self._segments, tuple(segments)
         try:
             yield
         finally:
-            self._segments = previous
+            self._routing.segments = previous
 
     def _apply(self, fn, recurse=True):  # nn.Module's, behind .to(), .half(), ...
         """A move or cast gives the parameters new storage: drop the stacks rather than keep stale rows (they

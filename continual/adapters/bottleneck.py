@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from continual.adapters.sites import check_skip_layers, layer_sites
+from continual.checks import check_int, check_number
 from continual.errors import ContinualError
 
 PLACEMENTS = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}
@@ -42,18 +43,9 @@ class BottleneckConfig:
                 f"adapter.non_linearity must be one of {sorted(ACTIVATIONS)}, got {self.non_linearity!r}"
             )
         if self.bottleneck_dim is None:
-            if (
-                isinstance(self.reduction_factor, bool)
-                or not isinstance(self.reduction_factor, (int, float))
-                or self.reduction_factor <= 0
-            ):
-                raise ContinualError(
-                    f"adapter.reduction_factor must be a positive number, got {self.reduction_factor!r}"
-                )
-        elif (
-            isinstance(self.bottleneck_dim, bool) or not isinstance(self.bottleneck_dim, int) or self.bottleneck_dim < 1
-        ):
-            raise ContinualError(f"adapter.bottleneck_dim must be a positive integer, got {self.bottleneck_dim!r}")
+            check_number(self.reduction_factor, "adapter.reduction_factor", low=0, above=True)
+        else:
+            check_int(self.bottleneck_dim, "adapter.bottleneck_dim", low=1)
         check_skip_layers(self.skip_layers)
 
     def width(self, hidden_size: int) -> int:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from continual.adapters.sites import check_skip_layers, named_sites
+from continual.checks import check_int, check_number
 from continual.errors import ContinualError
 
 
@@ -29,12 +30,9 @@ class LoRAConfig:
     skip_layers: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ContinualError(f"adapter.rank must be a positive integer, got {self.rank!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ContinualError(f"adapter.alpha must be a positive number, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ContinualError(f"adapter.dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.rank, "adapter.rank", low=1)
+        check_number(self.alpha, "adapter.alpha", low=0, above=True)
+        check_number(self.dropout, "adapter.dropout", low=0, high=1, below=True)
         if isinstance(self.targets, str) or not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise ContinualError(f"adapter.targets must be a non-empty list of module names, got {self.targets!r}")
         object.__setattr__(self, "targets", tuple(self.targets))

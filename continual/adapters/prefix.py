@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from continual.adapters.sites import adapted_layers, check_skip_layers
+from continual.checks import check_int, check_number
 from continual.errors import ContinualError
 
 PROJECTIONS = ("query", "key", "value")
@@ -33,10 +34,8 @@ class PrefixConfig:
     hook: ClassVar[str] = "attention"  # replaces the attention computation of its sites
 
     def __post_init__(self) -> None:
-        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
-            raise ContinualError(f"adapter.length must be a positive integer, got {self.length!r}")
-        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
-            raise ContinualError(f"adapter.init_std must be a positive number, got {self.init_std!r}")
+        check_int(self.length, "adapter.length", low=1)
+        check_number(self.init_std, "adapter.init_std", low=0, above=True)
         check_skip_layers(self.skip_layers)
 
     def sites(self, backbone) -> dict[str, nn.Module]:

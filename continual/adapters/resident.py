@@ -3,7 +3,8 @@
 A bank loaded from a run (``continual predict``, serving, a resumed run) may hold thousands of
 adapters. With a budget, an adapter's weights are dropped from memory (its parameters become empty
 tensors) once the resident ones exceed it, least recently used first, and read back from its
-safetensors file (memory-mapped by ``safe_open``) when a batch is routed to it. Heads and fusion
+safetensors file (memory-mapped by ``safe_open``) when a batch is routed to it, after checking that the
+file still holds what was loaded (its sha256, taken when the adapter was tracked). Heads and fusion
 weights are small and stay resident. A batch that needs more adapters than the budget holds keeps
 them all until it is done, then drops the least recently used: the budget bounds memory between
 batches, not within one.
@@ -11,12 +12,16 @@ batches, not within one.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from continual import files
+from continual.errors import ContinualError
 
 
 def _bytes(module: nn.Module) -> int:
@@ -29,9 +34,12 @@ class ResidentSet:
     def __init__(self, adapters: nn.ModuleList, budget_mb: float, prefix: str = "adapter.") -> None:
         self.adapters, self.budget, self.prefix = adapters, int(budget_mb * 2**20), prefix
         self.files: dict[int, Path] = {}
+        self.digests: dict[int, str] = {}  # each file's sha256 when its adapter was loaded
         self.shapes: dict[int, dict[str, tuple[torch.Size, torch.dtype, torch.device]]] = {}
         self.lru: OrderedDict[int, int] = OrderedDict()  # resident adapter -> its bytes, least recent first
         self.loads = 0  # adapters read back from their files (for benchmarks and tests)
+        # held by a batch from ensure() to release(): another thread's batch must not drop what this one runs
+        self.in_use = threading.RLock()
 
     @property
     def resident_bytes(self) -> int:
@@ -48,7 +56,7 @@ class ResidentSet:
 
     def track(self, k: int, path: Path) -> None:
         """Adapter ``k`` (resident now, its weights as in ``path``) may be dropped from memory from now on."""
-        self.files[k] = path
+        self.files[k], self.digests[k] = path, files.sha256(path)
         self.lru[k] = _bytes(self.adapters[k])
         self._evict(keep=())
 
@@ -69,6 +77,8 @@ class ResidentSet:
     def _read(self, k: int) -> None:
         from safetensors import safe_open
 
+        if files.sha256(self.files[k]) != self.digests[k]:
+            raise ContinualError(f"{self.files[k]}: damaged: it changed since the adapter was loaded from it")
         with safe_open(str(self.files[k]), framework="pt") as f:
             for name, p in self.adapters[k].named_parameters():
                 _, dtype, device = self.shapes[k][name]

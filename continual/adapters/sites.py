@@ -6,12 +6,12 @@ from functools import reduce
 
 from torch import nn
 
+from continual.checks import check_int
 from continual.errors import ContinualError
 
 
 def check_skip_layers(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ContinualError(f"adapter.skip_layers must be a non-negative integer, got {value!r}")
+    check_int(value, "adapter.skip_layers", low=0)
 
 
 def adapted_layers(backbone, skip_layers: int) -> list[tuple[int, nn.Module]]:

@@ -15,6 +15,7 @@ it: batches that train stack per call instead.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -78,20 +79,23 @@ class SiteStacks:
 
     def __init__(self) -> None:
         self._stacks: dict[str, _Stack] = {}
+        self._lock = threading.Lock()  # threads answering mixed batches at once make a stack once
 
     def add(self, site: str, weights: Weights, every: Callable[[], list[Weights]]) -> None:
         """A new adapter's ``weights`` at ``site`` (the last of ``every()``, all adapters') become views of a row."""
-        stack = self._stacks.get(site)
-        if stack is None or not stack.append(weights):
-            self._make(site, every())
+        with self._lock:
+            stack = self._stacks.get(site)
+            if stack is None or not stack.append(weights):
+                self._make(site, every())
 
     def rows(
         self, site: str, adapters: Sequence[int], index: torch.Tensor, every: Callable[[], list[Weights]]
     ) -> tuple[torch.Tensor, ...]:
         """Row ``b``'s weights are adapter ``index[b]``'s; ``adapters`` are the routed ones."""
-        stack = self._stacks.get(site)
-        if stack is None or not stack.holds(adapters):
-            stack = self._make(site, every())
+        with self._lock:
+            stack = self._stacks.get(site)
+            if stack is None or not stack.holds(adapters):
+                stack = self._make(site, every())
         return tuple(t[index] for t in stack.tensors)
 
     def _make(self, site: str, weights: list[Weights]) -> _Stack:

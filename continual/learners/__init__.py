@@ -1,6 +1,7 @@
 """Learners: how a model takes in one task after another (the product and the baselines)."""
 
-from continual.learners.adapter_per_task import AdapterPerTask, AdapterPerTaskConfig, saved_tasks
+from continual.learners.adapter_files import saved_tasks
+from continual.learners.adapter_per_task import AdapterPerTask, AdapterPerTaskConfig
 from continual.learners.base import (
     Classified,
     Fingerprints,

@@ -3,17 +3,9 @@
 Only the newest adapter and head receive gradients; the backbone and every earlier adapter and head
 are frozen, so a task's predictions (under the oracle router) can never change after it is learned.
 
-Knowledge transfer without giving up that isolation (``transfer``):
-
-* ``similar``: the new adapter starts as a copy of the earlier adapter whose task is most similar,
-  by cosine similarity of task centroids (the mean frozen, mean-pooled backbone feature of a task's
-  training texts: the statistic prototype routers keep per class, pooled per task);
-* ``fusion``: AdapterFusion-style (Pfeiffer et al. 2021): the new task's adapter output is its own
-  update plus the frozen earlier adapters' updates, mixed per site by learned softmax weights
-  (static per site, not input-dependent attention as in the paper), trained with the new adapter.
-
-Forward transfer is measured against the independently initialised adapter (``transfer=none``, same
-seed) as the reference: FWT_j = R[j, j] - R_none[j, j] (see :func:`continual.metrics.forward_transfer`).
+Knowledge transfer without giving up that isolation (``transfer``: ``none``, ``similar``, ``fusion``) is
+:mod:`continual.learners.transfer`; forward transfer is measured against ``transfer=none`` with the same
+seed (see :func:`continual.metrics.forward_transfer`).
 """
 
 from __future__ import annotations
@@ -21,9 +13,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
@@ -33,9 +24,9 @@ from continual import files
 from continual.adapters import AdapterBank, AdapterKind, describe, segments_for
 from continual.adapters import bank as bank_module
 from continual.adapters.resident import ResidentSet
-from continual.backbone import TOKEN_STATES, Backbone, pool
-from continual.cache import PrefixCache
+from continual.checks import check_number
 from continual.errors import ContinualError
+from continual.learners.adapter_files import AdapterFiles, task_file
 from continual.learners.base import (
     Classified,
     Fingerprints,
@@ -44,19 +35,21 @@ from continual.learners.base import (
     LossCallback,
     Schedule,
     digest,
+    encode,
     freeze,
     oracle_score,
     padded_batches,
     task_seed,
     tokenize,
-    tokenize_words,
 )
-from continual.streams import Split, Task
-from continual.streams.task import SEQUENCE, TOKENS
-from continual.training import TrainerConfig, fit, pad, pad_targets, token_targets, train_batches
+from continual.learners.heads import TaskHeads
+from continual.learners.transfer import TRANSFERS, transfer_named
+from continual.model.backbone import TOKEN_STATES, Backbone, pool
+from continual.model.cache import PrefixCache
+from continual.model.training import TrainerConfig, fit, pad, train_batches
+from continual.streams import Task
 
 log = logging.getLogger(__name__)
-TRANSFERS = ("none", "similar", "fusion")
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -83,26 +76,24 @@ class AdapterPerTaskConfig:
     head = Head.PER_TASK  # per-task modules on a frozen backbone: a router chooses among them
 
     def __post_init__(self) -> None:
-        check_dropout(self.head_dropout, "learner.head_dropout")
-        budget = self.max_resident_mb
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
-            raise ContinualError(f"learner.max_resident_mb must be a number of megabytes >= 0 or null, got {budget!r}")
+        check_number(self.head_dropout, "learner.head_dropout", low=0, high=1, below=True)
+        check_number(self.max_resident_mb, "learner.max_resident_mb", low=0, optional=True, unit="megabytes")
         if self.transfer not in TRANSFERS:
             raise ContinualError(f"learner.transfer must be one of {list(TRANSFERS)}, got {self.transfer!r}")
         if self.save_dtype not in SAVE_DTYPES:
             raise ContinualError(f"learner.save_dtype must be one of {list(SAVE_DTYPES)}, got {self.save_dtype!r}")
 
     def build(self, backbone: Backbone, adapter: AdapterKind, trainer: TrainerConfig, seed: int) -> AdapterPerTask:
-        return AdapterPerTask(backbone, adapter, trainer, seed=seed, **asdict(self))
-
-
-def check_dropout(value: object, field: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ContinualError(f"{field} must be a number in [0, 1), got {value!r}")
+        return AdapterPerTask(backbone, adapter, trainer, self, seed)
 
 
 class AdapterPerTask:
-    """Adapter + head per task; per-example routed prediction through one backbone pass."""
+    """Adapter + head per task; per-example routed prediction through one backbone pass.
+
+    Its parts: the adapters (:class:`AdapterBank`, with a :class:`ResidentSet` under a memory budget), the
+    heads (:class:`TaskHeads`), how a new adapter draws on earlier ones (:mod:`continual.learners.transfer`)
+    and the task files (:class:`AdapterFiles`).
+    """
 
     schedule = Schedule.EACH_TASK
     head = Head.PER_TASK
@@ -112,34 +103,22 @@ class AdapterPerTask:
         backbone: Backbone,
         adapter: AdapterKind,
         trainer: TrainerConfig,
-        head_dropout: float = 0.1,
+        config: AdapterPerTaskConfig | None = None,
         seed: int = 0,
-        progress: bool = True,
-        transfer: str = "none",
-        max_resident_mb: float | None = None,
-        save_dtype: str = "float32",
     ) -> None:
-        self.config = AdapterPerTaskConfig(head_dropout, transfer, progress, max_resident_mb, save_dtype)
-        self.save_dtype = SAVE_DTYPES[save_dtype]
-        self.transfer = transfer
-        self.centroids: list[np.ndarray] = []  # per task, for transfer=similar
-        self.sources: dict[int, int] = {}  # task -> the earlier task its adapter was copied from
-        self.backbone = backbone
-        self.trainer = trainer
-        self.seed = seed
-        self.progress = progress
+        self.config = config = config or AdapterPerTaskConfig()
+        self.backbone, self.trainer, self.seed = backbone, trainer, seed
         self.device = trainer.torch_device()
+        self.tasks: list[Task] = []
         self.bank = AdapterBank(backbone, adapter)
-        self.resident = ResidentSet(self.bank.adapters, max_resident_mb) if max_resident_mb is not None else None
+        self.resident = (
+            None if config.max_resident_mb is None else ResidentSet(self.bank.adapters, config.max_resident_mb)
+        )
         if self.resident is not None:  # a dropped adapter's row in a stack would keep it in memory
             self.bank.stacks = None
-        self.heads = nn.ModuleList()
-        self.dropout = nn.Dropout(head_dropout)
-        self.tasks: list[Task] = []
-        # files that already hold a task's adapter as it is: a learned adapter is frozen, so a later save
-        # skips them (its files stay byte-identical, and a save costs one file, not one per task so far)
-        self._on_disk: set[Path] = set()
-        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _stacked_heads
+        self.heads = TaskHeads(backbone.hidden_size, config.head_dropout)
+        self.transfer = transfer_named(config.transfer, self._centroid, self._ensure)
+        self.files = AdapterFiles(SAVE_DTYPES[config.save_dtype])
         self._digests: dict[int, tuple[tuple, str]] = {}  # task -> (backbone digest + tensor versions, digest)
         self.backbone.to(self.device)
         # AdapterDrop leaves the lowest layers frozen and un-adapted: their outputs are cached for
@@ -151,26 +130,39 @@ class AdapterPerTask:
             else None
         )
 
+    # --- the parts of task k ----------------------------------------------------------------------------------
     def _parameters(self, k: int) -> list[nn.Parameter]:
-        fusion = self.bank.fusion[str(k)].parameters() if str(k) in self.bank.fusion else ()
-        return [*self.bank.adapters[k].parameters(), *fusion, *self.heads[k].parameters()]
+        """What task ``k`` trains: its adapter, its fusion weights if fused, its head."""
+        return [p for module in (*self.bank.own_modules(k), self.heads[k]) for p in module.parameters()]
 
     def trainable_parameters(self, k: int) -> int:
-        if self.resident is not None and not self.resident.is_resident(k):  # counted from its saved shapes
-            fusion = self.bank.fusion[str(k)].parameters() if str(k) in self.bank.fusion else ()
-            return self.resident.numel(k) + sum(p.numel() for p in (*fusion, *self.heads[k].parameters()))
+        """Task ``k``'s own parameters (an adapter out of memory is counted from its saved shapes)."""
+        if self.resident is not None and not self.resident.is_resident(k):
+            rest = (*self.bank.own_modules(k)[1:], self.heads[k])  # fusion weights and head stay resident
+            return self.resident.numel(k) + sum(p.numel() for m in rest for p in m.parameters())
         return sum(p.numel() for p in self._parameters(k))
-
-    def _ensure(self, tasks: Iterable[int | None]) -> None:
-        """The adapters that tasks ``tasks`` run through, in memory (with a residency budget)."""
-        if self.resident is not None:
-            fused = [k for k in tasks if k is not None]
-            self.resident.ensure(j for k in fused for j in (range(k + 1) if str(k) in self.bank.fusion else (k,)))
 
     def trained_parameters(self) -> int:
         """Distinct parameters trained so far: every task's adapter, fusion weights and head."""
         return sum(self.trainable_parameters(k) for k in range(len(self.tasks)))
 
+    def _ensure(self, tasks: Iterable[int | None]) -> None:
+        """The adapters that tasks ``tasks`` run through, in memory (with a residency budget)."""
+        if self.resident is not None:
+            self.resident.ensure(j for k in tasks if k is not None for j in self.bank.runs_through(k))
+
+    def _allocate(self, task: Task) -> int:
+        """A fresh adapter and head for ``task``, created from a seed of (run seed, task index)."""
+        k = len(self.tasks)
+        torch.manual_seed(task_seed(self.seed, k))
+        self.bank.add(fuse=self.transfer.fuses)
+        self.heads.add(task.outputs, self.device)
+        self.tasks.append(task)
+        for module in self.bank.own_modules(k):  # only the new modules: O(1) per task, not O(T)
+            module.to(self.device)
+        return k
+
+    # --- forward passes ---------------------------------------------------------------------------------------
     def _encode(
         self,
         input_ids: torch.Tensor,
@@ -189,80 +181,82 @@ class AdapterPerTask:
     def _logits(
         self, k: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: PrefixCache | None = None
     ) -> torch.Tensor:
-        """Task ``k``'s head on its adapter's features: ``[batch, labels]`` (``[batch, tokens, tags]``: token task)."""
-        pooling = TOKEN_STATES if self.tasks[k].kind == TOKENS else None
+        """Task ``k``'s head on its adapter's features, as its kind reads them (``[batch, labels]``, or
+        ``[batch, tokens, tags]`` for a tagger)."""
         with self.bank.routed([(k, 0, input_ids.shape[0])]):
-            features = self._encode(input_ids, attention_mask, cache, pooling)
-        return self.heads[k](self.dropout(features))
+            features = self._encode(input_ids, attention_mask, cache, self.tasks[k].kind.pooling)
+        return self.heads.logits(k, features)
 
-    def _loss(self, k: int, task: Task, cache: PrefixCache | None) -> tuple[list[list[int]], Callable]:
-        """The training texts' token ids, and the loss of a batch of their indices: cross-entropy over the
-        labels, or over the tags at each word's first sub-token (later sub-tokens are ignored)."""
-        if task.kind == TOKENS:
-            tokens, starts = tokenize_words(self, task.train.texts, f"task '{task.name}' train")
-            targets = [
-                token_targets(len(ids), first, tags) for ids, first, tags in zip(tokens, starts, task.train.tags)
-            ]
+    @torch.no_grad()
+    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
+        """Sort the batch by routed task, run every adapter once on its slice, unsort the outputs."""
+        if self.resident is None:
+            return self._classify(input_ids, attention_mask, task_ids)
+        with self.resident.in_use:  # from reading its adapters back to dropping them again: one batch at a time
+            return self._classify(input_ids, attention_mask, task_ids)
 
-            def tag_loss(idx: np.ndarray) -> torch.Tensor:
-                ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
-                target = pad_targets([targets[i] for i in idx], self.device)
-                return nn.functional.cross_entropy(self._logits(k, ids, mask, cache).flatten(0, 1), target.flatten())
+    def _classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
+        order, segments = segments_for(task_ids.to(self.device))
+        self._ensure(k for k, _, _ in segments)
+        ids, mask = input_ids[order], attention_mask[order]
+        with self.bank.routed(segments):  # token states once; sequence heads read them pooled
+            states = self._encode(ids, mask, self.cache, TOKEN_STATES)
+        features = pool(states, mask, self.backbone.pooling)
+        out = Classified.empty(ids.shape[0], self.device, ids.shape[1])
+        per_text = [s for s in segments if s[0] is not None and self.tasks[s[0]].kind.per_text]
+        batched = len(per_text) >= bank_module.BATCHED_FROM
+        if batched:  # many heads that each read one vector per text: one gathered product
+            self.heads.label_many(per_text, features, out)
+        for k, start, stop in segments:
+            if k is None or (batched and self.tasks[k].kind.per_text):
+                continue  # no task (abstained): no prediction; or already labelled by the batched heads
+            rows, kind = slice(start, stop), self.tasks[k].kind
+            read = features if kind.pooling is None else pool(states, mask, kind.pooling)  # what its head reads
+            kind.fill(out, rows, self.heads[k](read[rows]), mask[rows])
+        if self.resident is not None:
+            self.resident.release()
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return Classified(*(t[inverse] for t in out))
 
-            return tokens, tag_loss
-        tokens = tokenize(self, task.train.texts)
-        labels = torch.as_tensor(task.train.labels, device=self.device)
-
-        def label_loss(idx: np.ndarray) -> torch.Tensor:
-            ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
-            return nn.functional.cross_entropy(self._logits(k, ids, mask, cache), labels[idx])
-
-        return tokens, label_loss
-
-    def _allocate(self, task: Task) -> int:
-        """A fresh adapter and head for ``task``, created from a seed of (run seed, task index)."""
-        k = len(self.tasks)
-        self._stacked = None  # the new head is trained (or loaded) next: stack the heads again afterwards
-        torch.manual_seed(task_seed(self.seed, k))
-        self.bank.add(fuse=self.transfer == "fusion")
-        self.heads.append(nn.Linear(self.backbone.hidden_size, task.outputs))
-        self.tasks.append(task)
-        for module in (*self.bank.task_modules(k), self.heads[k]):  # only the new modules: O(1) per task, not O(T)
-            module.to(self.device)
-        return k
+    @torch.no_grad()
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pooling: str = "mean",
+        layers: tuple[int, ...] | None = (-1,),
+    ) -> torch.Tensor:
+        with self.bank.routed(()):  # no segments: the plain backbone
+            return self._encode(input_ids, attention_mask, self.cache, pooling, layers)
 
     def _centroid(self, texts: Sequence[str]) -> np.ndarray:
+        """The mean frozen feature of ``texts`` (what ``transfer=similar`` compares)."""
         tokens = tokenize(self, texts)
         total = np.zeros(self.backbone.hidden_size)
         for _, ids, mask in padded_batches(self, tokens):
             total += self.features(ids, mask).sum(0).cpu().numpy()
         return total / max(1, len(tokens))
 
-    def _start_from_similar(self, k: int, task: Task) -> None:
-        """Copy the adapter of the most similar earlier task (cosine of task centroids) into adapter ``k``."""
-        self.centroids.append(self._centroid(task.train.texts))
-        if k == 0:
-            return
-        mine = self.centroids[k]
-        cosine = [float(c @ mine / (np.linalg.norm(c) * np.linalg.norm(mine) + 1e-12)) for c in self.centroids[:k]]
-        source = int(np.argmax(cosine))
-        self._ensure([source])
-        self.bank.adapters[k].load_state_dict(self.bank.adapters[source].state_dict())
-        self.sources[k] = source
-        log.info(
-            "task %s: adapter initialised from task %s (cosine %.3f)",
-            task.name,
-            self.tasks[source].name,
-            cosine[source],
-        )
+    # --- learning ---------------------------------------------------------------------------------------------
+    def _loss(self, k: int, task: Task, cache: PrefixCache | None) -> tuple[list[list[int]], Callable]:
+        """The training texts' token ids, and the loss of a batch of their indices (the task kind's loss)."""
+        encoded = encode(self, task.kind, task.train.texts, f"task '{task.name}' train")
+        targets = task.kind.targets(task.train, encoded)
+        tokens = encoded.tokens
+
+        def loss(idx: np.ndarray) -> torch.Tensor:
+            ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
+            return task.kind.loss(self._logits(k, ids, mask, cache), [targets[i] for i in idx])
+
+        return tokens, loss
 
     def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
         """A new adapter and head for the step's one task, trained on it while everything else stays frozen."""
         (task,) = tasks
         k = self._allocate(task)
         self._ensure([k])  # a fused task trains through every earlier adapter: in memory for the whole step
-        if self.transfer == "similar":
-            self._start_from_similar(k, task)
+        self.transfer.start(self.bank, k, task, self.tasks)
         params = self._parameters(k)
         freeze(self.bank, self.heads)
 
@@ -287,84 +281,18 @@ class AdapterPerTask:
             loss_of,
             cfg,
             task.name,
-            modules=(*adapted, self.dropout),
-            progress=self.progress,
+            modules=(*adapted, self.heads.dropout),
+            progress=self.config.progress,
             on_loss=on_loss,
         )
         with torch.no_grad():  # the weights its file will hold (a no-op in float32)
             for p in params:
-                p.copy_(p.to(self.save_dtype))
+                p.copy_(p.to(self.files.dtype))
         val_acc = oracle_score(self, k, task, task.validation)
-        return LearnReport(
-            task.name,
-            fitted.steps,
-            len(tokens) * cfg.epochs,
-            fitted.seconds,
-            fitted.final_loss,
-            val_acc,
-            self.trainable_parameters(k),
-        )
+        examples, trainable = len(tokens) * cfg.epochs, self.trainable_parameters(k)
+        return LearnReport(task.name, fitted.steps, examples, fitted.seconds, fitted.final_loss, val_acc, trainable)
 
-    @torch.no_grad()
-    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
-        """Sort the batch by routed task, run every adapter once on its slice, unsort the outputs."""
-        order, segments = segments_for(task_ids.to(self.device))
-        self._ensure(k for k, _, _ in segments)
-        ids, mask = input_ids[order], attention_mask[order]
-        with self.bank.routed(segments):  # token states once; sequence heads read them pooled
-            states = self._encode(ids, mask, self.cache, TOKEN_STATES)
-        features = pool(states, mask, self.backbone.pooling)
-        out = Classified.empty(ids.shape[0], self.device, ids.shape[1])
-        labelled = [s for s in segments if s[0] is not None and self.tasks[s[0]].kind != TOKENS]
-        if len(labelled) >= bank_module.BATCHED_FROM:  # many sequence heads: one gathered product
-            self._batched_heads(labelled, features, out)
-        for k, start, stop in segments:
-            if k is None or (self.tasks[k].kind != TOKENS and len(labelled) >= bank_module.BATCHED_FROM):
-                continue  # no task (abstained): no prediction; or already labelled by the batched heads
-            rows = slice(start, stop)
-            if self.tasks[k].kind == TOKENS:
-                out.fill_tags(rows, self.heads[k](states[rows]), mask[rows])
-            else:
-                out.fill(rows, self.heads[k](features[rows]))
-        if self.resident is not None:
-            self.resident.release()
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return Classified(*(t[inverse] for t in out))
-
-    def _stacked_heads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every task's head weights padded to the widest ``[tasks, labels, hidden]``, biases (``-inf`` where
-        padded) and label counts; built once the heads are frozen and kept until a task is added."""
-        if self._stacked is None or self._stacked[0].shape[0] != len(self.heads):
-            heads = cast(list[nn.Linear], list(self.heads))
-            width = max(head.out_features for head in heads)
-            weight = torch.zeros(len(heads), width, self.backbone.hidden_size, device=self.device)
-            bias = torch.full((len(heads), width), -torch.inf, device=self.device)
-            for k, head in enumerate(heads):
-                weight[k, : head.out_features], bias[k, : head.out_features] = head.weight, head.bias
-            sizes = torch.tensor([head.out_features for head in heads], device=self.device)
-            self._stacked = (weight, bias, sizes)
-        return self._stacked
-
-    def _batched_heads(self, segments: list, features: torch.Tensor, out: Classified) -> None:
-        """Label the rows of many sequence-task segments at once: each row's head gathered, one ``einsum``."""
-        weight, bias, sizes = self._stacked_heads()
-        rows = torch.cat([torch.arange(start, stop, device=self.device) for _, start, stop in segments])
-        tasks = torch.cat([torch.full((stop - start,), k, device=self.device) for k, start, stop in segments])
-        logits = torch.einsum("bh,bch->bc", features[rows], weight[tasks]) + bias[tasks]
-        out.fill(rows, logits, sizes[tasks])
-
-    @torch.no_grad()
-    def features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        pooling: str = "mean",
-        layers: tuple[int, ...] | None = (-1,),
-    ) -> torch.Tensor:
-        with self.bank.routed(()):  # no segments: the plain backbone
-            return self._encode(input_ids, attention_mask, self.cache, pooling, layers)
-
+    # --- digests and files ------------------------------------------------------------------------------------
     def fingerprints(self) -> Fingerprints:
         """Digests of the backbone and, per learned task, of its adapter and head (prefixed by the backbone's).
 
@@ -393,86 +321,48 @@ class AdapterPerTask:
             "task": task.name,
             "index": str(k),
             "labels": json.dumps(list(task.labels)),
-            "kind": task.kind,
+            "kind": task.kind.name,
             "backbone": self.backbone.name,
             "hidden_size": str(self.backbone.hidden_size),
             "adapter": describe(self.bank.config),
-            "transfer": self.transfer,
-            "initialised_from": str(self.sources.get(k, "")),
+            "transfer": self.transfer.name,
+            **self.transfer.metadata(k),
         }
+
+    def _tensors(self, k: int) -> dict[str, torch.Tensor]:
+        """Task ``k``'s file: its adapter (``adapter.*``), head (``head.*``) and fusion weights (``fusion.*``)."""
+        tensors = {
+            **files.with_prefix("adapter.", self.bank.adapters[k].state_dict()),
+            **files.with_prefix("head.", self.heads[k].state_dict()),
+        }
+        if self.bank.fused(k):
+            tensors.update(files.with_prefix("fusion.", self.bank.fusion[str(k)].state_dict()))
+        return tensors
 
     def load(self, directory: Path, tasks: Sequence[Task]) -> None:
         """Restore the adapters and heads of already learned ``tasks`` (in stream order) from :meth:`save`."""
         shared = ""  # the backbone's digest, taken once if a residency budget needs task digests
         for task in tasks:
-            k = len(self.tasks)
-            expected = self._metadata(k, task)
-            checked = {key: expected[key] for key in ("backbone", "hidden_size", "adapter", "labels", "transfer")}
-            if task.kind != SEQUENCE:  # files written before token tasks existed hold sequence tasks, without the key
-                checked["kind"] = task.kind
-            tensors = files.read_checked(
-                task_file(directory, k, task.name),
-                checked,
-                hint="adapters only load onto the backbone, adapter config and labels they were trained with",
-            )
+            k, path = len(self.tasks), task_file(directory, len(self.tasks), task.name)
+            tensors, meta = self.files.read(path, self._metadata(k, task))
             self._allocate(task)
             self.bank.adapters[k].load_state_dict(files.strip_prefix("adapter.", tensors))
             self.heads[k].load_state_dict(files.strip_prefix("head.", tensors))
-            if str(k) in self.bank.fusion:
+            if self.bank.fused(k):
                 self.bank.fusion[str(k)].load_state_dict(files.strip_prefix("fusion.", tensors))
-            if self.transfer == "similar" and len(task.train.texts):  # resuming: later tasks compare with it
-                self.centroids.append(self._centroid(task.train.texts))
-            meta = files.read_metadata(task_file(directory, k, task.name))
-            self._on_disk.add(task_file(directory, k, task.name).absolute())
-            if meta.get("initialised_from"):
-                self.sources[k] = int(meta["initialised_from"])
-            for p in self._parameters(k):
-                p.requires_grad_(False)
+            self.transfer.restored(k, task, meta)
+            freeze(*self.bank.own_modules(k), self.heads[k])
             if self.resident is not None:  # hashed while in memory; then it may leave memory
                 shared = shared or digest(self.backbone)
                 self._task_digest(k, shared)
-                self.resident.track(k, task_file(directory, k, task.name))
+                self.resident.track(k, path)
 
     def save(self, directory: Path) -> list[Path]:
-        """One safetensors file per task: its adapter (``adapter.*``) and head (``head.*``) + metadata."""
+        """One safetensors file per task (see :meth:`_tensors`) with its metadata; files that hold a task as it
+        is are kept as they are."""
         directory.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for k, task in enumerate(self.tasks):
-            path = task_file(directory, k, task.name)
-            paths.append(path)
-            if path.absolute() in self._on_disk and path.is_file():
-                continue
-            tensors = {
-                **files.with_prefix("adapter.", self.bank.adapters[k].state_dict()),
-                **files.with_prefix("head.", self.heads[k].state_dict()),
-            }
-            if str(k) in self.bank.fusion:
-                tensors.update(files.with_prefix("fusion.", self.bank.fusion[str(k)].state_dict()))
-            # rounded to save_dtype once trained (learn), so the cast is exact
-            stored = {name: t.to(self.save_dtype) if t.is_floating_point() else t for name, t in tensors.items()}
-            files.save_tensors(path, stored, self._metadata(k, task))
-            self._on_disk.add(path.absolute())
+        paths = [task_file(directory, k, task.name) for k, task in enumerate(self.tasks)]
+        for k, (task, path) in enumerate(zip(self.tasks, paths)):
+            if path.absolute() not in self.files.on_disk or not path.is_file():
+                self.files.write(path, self._tensors(k), self._metadata(k, task))
         return paths
-
-
-def task_file(directory: Path, k: int, name: str) -> Path:
-    """Task ``k``'s file in a run's adapters folder: ``NN_<task>.safetensors``."""
-    return directory / f"{k:02d}_{name}.safetensors"
-
-
-def saved_tasks(directory: Path) -> list[Task]:
-    """The tasks (names and labels, no data) whose files a learner's ``save`` wrote to ``directory``."""
-    found = directory.glob("[0-9][0-9]*_*.safetensors") if directory.is_dir() else ()
-    # NN_<task> up to 99, then 100_<task>, ...: ordered by the number, not as strings
-    paths = sorted((p for p in found if p.name.split("_", 1)[0].isdigit()), key=lambda p: int(p.name.split("_", 1)[0]))
-    if not paths:
-        raise ContinualError(f"{directory}: no saved adapters (NN_<task>.safetensors)")
-    empty = Split((), np.zeros(0, dtype=np.int64))
-    tasks = []
-    for k, path in enumerate(paths):
-        meta = files.read_metadata(path)
-        if meta.get("index") != str(k) or "labels" not in meta or "task" not in meta:
-            raise ContinualError(f"{path}: not adapter {k} of a run (metadata index={meta.get('index')!r})")
-        kind = meta.get("kind", SEQUENCE)
-        tasks.append(Task(meta["task"], tuple(json.loads(meta["labels"])), empty, empty, empty, kind=kind))
-    return tasks

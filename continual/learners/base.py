@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from continual.adapters import AdapterKind
-from continual.backbone import Backbone
-from continual.entities import EntityCounts
+from continual.model.backbone import Backbone
+from continual.model.outputs import Classified
+from continual.model.training import TrainerConfig, eval_batches, iter_padded
 from continual.streams import Split, Task
-from continual.streams.task import TOKENS
-from continual.training import TrainerConfig, eval_batches, iter_padded
+from continual.streams.kinds import Encoded, Outputs, TaskKind
 
 log = logging.getLogger(__name__)
 LossCallback = Callable[[int, float], None]  # (optimizer step within the step's training, loss)
@@ -75,59 +74,6 @@ class LearnReport:
     @property
     def samples_per_second(self) -> float:
         return self.examples / self.seconds if self.seconds > 0 else float("nan")
-
-
-class Classified(NamedTuple):
-    """Per-example outputs of the routed heads; ``labels`` is -1 where an example went to no task.
-
-    A token task's head tags every token: ``tags``/``tag_confidence`` are ``[batch, tokens]`` (-1 / 0 on
-    rows of sequence tasks and on padding), and its row's ``labels`` is 0 while ``confidence`` and
-    ``certainty`` are the means over the row's real tokens.
-    """
-
-    labels: torch.Tensor
-    confidence: torch.Tensor  # softmax probability of the predicted label
-    certainty: torch.Tensor  # 1 - entropy / log(number of labels): 1 = one-hot, 0 = uniform
-    tags: torch.Tensor  # [batch, tokens]: a token task's predicted tag per token position
-    tag_confidence: torch.Tensor  # [batch, tokens]: the softmax probability of that tag
-
-    @classmethod
-    def empty(cls, n: int, device: torch.device, width: int = 0) -> Classified:
-        """Outputs for ``n`` examples of ``width`` tokens that no head has seen yet (label -1)."""
-        zeros = torch.zeros(n, device=device)
-        no_tags = torch.full((n, width), -1, dtype=torch.long, device=device)
-        return cls(
-            torch.full((n,), -1, dtype=torch.long, device=device),
-            zeros,
-            zeros.clone(),
-            no_tags,
-            torch.zeros((n, width), device=device),
-        )
-
-    def fill(self, rows: torch.Tensor | slice, logits: torch.Tensor, sizes: torch.Tensor | None = None) -> None:
-        """Write the heads' prediction, confidence and certainty for ``rows`` from their ``logits`` (rows of
-        heads of several widths: padded with ``-inf``, each row's label count in ``sizes``)."""
-        probs = logits.softmax(-1)
-        self.confidence[rows], self.labels[rows] = probs.max(-1)
-        self.certainty[rows] = _certainty(probs, sizes)
-
-    def fill_tags(self, rows: slice, logits: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        """Write a tagger's ``[n, tokens, tags]`` logits for ``rows``: tags per real token, means per row."""
-        probs = logits.softmax(-1)
-        confidence, tags = probs.max(-1)
-        real = attention_mask.bool()
-        self.tags[rows] = torch.where(real, tags, -1)
-        self.tag_confidence[rows] = torch.where(real, confidence, 0.0)
-        count = real.sum(1).clamp(min=1)
-        self.labels[rows] = 0
-        self.confidence[rows] = self.tag_confidence[rows].sum(1) / count
-        self.certainty[rows] = torch.where(real, _certainty(probs), 0.0).sum(1) / count
-
-
-def _certainty(probs: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
-    """1 - entropy / log(number of outcomes), over the last axis (``sizes``: each row's own number)."""
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-    return 1.0 - entropy / (math.log(probs.shape[-1]) if sizes is None else sizes.float().log())
 
 
 @dataclass(frozen=True)
@@ -249,24 +195,9 @@ def tokenize(learner: Learner, texts: Sequence[str]) -> list[list[int]]:
     return learner.backbone.tokenize(list(texts), learner.trainer.max_length)
 
 
-def tokenize_words(learner: Learner, texts: Sequence[str], what: str) -> tuple[list[list[int]], list[np.ndarray]]:
-    """:func:`tokenize` for a token task's sentences, with each word's first sub-token position (-1: cut off).
-
-    Sentences longer than ``trainer.max_length`` tokens keep their first words; the rest are neither
-    trained nor tagged (their gold entities count as missed). They are counted in one warning, never
-    dropped silently.
-    """
-    tokens, starts = learner.backbone.tokenize_words(list(texts), learner.trainer.max_length)
-    cut = sum(int(np.any(first < 0)) for first in starts)
-    if cut:
-        log.warning(
-            "%s: %d of %d sentences are longer than trainer.max_length=%d tokens; their last words are not tagged",
-            what,
-            cut,
-            len(texts),
-            min(learner.trainer.max_length, learner.backbone.max_tokens),
-        )
-    return tokens, starts
+def encode(learner: Learner, kind: TaskKind, texts: Sequence[str], what: str) -> Encoded:
+    """:func:`tokenize` as a task of ``kind`` reads its texts (a tagger: word-aligned, with word starts)."""
+    return kind.encode(learner.backbone, texts, learner.trainer.max_length, what)
 
 
 def word_tags(tags: torch.Tensor, starts: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -275,34 +206,28 @@ def word_tags(tags: torch.Tensor, starts: Sequence[np.ndarray]) -> list[np.ndarr
     return [np.where(first >= 0, row[np.maximum(first, 0)], 0) for row, first in zip(rows, starts)]
 
 
+def run_head(learner: Learner, encoded: Encoded, k: int, outputs: Outputs, todo: np.ndarray) -> None:
+    """Fill ``outputs`` at indices ``todo`` with task ``k``'s labels and certainty (and, for texts encoded with
+    word starts, its tag per word)."""
+    tokens, starts = encoded
+    for idx, ids, mask in padded_batches(learner, tokens, todo) if len(todo) else ():
+        got = learner.classify(ids, mask, torch.full((len(idx),), k, dtype=torch.long, device=learner.device))
+        outputs.labels[idx] = got.labels.cpu().numpy()
+        outputs.certainty[idx] = got.certainty.cpu().numpy()
+        if starts is not None:
+            for i, tags in zip(idx, word_tags(got.tags, [starts[i] for i in idx])):
+                outputs.tags[i] = tags
+
+
 def oracle_score(learner: Learner, k: int, task: Task, split: Split) -> float:
-    """Task ``k``'s score on a labelled ``split`` of ``task``, each text given task ``k``: accuracy, or entity
-    micro F1 for a token task (``nan`` without texts)."""
-    if task.kind != TOKENS:
-        return oracle_accuracy(learner, k, split.texts, split.labels)
+    """Task ``k``'s score on a labelled ``split`` of ``task``, each text given task ``k``: its kind's score
+    (accuracy, entity micro F1, ...) by the task's own labels; ``nan`` without texts."""
     if len(split) == 0:
         return float("nan")
-    tokens, starts = tokenize_words(learner, split.texts, f"task '{task.name}'")
-    counts = EntityCounts()
-    local = np.arange(len(task.labels))
-    for idx, ids, mask in padded_batches(learner, tokens):
-        task_ids = torch.full((len(idx),), k, dtype=torch.long, device=learner.device)
-        predicted = word_tags(learner.classify(ids, mask, task_ids).tags, [starts[i] for i in idx])
-        for i, tags in zip(idx, predicted):
-            counts.add_tags(split.tags[i], local, tags, local)
-    return counts.micro_f1
-
-
-def oracle_accuracy(learner: Learner, k: int, texts: Sequence[str], labels: np.ndarray) -> float:
-    """Accuracy of task ``k``'s prediction path on labelled texts, each given task ``k`` (``nan`` without texts)."""
-    if len(texts) == 0:
-        return float("nan")
-    tokens = tokenize(learner, texts)
-    correct = 0
-    for idx, ids, mask in padded_batches(learner, tokens):
-        task_ids = torch.full((len(idx),), k, dtype=torch.long, device=learner.device)
-        correct += int((learner.classify(ids, mask, task_ids).labels.cpu().numpy() == labels[idx]).sum())
-    return correct / len(texts)
+    outputs = Outputs.empty(len(split))
+    run_head(learner, encode(learner, task.kind, split.texts, f"task '{task.name}'"), k, outputs, np.arange(len(split)))
+    own = {k: np.arange(len(task.labels))}
+    return task.kind.score(task, split, k, np.full(len(split), k), lambda _k, _rows: outputs, own).value
 
 
 def freeze(*modules: nn.Module) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from continual.checks import check_int
 from continual.errors import ContinualError
 
 SAMPLINGS = ("reservoir", "per_class")
@@ -37,16 +38,10 @@ class MemoryConfig:
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ContinualError(f"learner.memory.size must be a positive integer, got {self.size!r}")
+        check_int(self.size, "learner.memory.size", low=1)
         if self.sampling not in SAMPLINGS:
             raise ContinualError(f"learner.memory.sampling must be one of {list(SAMPLINGS)}, got {self.sampling!r}")
-        if self.batch_size is not None and (
-            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
-        ):
-            raise ContinualError(
-                f"learner.memory.batch_size must be a positive integer or null, got {self.batch_size!r}"
-            )
+        check_int(self.batch_size, "learner.memory.batch_size", low=1, optional=True)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> MemoryConfig:

@@ -32,9 +32,9 @@ from torch import nn
 
 from continual import files
 from continual.adapters import AdapterBank, AdapterKind, describe
-from continual.backbone import Backbone
+from continual.checks import check_number
 from continual.errors import ContinualError
-from continual.learners.adapter_per_task import check_dropout, task_file
+from continual.learners.adapter_files import task_file
 from continual.learners.base import (
     Classified,
     Fingerprints,
@@ -44,7 +44,7 @@ from continual.learners.base import (
     Schedule,
     digest,
     freeze,
-    oracle_accuracy,
+    oracle_score,
     task_seed,
     tokenize,
 )
@@ -62,8 +62,9 @@ from continual.learners.techniques import (
     Technique,
     options,
 )
+from continual.model.backbone import Backbone
+from continual.model.training import TrainerConfig, fit, pad, train_batches
 from continual.streams import Task
-from continual.training import TrainerConfig, fit, pad, train_batches
 
 BASES = ("adapter", "finetune")
 METHODS = ("none", "er", "derpp", "lwf", "ewc", "agem")
@@ -105,7 +106,7 @@ class SingleHeadConfig:
             or self.backbone_lr <= 0
         ):
             raise ContinualError(f"learner.backbone_lr must be a positive number, got {self.backbone_lr!r}")
-        check_dropout(self.head_dropout, "learner.head_dropout")
+        check_number(self.head_dropout, "learner.head_dropout", low=0, high=1, below=True)
         memory = (
             self.memory
             if isinstance(self.memory, MemoryConfig)
@@ -339,7 +340,7 @@ class SingleHeadLearner:
 
     def _report(self, indexed: list[tuple[int, Task]], tokens: list[list[int]], fitted: Any) -> LearnReport:
         sizes = np.array([len(t.validation) for _, t in indexed])
-        accuracies = [oracle_accuracy(self, k, t.validation.texts, t.validation.labels) for k, t in indexed]
+        accuracies = [oracle_score(self, k, t, t.validation) for k, t in indexed]
         val_acc = float(np.dot(np.nan_to_num(accuracies), sizes) / sizes.sum()) if sizes.sum() else float("nan")
         name = indexed[0][1].name if len(indexed) == 1 else "joint"
         trainable = sum(p.numel() for group in self._param_groups() for p in group["params"])
@@ -367,22 +368,14 @@ class SingleHeadLearner:
         }
 
     def save(self, directory: Path) -> list[Path]:
-        """Per-task label files, then ``state_NN`` (shared weights, head, technique); older states are dropped."""
+        """Per-task label files (each written once: a task's labels never change, and a rewritten file's bytes
+        would differ from the hash the checkpoint recorded), then ``state_NN`` (shared weights, head,
+        technique); older states are dropped."""
         directory.mkdir(parents=True, exist_ok=True)
-        paths = [
-            files.save_tensors(
-                task_file(directory, k, t.name),
-                {},
-                {
-                    "task": t.name,
-                    "index": str(k),
-                    "labels": json.dumps(list(t.labels)),
-                    "classes": json.dumps(list(t.classes)),
-                    "backbone": self.backbone.name,
-                },
-            )
-            for k, t in enumerate(self.tasks)
-        ]
+        paths = [task_file(directory, k, t.name) for k, t in enumerate(self.tasks)]
+        for k, (t, path) in enumerate(zip(self.tasks, paths)):
+            if not path.is_file():
+                files.save_tensors(path, {}, self._task_metadata(k, t))
         tensors = {
             **files.with_prefix("shared.", self.shared.state_dict()),
             **files.with_prefix("head.", self._head().state_dict()),
@@ -394,6 +387,16 @@ class SingleHeadLearner:
             if old.stem[len("state_") :].isdigit() and int(old.stem[len("state_") :]) < n - 1:
                 old.unlink()
         return paths
+
+    def _task_metadata(self, k: int, task: Task) -> dict[str, str]:
+        labels, classes = json.dumps(list(task.labels)), json.dumps(list(task.classes))
+        return {
+            "task": task.name,
+            "index": str(k),
+            "labels": labels,
+            "classes": classes,
+            "backbone": self.backbone.name,
+        }
 
     def load(self, directory: Path, tasks: Sequence[Task]) -> None:
         """Restore the state after ``tasks`` (stream order) from :meth:`save`, memory and Fisher included."""

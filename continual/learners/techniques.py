@@ -28,7 +28,6 @@ the hooks of :class:`Technique`; the learner's loop is the same for all of them:
 from __future__ import annotations
 
 import functools
-import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -38,17 +37,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from continual.checks import check_int, check_number
 from continual.errors import ContinualError
 from continual.learners.memory import EpisodicMemory, MemoryConfig
 
 Examples = tuple[list[list[int]], np.ndarray]  # token ids and class ids (over every class seen)
 Forward = Callable[[list[list[int]]], torch.Tensor]  # token ids -> logits over every class seen, with gradients
-
-
-def _number(value: Any, field: str, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
-        raise ContinualError(f"{field} must be a number >= {minimum:g}, got {value!r}")
-    return float(value)
 
 
 def options(cls: Any, values: Mapping[str, Any] | None, field: str) -> Any:
@@ -181,8 +175,8 @@ class DerppConfig:
     beta: float = 0.5
 
     def __post_init__(self) -> None:
-        _number(self.alpha, "learner.derpp.alpha")
-        _number(self.beta, "learner.derpp.beta")
+        check_number(self.alpha, "learner.derpp.alpha", low=0)
+        check_number(self.beta, "learner.derpp.beta", low=0)
 
 
 class DarkReplay(NoTechnique):
@@ -258,9 +252,8 @@ class LwfConfig:
     temperature: float = 2.0
 
     def __post_init__(self) -> None:
-        _number(self.lambda_, "learner.lwf.lambda")
-        if _number(self.temperature, "learner.lwf.temperature") <= 0:
-            raise ContinualError("learner.lwf.temperature must be > 0")
+        check_number(self.lambda_, "learner.lwf.lambda", low=0)
+        check_number(self.temperature, "learner.lwf.temperature", low=0, above=True)
 
 
 class Distillation(NoTechnique):
@@ -296,11 +289,9 @@ class EWCConfig:
     decay: float = 1.0
 
     def __post_init__(self) -> None:
-        _number(self.lambda_, "learner.ewc.lambda")
-        if isinstance(self.fisher_samples, bool) or not isinstance(self.fisher_samples, int) or self.fisher_samples < 0:
-            raise ContinualError(f"learner.ewc.fisher_samples must be an integer >= 0, got {self.fisher_samples!r}")
-        if not 0 <= _number(self.decay, "learner.ewc.decay") <= 1:
-            raise ContinualError(f"learner.ewc.decay must be in [0, 1], got {self.decay!r}")
+        check_number(self.lambda_, "learner.ewc.lambda", low=0)
+        check_int(self.fisher_samples, "learner.ewc.fisher_samples", low=0)
+        check_number(self.decay, "learner.ewc.decay", low=0, high=1)
 
 
 class EWC(NoTechnique):

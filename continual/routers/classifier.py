@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from continual.checks import check_int
 from continual.errors import ContinualError
 from continual.routers.base import RouterInputs
 from continual.routers.prototype import FeatureRouter, labels_of
@@ -38,8 +39,7 @@ class ClassifierRouter(FeatureRouter):
         seed: int = 0,
     ) -> None:
         for name, value in (("pseudo_per_class", pseudo_per_class), ("memory_per_class", memory_per_class)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ContinualError(f"router.{name} must be an integer >= 0, got {value!r}")
+            check_int(value, f"router.{name}", low=0)
         if pseudo_per_class == 0 and memory_per_class == 0:
             raise ContinualError(
                 "router: pseudo_per_class and memory_per_class are both 0, so there is nothing "

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from continual import migrations
+from continual.checks import check_int
 from continual.errors import ContinualError
 from continual.routers.base import Reads, RouterInputs, Routing, check_accept_rate, decide, rejection_threshold
 from continual.streams import Task
@@ -120,15 +122,13 @@ class ClassStatistics:
         }
 
     def load_state_dict(self, state: dict[str, np.ndarray], prefix: str = "") -> None:
+        state = migrations.router_state(state, prefix)
         self.means, self.class_task = state[f"{prefix}means"], state[f"{prefix}class_task"].astype(np.int64)
         self.count = int(state[f"{prefix}count"][0])
-        if f"{prefix}scatter" in state:  # saved whole (before 2026-12)
-            self.scatter = state[f"{prefix}scatter"]
-        else:
-            dim = self.means.shape[1]
-            lower = np.zeros((dim, dim))
-            lower[np.tril_indices(dim)] = state[f"{prefix}scatter_tril"]
-            self.scatter = lower + np.tril(lower, -1).T
+        dim = self.means.shape[1]
+        lower = np.zeros((dim, dim))
+        lower[np.tril_indices(dim)] = state[f"{prefix}scatter_tril"]
+        self.scatter = lower + np.tril(lower, -1).T
         self._eig = self._whitened = None
 
 
@@ -143,8 +143,7 @@ class CalibrationMemory:
     """Up to ``per_task`` validation features per task: re-scored whenever the rejection threshold is needed."""
 
     def __init__(self, per_task: int, seed: int = 0) -> None:
-        if isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 0:
-            raise ContinualError(f"router.calibration_per_task must be an integer >= 0, got {per_task!r}")
+        check_int(per_task, "router.calibration_per_task", low=0)
         self.per_task, self.seed = per_task, seed
         self.features: np.ndarray | None = None
 

@@ -6,25 +6,12 @@ reads and validates all data, so bad input fails before a model is loaded.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol
-
 from continual.streams.clinc150 import Clinc150Domains, Clinc150Intents
 from continual.streams.concatenated import Concatenated
 from continual.streams.demo import DemoStream
 from continual.streams.many import ManyTasks
 from continual.streams.spec import StreamSpec, TaskSpec
-from continual.streams.task import Split, Stream, Task, apply_order, build_task
-
-
-class StreamSource(Protocol):
-    """Anything that can produce a validated :class:`Stream`."""
-
-    @property
-    def name(self) -> str: ...
-
-    def load(self, launch_dir: Path | None = None) -> Stream: ...
-
+from continual.streams.task import Split, Stream, StreamSource, Task, apply_order, build_task
 
 __all__ = [
     "Clinc150Domains",

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from continual.checks import check_int
 from continual.errors import ContinualError
 from continual.streams.sources import read_hub
 from continual.streams.task import Pairs, Stream, apply_order, build_task, label_space_of
@@ -156,11 +157,9 @@ class Clinc150Intents(_Clinc150):
 
     def _groups(self, launch_dir: Path) -> dict[str, list[str]]:
         intents = sorted(i for group in self._domain_map(launch_dir).values() for i in group)
-        if isinstance(self.tasks, bool) or not isinstance(self.tasks, int) or not 2 <= self.tasks <= len(intents) // 2:
-            raise ContinualError(
-                f"stream '{self.name}' field 'tasks' must be an integer from 2 to "
-                f"{len(intents) // 2} (at least two intents per task), got {self.tasks!r}"
-            )
+        check_int(
+            self.tasks, f"stream '{self.name}' field 'tasks' (at least two intents per task)", 2, len(intents) // 2
+        )
         random.Random(f"clinc150_intents/{self.assignment_seed}").shuffle(intents)
         width = len(str(self.tasks))
         return {f"intents_{k + 1:0{width}d}": sorted(intents[k :: self.tasks]) for k in range(self.tasks)}

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from continual.errors import ContinualError
+from continual.checks import check_int
 from continual.streams.demo_data import DEMO_TASKS, demo_examples
 from continual.streams.task import Pairs, Stream, Task, apply_order, build_task
 
@@ -43,9 +43,7 @@ class ManyTasks:
     def __post_init__(self) -> None:
         limits = {"num_tasks": (1, MAX_TASKS), **LIMITS}
         for field, (low, high) in limits.items():
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ContinualError(f"stream.{field} must be an integer in [{low}, {high}], got {value!r}")
+            check_int(getattr(self, field), f"stream.{field}", low, high)
 
     def load(self, launch_dir: Path | None = None) -> Stream:
         pools = _pools(self.seed)

@@ -36,21 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from continual.checks import check_int, check_number
 from continual.errors import ContinualError
+from continual.streams.kinds import SEQUENCE, kind_named
 from continual.streams.sources import read_file, read_hub
 from continual.streams.task import (
-    SEQUENCE,
-    TASK_KINDS,
-    TOKENS,
     Stream,
     Task,
     apply_order,
-    build_task,
     check_task_name,
     check_unique_names,
     label_space_of,
 )
-from continual.streams.tokens import build_token_task, read_token_file
 
 
 def _check_keys(raw: Mapping[str, Any], cls: type, where: str, required: Sequence[str]) -> None:
@@ -66,8 +63,7 @@ def _check_keys(raw: Mapping[str, Any], cls: type, where: str, required: Sequenc
 def _opt_int(value: Any, name: str, where: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ContinualError(f"{where}: field '{name}' must be a positive integer, got {value!r}")
+    check_int(value, f"{where}: field '{name}'", low=1)
     return value
 
 
@@ -89,7 +85,7 @@ class TaskSpec:
     dataset: str | None = None
     dataset_config: str | None = None
     label_space: str | None = None
-    type: str = SEQUENCE  # sequence (a label per text) | tokens (a BIO tag per word: see streams/tokens.py)
+    type: str = SEQUENCE.name  # the task's kind: sequence (a label per text) | tokens (a BIO tag per word)
     tokens_field: str = "tokens"
     tags_field: str | None = None
     tag_column: int = -1  # CoNLL: the column holding the tag (the token is column 0)
@@ -130,8 +126,7 @@ class TaskSpec:
                 raise ContinualError(f"{where}: field 'labels' must be a list of labels, got {labels!r}")
             labels = tuple(str(lab) for lab in labels)
         fraction = raw.get("validation_fraction", 0.1)
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-            raise ContinualError(f"{where}: field 'validation_fraction' must be a number in [0, 1), got {fraction!r}")
+        check_number(fraction, f"{where}: field 'validation_fraction'", low=0, high=1, below=True)
         return cls(
             **{
                 **dict(raw),
@@ -142,22 +137,13 @@ class TaskSpec:
             }
         )
 
-    def read(self, split: str, base_dir: Path, where: str):
-        """Pairs (a token task: sentences) of one split ('train', 'validation' or 'test'), from the Hub or a file."""
+    def read_pairs(self, split: str, base_dir: Path, where: str) -> list[tuple[str, str]]:
+        """(text, label) pairs of one split ('train', 'validation' or 'test'), from the Hub or a file."""
         ref = getattr(self, split)
-        if self.type == TOKENS:
-            return read_token_file(
-                self._path(ref, base_dir),
-                self.tokens_field,
-                self.tags_field,
-                f"{where} field '{split}'",
-                self.format,
-                self.tag_column,
-            )
         if self.dataset:
             return read_hub(self.dataset, self.dataset_config, ref, self.text_field, self.label_field, where)
         return read_file(
-            self._path(ref, base_dir), self.text_field, self.label_field, f"{where} field '{split}'", self.format
+            self.path(split, base_dir), self.text_field, self.label_field, f"{where} field '{split}'", self.format
         )
 
     def source(self, split: str, base_dir: Path) -> str:
@@ -167,39 +153,20 @@ class TaskSpec:
             return (
                 f"hf://datasets/{self.dataset}" + (f"/{self.dataset_config}" if self.dataset_config else "") + f"@{ref}"
             )
-        return str(self._path(ref, base_dir))
+        return str(self.path(split, base_dir))
 
-    @staticmethod
-    def _path(ref: str, base_dir: Path) -> Path:
-        path = Path(ref).expanduser()
+    def path(self, split: str, base_dir: Path) -> Path:
+        """The file of one split; relative paths resolve against ``base_dir``."""
+        path = Path(getattr(self, split)).expanduser()
         return path if path.is_absolute() else base_dir / path
 
 
 def _check_type(raw: Mapping[str, Any], where: str) -> None:
     """``type`` and the fields that only one type reads, checked before any file is opened."""
-    kind = raw.get("type", SEQUENCE)
-    if kind not in TASK_KINDS:
-        raise ContinualError(f"{where}: field 'type' must be one of {list(TASK_KINDS)}, got {kind!r}")
+    kind = kind_named(raw.get("type", SEQUENCE.name), where)
     column = raw.get("tag_column", -1)
-    if isinstance(column, bool) or not isinstance(column, int):
-        raise ContinualError(f"{where}: field 'tag_column' must be an integer column index, got {column!r}")
-    if kind == SEQUENCE:
-        if raw.get("format") == "conll":
-            raise ContinualError(f"{where}: format conll holds tagged tokens; set type: tokens")
-        return
-    if raw.get("labels") is not None:
-        raise ContinualError(
-            f"{where}: field 'labels' selects labels of a sequence task; a token task's labels are its entity types"
-        )
-    if raw.get("dataset"):
-        raise ContinualError(
-            f"{where}: a task of type tokens reads local files (jsonl, json, parquet, conll), not a Hub dataset"
-        )
-    if raw.get("format") != "conll" and not raw.get("tags_field"):
-        raise ContinualError(
-            f"{where}: a task of type tokens needs field 'tags_field' (each sentence's list of BIO tags) "
-            "or format: conll"
-        )
+    check_int(column, f"{where}: field 'tag_column' (a column index)")
+    kind.check_spec(raw, where)
 
 
 def _label_space(value: Any, specs: Sequence[TaskSpec], where: str) -> str:
@@ -238,8 +205,7 @@ class StreamSpec:
             order = tuple(order)
         orders = {str(k): tuple(v) for k, v in (raw.get("orders") or {}).items()}
         seed = raw.get("split_seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ContinualError(f"{where}: field 'split_seed' must be an integer, got {seed!r}")
+        check_int(seed, f"{where}: field 'split_seed'")
         return cls(
             name=str(raw["name"]),
             tasks=specs,
@@ -268,19 +234,15 @@ class StreamSpec:
         for name in order_names:
             spec = by_name[name]
             where = f"stream '{self.name}' task '{spec.name}'"
-            build = build_token_task if spec.type == TOKENS else build_task
             tasks.append(
-                build(
-                    spec.name,
-                    train=spec.read("train", base, where),
-                    test=spec.read("test", base, where),
-                    validation=spec.read("validation", base, where) if spec.validation else None,
-                    **({} if spec.type == TOKENS else {"labels": spec.labels}),
+                kind_named(spec.type, where).load(
+                    spec,
+                    base,
+                    where,
                     max_per_class=spec.max_per_class or self.max_per_class,
                     max_eval_per_class=spec.max_eval_per_class or self.max_eval_per_class,
                     validation_fraction=spec.validation_fraction,
                     seed=self.split_seed,
-                    where=where,
                     label_space=label_space_of(self.label_space, spec.label_space, where),
                     sources={s: spec.source(s, base) for s in ("train", "test", "validation") if getattr(spec, s)},
                 )

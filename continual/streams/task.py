@@ -14,11 +14,13 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from continual.errors import ContinualError
+from continual.streams.kinds import SEQUENCE, TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +28,14 @@ Pairs = list[tuple[str, str]]
 X = TypeVar("X")  # what a (example, label) pair holds: a text, or a token task's sentence
 
 
-SEQUENCE, TOKENS = "sequence", "tokens"
-TASK_KINDS = (SEQUENCE, TOKENS)
-
-
-def bio_tags(types: Sequence[str]) -> tuple[str, ...]:
-    """``O``, ``B-t1``, ``I-t1``, ``B-t2``, ...: tag id 0 is outside, 2m+1 begins and 2m+2 continues type m."""
-    return ("O", *(f"{prefix}-{t}" for t in types for prefix in ("B", "I")))
-
-
 @dataclass(frozen=True, eq=False)
 class Split:
     """Labelled texts; ``labels[k]`` indexes the owning task's ``labels`` tuple; ``source`` says where they
     came from (a file, a Hub dataset split), for the run's data lineage.
 
-    In a token task (``Task.kind == "tokens"``) a text is its words joined by single spaces, ``tags[k]``
-    holds one tag id per word (indexing ``Task.tag_names``), and ``labels`` is 0 for every text (one
-    routing class per token task: a router sends a whole sentence to it).
+    In a token task (``kind`` :data:`continual.streams.kinds.TOKENS`) a text is its words joined by single
+    spaces, ``tags[k]`` holds one tag id per word (``O``, then ``B-``/``I-`` of each entity type), and
+    ``labels`` is 0 for every text (one routing class per token task: a router sends a whole sentence to it).
     """
 
     texts: tuple[str, ...]
@@ -62,8 +55,8 @@ class Task:
     (a label name is the same class in each: Yelp and Amazon stars), while by default ("") every task
     has its own, so equal names in two tasks are two classes.
 
-    ``kind`` is ``sequence`` (a label per text) or ``tokens`` (a BIO tag per word; ``labels`` are then
-    the entity types, and the task is scored by entity-level F1).
+    ``kind`` is what type of task it is (:mod:`continual.streams.kinds`): a label per text (the default), a
+    BIO tag per word (``labels`` are then the entity types, scored by entity-level F1), ...
     """
 
     name: str
@@ -72,7 +65,7 @@ class Task:
     validation: Split
     test: Split
     label_space: str = ""
-    kind: str = SEQUENCE
+    kind: TaskKind = SEQUENCE
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -81,19 +74,14 @@ class Task:
         return tuple(f"{space}/{label}" for label in self.labels)
 
     @property
-    def tag_names(self) -> tuple[str, ...]:
-        """A token task's BIO tags: ``O``, then ``B-`` and ``I-`` of each entity type (tag 2m+1 begins type m)."""
-        return bio_tags(self.labels) if self.kind == TOKENS else ()
-
-    @property
     def routing_classes(self) -> int:
         """How many classes a router keeps statistics of: one per label, one per token task (its sentences)."""
-        return 1 if self.kind == TOKENS else len(self.labels)
+        return self.kind.routing_classes(self.labels)
 
     @property
     def outputs(self) -> int:
         """Width of the task's head: one logit per label, or per BIO tag."""
-        return len(self.tag_names) if self.kind == TOKENS else len(self.labels)
+        return self.kind.outputs(self.labels)
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,6 +101,16 @@ class Stream:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+
+class StreamSource(Protocol):
+    """Anything that can produce a validated :class:`Stream`: ``load`` reads and checks all of its data, so
+    bad input fails before a model is loaded; relative paths resolve against ``launch_dir``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def load(self, launch_dir: Path | None = None) -> Stream: ...
 
 
 def cap_per_class(pairs: list[tuple[X, str]], cap: int | None, rng: random.Random) -> list[tuple[X, str]]:

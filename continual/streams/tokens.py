@@ -8,8 +8,9 @@ wrong is one error naming the file and line: a token/tag count mismatch, an empt
 outside BIO, a token that is empty or holds whitespace (a sentence's text is its words joined by
 single spaces, and prediction splits text on whitespace).
 
-A token task's labels are its entity types (sorted, over all of its splits: a type seen only in test
-still counts, as missed entities). ``max_per_class`` caps its sentences, as if all were one class.
+A token task's labels are the entity types of its train split (sorted); a validation or test split with a
+type that train lacks is one error, as a sequence task's test label that train lacks is (its F1 would
+count entities no head could tag). ``max_per_class`` caps its sentences, as if all were one class.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from typing import Any
 import numpy as np
 
 from continual.errors import ContinualError
+from continual.streams.kinds.tokens import TOKENS, bio_tags
 from continual.streams.sources import read_records, read_text
 from continual.streams.task import (
-    TOKENS,
     Split,
     Task,
-    bio_tags,
     cap_per_class,
     carve_validation,
     check_task_name,
@@ -197,7 +197,14 @@ def build_token_task(
         val_pairs = cap_per_class(as_pairs(validation), max_eval_per_class, rng)
     test_pairs = cap_per_class(as_pairs(test), max_eval_per_class, rng)
     splits = [[row for row, _ in pairs] for pairs in (train_pairs, val_pairs, test_pairs)]
-    types = tuple(sorted(set().union(*(_types(rows) for rows in splits))))
+    types = tuple(sorted(_types(splits[0])))
+    for split, rows in zip(("validation", "test"), splits[1:]):
+        unknown = sorted(_types(rows) - set(types))
+        if unknown:
+            raise ContinualError(
+                f"{where}: the {split} split has entity types that never occur in train: {unknown[:10]}; "
+                "no tagger could learn them"
+            )
     tag_ids = {tag: k for k, tag in enumerate(bio_tags(types))}
     sources = dict(sources or {})
     sources.setdefault("validation", f"{sources.get('train', '')} (validation carved out)".lstrip())

@@ -77,14 +77,14 @@ class Tracker(Protocol):
     """One run of one experiment: where its params, per-step metrics and files go.
 
     A new tracker provides ``run_id`` and ``uri`` (printed in the summary, stored in the checkpoint
-    so that a resumed run continues the same tracking run) and the methods below. Metric keys
-    arrive as written (``acc/<task>``); a tracker that cannot store some characters maps them with
-    :func:`metric_key`.
+    so that a resumed run continues the same tracking run), ``page`` (where a UI shows the run; empty if
+    none does) and the methods below. Metric keys arrive as written (``acc/<task>``); a tracker that
+    cannot store some characters maps them with :func:`metric_key`.
     """
 
     run_id: str
     uri: str
-    register: str | None  # the registered model each finished run becomes a version of (None: not registered)
+    page: str
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -104,11 +104,6 @@ class Tracker(Protocol):
 
     def log_inputs(self, inputs: Sequence[DataInput]) -> None:
         """Record the data the run learned from and was scored on (once, when the run starts)."""
-        ...
-
-    def publish(self, model_dir: Path, tags: Mapping[str, str]) -> str:
-        """Attach the pyfunc model folder to the run and register it as a new version of ``register``,
-        tagged with ``tags``; the version. A run that already registered one gets that one back."""
         ...
 
     def finish(self, status: str = "FINISHED") -> None:

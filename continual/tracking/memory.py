@@ -13,11 +13,10 @@ from continual.tracking.base import DataInput, flatten, metric_key
 class MemoryTracker:
     """Records params, metric histories ``{key: [(step, value)]}``, artifact paths and the final status."""
 
-    def __init__(self, run_id: str = "memory", register: str | None = None) -> None:
+    def __init__(self, run_id: str = "memory", folder: Path | None = None) -> None:
         self.run_id = run_id
         self.uri = "memory:"
-        self.register = register
-        self.published: list[tuple[list[str], dict[str, str]]] = []  # the model's files and the version's tags
+        self.page = ""  # no UI shows it
         self.params: dict[str, str] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.artifacts: list[tuple[Path, str | None]] = []
@@ -44,11 +43,6 @@ class MemoryTracker:
 
     def log_inputs(self, inputs: Sequence[DataInput]) -> None:
         self.inputs.extend(inputs)
-
-    def publish(self, model_dir: Path, tags: Mapping[str, str]) -> str:
-        if not self.published:
-            self.published.append((sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*")), dict(tags)))
-        return "1"
 
     def finish(self, status: str = "FINISHED") -> None:
         self.status = status

@@ -1,0 +1,1 @@
+"""The doors: the ``continual`` command (the only Hydra import) and its subcommands."""

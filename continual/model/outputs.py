@@ -1,0 +1,61 @@
+"""What heads output for a batch: a label (and confidence) per text, or a tag per token, in one shape."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+class Classified(NamedTuple):
+    """Per-example outputs of the routed heads; ``labels`` is -1 where an example went to no task.
+
+    A token task's head tags every token: ``tags``/``tag_confidence`` are ``[batch, tokens]`` (-1 / 0 on
+    rows of sequence tasks and on padding), and its row's ``labels`` is 0 while ``confidence`` and
+    ``certainty`` are the means over the row's real tokens.
+    """
+
+    labels: torch.Tensor
+    confidence: torch.Tensor  # softmax probability of the predicted label
+    certainty: torch.Tensor  # 1 - entropy / log(number of labels): 1 = one-hot, 0 = uniform
+    tags: torch.Tensor  # [batch, tokens]: a token task's predicted tag per token position
+    tag_confidence: torch.Tensor  # [batch, tokens]: the softmax probability of that tag
+
+    @classmethod
+    def empty(cls, n: int, device: torch.device, width: int = 0) -> Classified:
+        """Outputs for ``n`` examples of ``width`` tokens that no head has seen yet (label -1)."""
+        zeros = torch.zeros(n, device=device)
+        no_tags = torch.full((n, width), -1, dtype=torch.long, device=device)
+        return cls(
+            torch.full((n,), -1, dtype=torch.long, device=device),
+            zeros,
+            zeros.clone(),
+            no_tags,
+            torch.zeros((n, width), device=device),
+        )
+
+    def fill(self, rows: torch.Tensor | slice, logits: torch.Tensor, sizes: torch.Tensor | None = None) -> None:
+        """Write the heads' prediction, confidence and certainty for ``rows`` from their ``logits`` (rows of
+        heads of several widths: padded with ``-inf``, each row's label count in ``sizes``)."""
+        probs = logits.softmax(-1)
+        self.confidence[rows], self.labels[rows] = probs.max(-1)
+        self.certainty[rows] = _certainty(probs, sizes)
+
+    def fill_tags(self, rows: slice, logits: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Write a tagger's ``[n, tokens, tags]`` logits for ``rows``: tags per real token, means per row."""
+        probs = logits.softmax(-1)
+        confidence, tags = probs.max(-1)
+        real = attention_mask.bool()
+        self.tags[rows] = torch.where(real, tags, -1)
+        self.tag_confidence[rows] = torch.where(real, confidence, 0.0)
+        count = real.sum(1).clamp(min=1)
+        self.labels[rows] = 0
+        self.confidence[rows] = self.tag_confidence[rows].sum(1) / count
+        self.certainty[rows] = torch.where(real, _certainty(probs), 0.0).sum(1) / count
+
+
+def _certainty(probs: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - entropy / log(number of outcomes), over the last axis (``sizes``: each row's own number)."""
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    return 1.0 - entropy / (math.log(probs.shape[-1]) if sizes is None else sizes.float().log())
