@@ -6,6 +6,7 @@ No downloads. Test files import nothing from each other: whatever two of them sh
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,6 +19,10 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from continual.model.backbone import Backbone
 from continual.streams.demo_data import DEMO_TASKS, demo_examples
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers share the cores: one torch thread each (and their
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses), instead of every worker using every core
+    torch.set_num_threads(1)
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

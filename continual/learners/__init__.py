@@ -15,6 +15,7 @@ from continual.learners.base import (
     steps,
 )
 from continual.learners.memory import EpisodicMemory, MemoryConfig
+from continual.learners.ridge import RidgeConfig, RidgeLearner
 from continual.learners.single_head import JointConfig, SingleHeadConfig, SingleHeadLearner
 from continual.learners.techniques import DerppConfig, EWCConfig, LwfConfig
 
@@ -33,6 +34,8 @@ __all__ = [
     "LearnerConfig",
     "LwfConfig",
     "MemoryConfig",
+    "RidgeConfig",
+    "RidgeLearner",
     "Schedule",
     "SingleHead",
     "SingleHeadConfig",

@@ -6,6 +6,7 @@ from continual.routers.entropy import EntropyRouter
 from continual.routers.head import HeadRouter
 from continual.routers.oracle import OracleRouter
 from continual.routers.prototype import PrototypeRouter
+from continual.routers.ridge import RidgeRouter
 
 __all__ = [
     "ABSTAIN",
@@ -15,6 +16,7 @@ __all__ = [
     "OracleRouter",
     "PrototypeRouter",
     "Reads",
+    "RidgeRouter",
     "Router",
     "RouterInputs",
     "Routing",

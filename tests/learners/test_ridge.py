@@ -1,0 +1,103 @@
+"""The closed-form baseline: ridge on random features of the frozen backbone, as a learner and as a router."""
+
+import re
+
+import numpy as np
+import pytest
+
+from continual.errors import ContinualError
+from continual.learners import RidgeConfig, RidgeLearner
+from continual.model.training import TrainerConfig
+from continual.routers import HeadRouter, RidgeRouter
+from continual.routers.ridge import RidgeClassifier
+from continual.run.experiment import RunOptions, run_stream
+from continual.streams import DemoStream
+from continual.tracking import MemoryTracker
+
+
+def _blobs(rng, classes, per_class, dim=16, spread=0.3):
+    centres = rng.standard_normal((classes, dim)) * 3
+    labels = np.repeat(np.arange(classes), per_class)
+    return centres[labels] + spread * rng.standard_normal((len(labels), dim)), labels
+
+
+def test_statistics_added_task_by_task_equal_one_joint_fit():
+    """G and C add up: fitting two tasks one after the other gives exactly ridge regression on both at once."""
+    rng = np.random.default_rng(0)
+    x, y = _blobs(rng, 6, 20)
+    stepwise = RidgeClassifier(64, seed=3, lambdas=[1.0])
+    first = y < 3
+    stepwise.add(x[first], y[first], 3)
+    stepwise.add(x[~first], y[~first], 3)
+    stepwise.fit()
+    h = stepwise._project(x)  # the features every input was mapped to (standardised as the first task)
+    joint = np.linalg.solve(h.T @ h + np.eye(64), h.T @ np.eye(6)[y])
+    np.testing.assert_allclose(stepwise.weights, joint, rtol=1e-4, atol=1e-5)
+    assert (stepwise.scores(x).argmax(1) == y).mean() > 0.95
+
+
+def test_lambda_is_chosen_on_validation_and_the_state_round_trips():
+    rng = np.random.default_rng(1)
+    x, y = _blobs(rng, 4, 30, spread=1.5)
+    ridge = RidgeClassifier(128, seed=0, lambdas=[1e-3, 1.0, 1e6])
+    ridge.add(x[::2], y[::2], 4)
+    accuracy = ridge.fit(x[1::2], y[1::2])
+    assert set(accuracy) == {1e-3, 1.0, 1e6} and ridge.lam == max(accuracy, key=lambda lam: (accuracy[lam], lam))
+    again = RidgeClassifier(128, seed=0, lambdas=[1e-3, 1.0, 1e6])
+    again.load_state_dict(ridge.state_dict())
+    np.testing.assert_array_equal(again.scores(x), ridge.scores(x))  # the projection is redrawn from its seed
+    with pytest.raises(ContinualError, match="saved with dim=128, seed=0; this run has dim=64"):
+        RidgeClassifier(64).load_state_dict(ridge.state_dict())
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: RidgeConfig(dim=0), "learner.dim must be a positive integer, got 0"),
+        (lambda: RidgeConfig(lambdas=[10, -1]), "learner.lambdas must be a positive number, got -1"),
+        (lambda: RidgeConfig(lambdas=[]), "learner.lambdas must be a non-empty list"),
+        (lambda: RidgeConfig(lambdas=["x"]), "learner.lambdas must be a positive number, got 'x'"),
+        (lambda: RidgeRouter(dim=-5), "router.dim must be a positive integer, got -5"),
+        (lambda: RidgeRouter(rule="vote"), "router.rule must be one of ['max', 'sum']"),
+    ],
+)
+def test_bad_values_are_one_line(make, message):
+    with pytest.raises(ContinualError, match=re.escape(message)):
+        make()
+
+
+def test_the_ridge_learner_runs_both_protocols_saves_and_resumes(tiny_backbone, tmp_path):
+    from continual.model.backbone import Backbone
+
+    stream = DemoStream(max_per_class=12).load()
+    config = RidgeConfig(dim=256, progress=False)
+    learner = RidgeLearner(tiny_backbone, TrainerConfig(), config)
+    result = run_stream(stream, learner, HeadRouter(), MemoryTracker(), RunOptions(tmp_path, progress=False))
+    R, given = result.state.R, result.state.oracle_R
+    assert np.isfinite(R[-1]).all() and np.all(given[-1] >= R[-1] - 1e-12)  # the task given never hurts
+    # a random tiny backbone: well above chance (1 in 20 labels without the task, 1 in 5 with it)
+    assert result.metrics["avg_acc"] > 0.15 and result.state.oracle_average > 0.4
+    assert learner.trained_parameters() == 256 * 20
+    restored = RidgeLearner(Backbone.load(tiny_backbone.name), TrainerConfig(), config)
+    restored.load(tmp_path / "adapters", stream.tasks)
+    assert restored.fingerprints() == learner.fingerprints()
+
+
+def test_the_ridge_router_routes_adapters_and_reloads_identically(tiny_backbone, tmp_path):
+    from continual.adapters import BottleneckConfig
+    from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+    from continual.routers.state import load_router, save_router
+
+    stream = DemoStream(max_per_class=12).load()
+    learner = AdapterPerTask(
+        tiny_backbone, BottleneckConfig(bottleneck_dim=4), TrainerConfig(epochs=1), AdapterPerTaskConfig(progress=False)
+    )
+    router = RidgeRouter(dim=256, accept_rate=0.9)
+    result = run_stream(stream, learner, router, MemoryTracker(), RunOptions(tmp_path, progress=False))
+    assert result.state.router_accuracy > 0.3  # a random tiny backbone: above chance (1 in 4), rejections included
+    again = RidgeRouter(dim=256, accept_rate=0.9)
+    load_router(again, tmp_path, stream.task_names, tiny_backbone.name)
+    features = np.random.default_rng(0).standard_normal((5, router.ridge.input_dim))
+    np.testing.assert_array_equal(again.ridge.scores(features), router.ridge.scores(features))
+    assert again.threshold == router.threshold
+    save_router(again, tmp_path / "copy", stream.task_names, tiny_backbone.name)
