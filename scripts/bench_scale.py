@@ -17,8 +17,8 @@ non-zero weights) and heads, a batch of 128 demo texts padded once:
 - **lazy**: loading them again under ``--resident-mb`` (``learner.max_resident_mb``): the RSS growth of
   the load, the adapter bytes held after mixed batches, and their throughput against the all-resident
   learner's (each batch reads back from the files what it needs: the cost of the budget).
-- **router**: the prototype router's cost per query over N tasks of 10 classes (1920-dim features:
-  the default five layers), 256 queries.
+- **router**: the prototype router's and the ridge router's cost per query over N tasks of 10 classes
+  (1920-dim features: the default five layers), 256 queries; the ridge router's saved state (MB).
 - **one site**: the bottleneck update of 128 rows over 118 adapters alone (what a 1,000-adapter batch
   holds): gathered from the site's stack (what the bank does outside training), stacking the routed
   adapters' weights on each call (training, or adapters under a residency budget), and one adapter.
@@ -51,6 +51,7 @@ from continual.learners.base import digest
 from continual.model.backbone import Backbone
 from continual.model.training import TrainerConfig, pad
 from continual.routers.prototype import ClassStatistics
+from continual.routers.ridge import RidgeRouter
 from continual.streams import Split, Task
 
 CLASSES_PER_TASK = 10
@@ -143,19 +144,35 @@ def load_seconds(learner: AdapterPerTask, n: int, budget_mb: float, batch: Calla
     return saved, loaded, checked, grown, held, seconds
 
 
-def router_ms(n: int, queries: int = 256, dim: int = 1920) -> float:
-    """Milliseconds per query of the prototype router's task scores over ``n`` tasks (Mahalanobis)."""
+def router_ms(n: int, queries: int = 256, dim: int = 1920) -> dict[str, float]:
+    """Milliseconds per query of the prototype router's task scores over ``n`` tasks (Mahalanobis) and of the
+    ridge router's (``router=ridge``, default dim 4,000), and the ridge router's saved state in MB."""
     rng = np.random.default_rng(0)
+    features = rng.standard_normal((n * 2 * CLASSES_PER_TASK, dim))
+    labels = np.tile(np.repeat(np.arange(CLASSES_PER_TASK), 2), n)
     stats = ClassStatistics()
     for k in range(n):
-        features = rng.standard_normal((2 * CLASSES_PER_TASK, dim))
-        stats.add(k, features, np.repeat(np.arange(CLASSES_PER_TASK), 2), CLASSES_PER_TASK)
+        rows = slice(k * 2 * CLASSES_PER_TASK, (k + 1) * 2 * CLASSES_PER_TASK)
+        stats.add(k, features[rows], labels[rows], CLASSES_PER_TASK)
+    ridge = RidgeRouter(lambdas=[100.0])
+    ridge.ridge.add(features, np.arange(n).repeat(2 * CLASSES_PER_TASK) * CLASSES_PER_TASK + labels, n * 10)
+    ridge.class_task = np.arange(n).repeat(CLASSES_PER_TASK)
+    for k in range(n):
+        ridge.validation.add(k, features[k * 20 : (k + 1) * 20], labels[k * 20 : (k + 1) * 20])
+    ridge.ridge.fit()
     x = rng.standard_normal((queries, dim))
     stats.task_scores(stats.class_scores(x, "mahalanobis"), n)  # whitening is computed once, then kept
-    start = time.perf_counter()
-    for _ in range(3):
-        stats.task_scores(stats.class_scores(x, "mahalanobis"), n)
-    return (time.perf_counter() - start) / 3 / queries * 1000
+    times = {}
+    for name, route in (
+        ("prototype", lambda: stats.task_scores(stats.class_scores(x, "mahalanobis"), n)),
+        ("ridge", lambda: ridge.task_scores(ridge.ridge.scores(x))),
+    ):
+        start = time.perf_counter()
+        for _ in range(3):
+            route()
+        times[name] = (time.perf_counter() - start) / 3 / queries * 1000
+    times["ridge_mb"] = sum(v.nbytes for v in ridge.state_dict().values()) / 2**20
+    return times
 
 
 def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
@@ -202,7 +219,7 @@ def ours(n: int, batch: int, repeats: int, budget: float) -> dict[str, float]:
         "lazy_rss_mb": lazy_mb,
         "lazy_held_mb": held_mb,
         "lazy_vs_resident": times["batched"] / lazy_s,
-        "router_ms": router_ms(n),
+        **{f"router_{k}": v for k, v in router_ms(n).items()},
     }
 
 
@@ -277,7 +294,7 @@ def main() -> None:
     )
     header = (
         "N       segments  mixed/single batched  loop  peft   RSS MB  +mixed  params MB  save s  load s  check s"
-        "  router ms/q"
+        "  router ms/q: prototype ridge  ridge MB"
         f"  lazy ({args.resident_mb:g} MB): load RSS MB, held MB, mixed vs resident"
     )
     print(header)
@@ -288,7 +305,8 @@ def main() -> None:
             f"{n:<7} {row['segments']:8.0f}  {row['batched']:21.2f} {row['loop']:5.2f} {peft}  "
             f"{row['rss_mb']:7.1f}  {row['mixed_mb']:6.1f}  {row['params_mb']:9.1f}  "
             f"{row['save_s']:6.2f}  {row['load_s']:6.2f}  {row['check_s']:7.2f}  "
-            f"{row['router_ms']:11.3f}  {row['lazy_rss_mb']:8.1f} {row['lazy_held_mb']:6.1f} "
+            f"{row['router_prototype']:21.3f} {row['router_ridge']:5.3f} {row['router_ridge_mb']:9.1f}  "
+            f"{row['lazy_rss_mb']:8.1f} {row['lazy_held_mb']:6.1f} "
             f"{row['lazy_vs_resident']:6.2f}",
             flush=True,
         )

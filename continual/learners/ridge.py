@@ -10,8 +10,9 @@ for first in the class-incremental protocol.
 It has one head over every class seen so far: without task ids it predicts the class with the best score
 (``router=head``); with the task given, the best of that task's classes. Its confidences are the softmax of
 the scores over ``temperature`` (a ridge score is about 1 for the right class and near 0 for the others).
-Saved state: ``state_NN.safetensors`` after NN tasks (G, C, the solved weights, the validation memory, the
-classes), the previous one kept until the next is written; ``NN_<task>.safetensors`` carry each task's labels.
+Saved state: ``state_NN.safetensors`` after NN tasks (G, C, λ, the validation memory, the classes; the
+weights are solved again on load), the previous one kept until the next is written; ``NN_<task>.safetensors``
+carry each task's labels.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class RidgeConfig:
     pooling: str = "mean"
     layers: tuple[int, ...] | None = None
     validation_per_task: int = 200
+    validation_limit: int = 3000  # all tasks together: past it each task keeps limit // tasks (a bounded state)
     temperature: float = 0.05
     progress: bool = True
 
@@ -73,6 +75,7 @@ class RidgeConfig:
     def __post_init__(self) -> None:
         RidgeClassifier(self.dim, 0, self.lambdas, "learner")  # checks dim and lambdas
         check_int(self.validation_per_task, "learner.validation_per_task", low=0)
+        check_int(self.validation_limit, "learner.validation_limit", low=0)
         check_number(self.temperature, "learner.temperature", low=0, above=True)
         if self.pooling not in ("mean", "cls"):
             raise ContinualError(f"learner.pooling must be 'mean' or 'cls', got {self.pooling!r}")
@@ -108,7 +111,7 @@ class RidgeLearner:
         self.backbone.to(self.device)
         backbone.layer_indices(config.layers)  # an unknown layer: one line before any text is read
         self.ridge = RidgeClassifier(config.dim, seed, config.lambdas, "learner")
-        self.validation = ValidationMemory(config.validation_per_task, seed, "learner")
+        self.validation = ValidationMemory(config.validation_per_task, config.validation_limit, seed, "learner")
         self.classes: list[str] = []  # every class seen so far, in column order (Task.classes keys)
         self.task_classes: list[np.ndarray] = []  # per task: the column of each of its labels
         self.tasks: list[Task] = []
@@ -167,7 +170,7 @@ class RidgeLearner:
             examples += len(task.train)
             if len(task.validation):
                 self.validation.add(k, self._texts(task.validation.texts), columns[task.validation.labels])
-        self.ridge.fit(self.validation.features, self.validation.columns)
+        self.ridge.fit_and_report(self.validation, "ridge learner")
         seconds = time.perf_counter() - start
         k = len(self.tasks) - 1
         val_acc = oracle_score(self, k, tasks[-1], tasks[-1].validation)  # the last task's, as single heads report

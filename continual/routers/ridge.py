@@ -22,6 +22,7 @@ is the classifier itself as a learner with one head over all labels (``learner=r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +41,7 @@ from continual.routers.base import (
 from continual.routers.prototype import labels_of
 from continual.streams import Task
 
+log = logging.getLogger(__name__)
 LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)  # the candidates λ is chosen from on validation
 RULES = ("max", "sum")
 
@@ -112,6 +114,8 @@ class RidgeClassifier:
         self.targets = np.concatenate([self.targets, np.zeros((self.dim, new_classes))], axis=1)
         self.gram += h.T @ h
         np.add.at(self.targets.T, columns, h)  # C[:, c] += h for every input of class c
+        # rounded to what is saved (float32), so that a resumed or loaded classifier solves exactly as this one
+        self.gram, self.targets = (m.astype(np.float32).astype(np.float64) for m in (self.gram, self.targets))
 
     def _solve(self, lam: float) -> np.ndarray:
         """``(G + λI)⁻¹ C`` by a Cholesky factorisation in float64 (torch: LAPACK with every core)."""
@@ -138,16 +142,22 @@ class RidgeClassifier:
         self.lam, self.weights = best[1], best[2].astype(np.float32)
         return accuracy
 
+    def fit_and_report(self, memory: ValidationMemory, who: str) -> None:
+        """:meth:`fit` on ``memory``, and a log line with the λ chosen and the validation accuracy of each."""
+        accuracy = self.fit(memory.features, memory.columns)
+        tried = ", ".join(f"{lam:g}: {acc:.4f}" for lam, acc in accuracy.items()) or "no validation: the middle one"
+        log.info("%s: lambda=%g over %d classes (validation accuracy by lambda %s)", who, self.lam, self.classes, tried)
+
     def scores(self, features: np.ndarray) -> np.ndarray:
         """``[n, classes]``: each input's ridge score of every class (about 1 for its class, 0 for others)."""
         return self._project(features).astype(np.float32) @ self.weights
 
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
-        """G (its lower triangle, float32), C, the solved weights, λ and the projection's seed and shape."""
+        """G (its lower triangle, float32), C, λ and the projection's seed and shape; the weights are solved
+        again on load (one Cholesky factorisation: about a second at dim 4,000), not stored."""
         return {
             f"{prefix}gram_tril": _lower(self.gram).astype(np.float32),
             f"{prefix}targets": self.targets.astype(np.float32),
-            f"{prefix}weights": self.weights,
             f"{prefix}shape": np.array([self.input_dim, self.dim, self.seed]),
             f"{prefix}centre": self.centre,
             f"{prefix}spread": self.spread,
@@ -164,32 +174,49 @@ class RidgeClassifier:
         self.centre, self.spread = state[f"{prefix}centre"], state[f"{prefix}spread"]
         self.gram = _symmetric(state[f"{prefix}gram_tril"].astype(np.float64), dim)
         self.targets = state[f"{prefix}targets"].astype(np.float64)
-        self.weights = state[f"{prefix}weights"].astype(np.float32)
         self.lam = float(state[f"{prefix}lambda"][0])
+        self.weights = self._solve(self.lam).astype(np.float32) if self.classes else np.zeros((0, 0), np.float32)
 
 
 class ValidationMemory:
-    """Up to ``per_task`` validation features per task (a seeded sample) and their class columns: what λ is
-    chosen on and the rejection threshold calibrated on. Features, never text."""
+    """A seeded sample of each task's validation features and their class columns: what λ is chosen on and
+    the rejection threshold calibrated on. Features (float16), never text.
 
-    def __init__(self, per_task: int, seed: int = 0, where: str = "router") -> None:
+    Each task keeps up to ``per_task`` rows, and all tasks together up to ``limit``: past it, every task
+    keeps the first ``limit // tasks`` rows of its sample, so the memory (and a saved version) stays
+    bounded however many tasks are learned (3,000 rows of 1,920 features: 11 MB).
+    """
+
+    def __init__(self, per_task: int, limit: int = 3000, seed: int = 0, where: str = "router") -> None:
         check_int(per_task, f"{where}.validation_per_task", low=0)
-        self.per_task, self.seed = per_task, seed
-        self.features = np.zeros((0, 0), np.float32)
+        check_int(limit, f"{where}.validation_limit", low=0)
+        self.per_task, self.limit, self.seed = per_task, limit, seed
+        self.features = np.zeros((0, 0), np.float16)
         self.columns = np.zeros(0, dtype=np.int64)
+        self.tasks = np.zeros(0, dtype=np.int64)  # the task of each row; a task's rows are in its sample's order
 
     def add(self, task_index: int, features: np.ndarray, columns: np.ndarray) -> None:
-        keep = np.sort(np.random.default_rng([self.seed, task_index]).permutation(len(features))[: self.per_task])
-        kept = np.asarray(features[keep], np.float32)
+        keep = np.random.default_rng([self.seed, task_index]).permutation(len(features))[: self.per_task]
+        kept = np.asarray(features[keep], np.float16)
         self.features = kept if not self.features.size else np.concatenate([self.features, kept])
         self.columns = np.concatenate([self.columns, np.asarray(columns)[keep].astype(np.int64)])
+        self.tasks = np.concatenate([self.tasks, np.full(len(keep), task_index, dtype=np.int64)])
+        if len(self.tasks) > self.limit:
+            self._shrink(self.limit // len(np.unique(self.tasks)))
+
+    def _shrink(self, quota: int) -> None:
+        """Keep the first ``quota`` rows of every task's sample."""
+        starts = np.searchsorted(self.tasks, self.tasks, side="left")  # rows of a task are contiguous, tasks sorted
+        keep = np.arange(len(self.tasks)) - starts < quota
+        self.features, self.columns, self.tasks = self.features[keep], self.columns[keep], self.tasks[keep]
 
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {f"{prefix}features": self.features, f"{prefix}columns": self.columns}
+        return {f"{prefix}features": self.features, f"{prefix}columns": self.columns, f"{prefix}tasks": self.tasks}
 
     def load_state_dict(self, state: dict[str, np.ndarray], prefix: str = "") -> None:
-        self.features = state[f"{prefix}features"].astype(np.float32)
+        self.features = state[f"{prefix}features"].astype(np.float16)
         self.columns = state[f"{prefix}columns"].astype(np.int64)
+        self.tasks = state[f"{prefix}tasks"].astype(np.int64)
 
 
 class RidgeRouter:
@@ -214,6 +241,7 @@ class RidgeRouter:
         layers: Sequence[int] | None = None,
         accept_rate: float | None = None,
         validation_per_task: int = 200,
+        validation_limit: int = 3000,
         seed: int = 0,
     ) -> None:
         if rule not in RULES:
@@ -227,7 +255,7 @@ class RidgeRouter:
         self.rule, self.temperature = rule, float(temperature)
         self.pooling, self.layers = pooling, None if layers is None else tuple(int(k) for k in layers)
         self.accept_rate = accept_rate
-        self.validation = ValidationMemory(validation_per_task, seed)
+        self.validation = ValidationMemory(validation_per_task, validation_limit, seed)
         self.class_task = np.zeros(0, dtype=np.int64)  # the task that owns each class column
         self.threshold = -np.inf
 
@@ -238,7 +266,7 @@ class RidgeRouter:
         self.class_task = np.concatenate([self.class_task, np.full(classes, index, dtype=np.int64)])
         if validation.size:
             self.validation.add(index, validation.features(self.pooling, self.layers), first + labels_of(validation))
-        self.ridge.fit(self.validation.features, self.validation.columns)
+        self.ridge.fit_and_report(self.validation, "ridge router")
         self._calibrate()
 
     def _calibrate(self) -> None:

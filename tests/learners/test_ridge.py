@@ -9,7 +9,7 @@ from continual.errors import ContinualError
 from continual.learners import RidgeConfig, RidgeLearner
 from continual.model.training import TrainerConfig
 from continual.routers import HeadRouter, RidgeRouter
-from continual.routers.ridge import RidgeClassifier
+from continual.routers.ridge import RidgeClassifier, ValidationMemory
 from continual.run.experiment import RunOptions, run_stream
 from continual.streams import DemoStream
 from continual.tracking import MemoryTracker
@@ -50,6 +50,22 @@ def test_lambda_is_chosen_on_validation_and_the_state_round_trips():
         RidgeClassifier(64).load_state_dict(ridge.state_dict())
 
 
+def test_the_validation_memory_stays_bounded_and_keeps_each_tasks_first_rows():
+    rng = np.random.default_rng(2)
+    capped, small = ValidationMemory(10, limit=20, seed=1), ValidationMemory(4, seed=1)
+    for task in range(5):
+        features = rng.standard_normal((30, 8))
+        capped.add(task, features, np.arange(30) % 3 + 3 * task)
+        small.add(task, features, np.arange(30) % 3 + 3 * task)
+    assert len(capped.features) == 20 and np.bincount(capped.tasks).tolist() == [4] * 5
+    np.testing.assert_array_equal(capped.features, small.features)  # the first 4 of each task's seeded sample
+    np.testing.assert_array_equal(capped.columns, small.columns)
+    again = ValidationMemory(10, limit=20, seed=1)
+    again.load_state_dict(capped.state_dict())
+    again.add(5, rng.standard_normal((30, 8)), np.zeros(30, dtype=np.int64))
+    assert np.bincount(again.tasks).tolist() == [3] * 6
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
@@ -58,6 +74,7 @@ def test_lambda_is_chosen_on_validation_and_the_state_round_trips():
         (lambda: RidgeConfig(lambdas=[]), "learner.lambdas must be a non-empty list"),
         (lambda: RidgeConfig(lambdas=["x"]), "learner.lambdas must be a positive number, got 'x'"),
         (lambda: RidgeRouter(dim=-5), "router.dim must be a positive integer, got -5"),
+        (lambda: RidgeRouter(validation_limit=-1), "router.validation_limit must be"),
         (lambda: RidgeRouter(rule="vote"), "router.rule must be one of ['max', 'sum']"),
     ],
 )

@@ -1,11 +1,11 @@
 """Slow end-to-end checks of the tracking set-up: the MLflow UI in headless Chromium, and PostgreSQL.
 
-    python -m pytest -m slow tests/test_ui.py
+    python -m pytest -m slow tests/tracking/test_ui.py
 
 Needs the Debian packages chromium + chromium-driver and ``pip install -e ".[browser]"`` for the
 browser test, the Debian package postgresql and ``pip install -e ".[postgres]"`` for the PostgreSQL
 test; each is skipped, saying why, where its parts are missing. The browser test keeps screenshots
-in runs/test-artifacts/.
+in docs/assets/ (the UI page of the docs) and runs/test-artifacts/.
 """
 
 import importlib.util
@@ -13,18 +13,20 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from continual.tracking.store import free_port as _free_port
-from continual.tracking.store import serve
+from continual.tracking.store import run_page, serve
 
 from conftest import cli, stream_yaml, tiny_overrides, write_jsonl
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "runs" / "test-artifacts"
+DOCS_ASSETS = Path(__file__).resolve().parents[2] / "docs" / "assets"  # what docs/ui.md shows
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -74,9 +76,12 @@ def _three_task_run(tmp_path, tiny_model_dir, demo_files, uri):
     reason="apt install chromium chromium-driver",
 )
 def test_forgetting_curves_and_matrix_in_the_mlflow_ui(tmp_path, tiny_model_dir, demo_files):
+    """The link a run's summary prints opens MLflow's training view; the per-task charts and artifacts are there.
+
+    Saves the screenshots the UI page of the docs shows (docs/assets/ui-*.png) and copies in runs/test-artifacts/.
+    """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
 
     server, uri = _serve(f"sqlite:///{tmp_path}/ui.db", tmp_path / "artifacts")
     try:
@@ -86,24 +91,39 @@ def test_forgetting_curves_and_matrix_in_the_mlflow_ui(tmp_path, tiny_model_dir,
         for flag in CHROMIUM_FLAGS:
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         try:
-            driver.get(f"{uri}/#/experiments/{experiment_id}/runs/{run_id}")
-            WebDriverWait(driver, 60).until(lambda d: "acc/cooking" in d.page_source)
-            page = driver.page_source
-            driver.save_screenshot(str(SCREENSHOTS / "mlflow_run_overview.png"))
-            for name in ("acc/banking", "acc/travel", "acc/cooking", "avg_acc", "bwt"):
-                assert name in page
-            driver.get(f"{uri}/#/experiments/{experiment_id}/runs/{run_id}/artifacts")
-            WebDriverWait(driver, 60).until(lambda d: "accuracy_matrix.csv" in d.page_source)
-            driver.save_screenshot(str(SCREENSHOTS / "mlflow_run_artifacts.png"))
-            assert "accuracy_matrix.png" in driver.page_source and "router_confusion.csv" in driver.page_source
+            shots = _screenshots(driver, run_page(uri, experiment_id, run_id))
         finally:
             driver.quit()
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert (SCREENSHOTS / "mlflow_run_overview.png").stat().st_size > 10_000
+    for shot in shots:
+        assert shot.stat().st_size > 10_000
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, SCREENSHOTS / shot.name)
+
+
+def _screenshots(driver, page: str) -> list[Path]:
+    """Overview (parameters, metrics), the metric charts (one per key), the artifacts: each found, then shot."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shot(name: str, url: str, *expected: str) -> Path:
+        driver.get(url)
+        WebDriverWait(driver, 90).until(lambda d: all(text in d.page_source for text in expected))
+        driver.execute_script("window.scrollTo(0, 0)")
+        time.sleep(3)  # the charts draw after their titles are in the page
+        path = DOCS_ASSETS / f"ui-{name}.png"
+        driver.save_screenshot(str(path))
+        return path
+
+    assert "?workflowType=machine_learning" in page
+    base, query = page.split("?")
+    return [
+        shot("run-overview", page, "acc/cooking", "avg_acc", "bwt"),
+        shot("metric-charts", f"{base}/model-metrics?{query}", "acc/banking", "acc/travel", "acc/cooking", "avg_acc"),
+        shot("artifacts", f"{base}/artifacts?{query}", "accuracy_matrix.png", "router_confusion.csv"),
+    ]
 
 
 def _pg_bin() -> Path | None:
