@@ -92,15 +92,17 @@ class RidgeClassifier:
         return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
     def _project(self, features: np.ndarray) -> np.ndarray:
-        """``relu(W z)``, z the standardised L2-normalised input: ``[n, dim]`` float64 (W drawn from ``seed``)."""
+        """``relu(W z)``, z the standardised L2-normalised input: ``[n, dim]`` float32 (W drawn from ``seed``; in
+        float32, half the bytes a query reads: one query's projection is bound by reading W)."""
         x = self._normalised(features)
         if self._projection is None:
             self.input_dim = self.input_dim or x.shape[1]
             rng = np.random.default_rng([self.seed, self.input_dim, self.dim])
-            self._projection = rng.standard_normal((self.input_dim, self.dim)) / np.sqrt(self.input_dim)
+            projection = rng.standard_normal((self.input_dim, self.dim)) / np.sqrt(self.input_dim)
+            self._projection = projection.astype(np.float32)
         if x.shape[1] != self.input_dim:
             raise ContinualError(f"ridge: features have {x.shape[1]} dimensions, the classifier {self.input_dim}")
-        return np.maximum(((x - self.centre) / self.spread) @ self._projection, 0.0)
+        return np.maximum(((x - self.centre) / self.spread).astype(np.float32) @ self._projection, 0.0)
 
     def add(self, features: np.ndarray, columns: np.ndarray, new_classes: int) -> None:
         """Fold in training inputs whose class is column ``columns[i]``; ``new_classes`` columns are new. The first
@@ -108,7 +110,7 @@ class RidgeClassifier:
         if not self.centre.size:
             x = self._normalised(features)
             self.centre, self.spread = x.mean(0), x.std(0) + 1e-6
-        h = self._project(features)
+        h = self._project(features).astype(np.float64)  # the sums in float64
         if self.gram.size == 0:
             self.gram, self.targets = np.zeros((self.dim, self.dim)), np.zeros((self.dim, 0))
         self.targets = np.concatenate([self.targets, np.zeros((self.dim, new_classes))], axis=1)
@@ -150,7 +152,7 @@ class RidgeClassifier:
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """``[n, classes]``: each input's ridge score of every class (about 1 for its class, 0 for others)."""
-        return self._project(features).astype(np.float32) @ self.weights
+        return self._project(features) @ self.weights
 
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
         """G (its lower triangle, float32), C, λ and the projection's seed and shape; the weights are solved
