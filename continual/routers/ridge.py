@@ -257,6 +257,7 @@ class RidgeRouter:
         self.rule, self.temperature = rule, float(temperature)
         self.pooling, self.layers = pooling, None if layers is None else tuple(int(k) for k in layers)
         self.accept_rate = accept_rate
+        self.validation_limit = validation_limit
         self.validation = ValidationMemory(validation_per_task, validation_limit, seed)
         self.class_task = np.zeros(0, dtype=np.int64)  # the task that owns each class column
         self.threshold = -np.inf
