@@ -98,6 +98,21 @@ def test_the_ridge_learner_runs_both_protocols_saves_and_resumes(tiny_backbone, 
     restored = RidgeLearner(Backbone.load(tiny_backbone.name), TrainerConfig(), config)
     restored.load(tmp_path / "adapters", stream.tasks)
     assert restored.fingerprints() == learner.fingerprints()
+    assert len(learner._memo) == sum(len(t.validation) + len(t.test) for t in stream.tasks)  # not the train texts
+
+
+def test_remembered_features_stay_bounded_and_equal_computed_ones(tiny_backbone, monkeypatch):
+    from continual.learners import ridge as ridge_module
+    from continual.learners.base import padded_batches, tokenize
+
+    monkeypatch.setattr(ridge_module, "MEMO_TEXTS", 3)
+    learner = RidgeLearner(tiny_backbone, TrainerConfig(), RidgeConfig(dim=64, progress=False))
+    texts = ["book a flight", "my card is lost", "what time is it", "set an alarm", "play some jazz"]
+    (_, ids, mask), *_ = list(padded_batches(learner, tokenize(learner, texts)))
+    first, again = learner._frozen(ids, mask), learner._frozen(ids, mask)
+    assert len(learner._memo) == 3
+    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(learner._frozen(ids, mask, remember=False), first, rtol=1e-5, atol=1e-6)
 
 
 def test_the_ridge_router_routes_adapters_and_reloads_identically(tiny_backbone, tmp_path):
