@@ -78,7 +78,28 @@ class BankModel(PythonModel):
             self.bank.check(queries, "request")
             return list(self.predictor.predict(queries, params.get("accept_rate")))
         except ContinualError as exc:  # a bad request: HTTP 400 with the one line, not a 500 and a traceback
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+            raise BadRequest(str(exc)) from exc
+
+
+class BadRequest(MlflowException):
+    """A bad request's one line, answered with HTTP 400 as it is.
+
+    MLflow's scoring server rewrites the message of an ``MlflowException`` raised by ``predict`` to
+    ``Failed to predict data '<the whole request>'. Error: ...``: a 1 MB text would come back in its own
+    error. The line is kept here and the rewrite ignored.
+    """
+
+    def __init__(self, line: str) -> None:
+        self._line = line
+        super().__init__(line, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass  # the server's rewrite (see above)
 
 
 def requirements(backbone: str) -> list[str]:

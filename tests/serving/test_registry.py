@@ -112,6 +112,12 @@ def test_pyfunc_load_answers_mixed_tasks_with_params_and_rejects_bad_ones(regist
     for bad, said in ((["fine", 3, None], "text 1 of the request is a number"), ([MIXED, MIXED], "is a list (nested)")):
         with pytest.raises(MlflowException, match=re.escape(said)):  # as raw as a client sent it, not cast to text
             model.predict(bad)
+    from mlflow.pyfunc import scoring_server
+
+    with pytest.raises(MlflowException) as raised:  # the server's own handler: it rewrites messages to quote the data
+        scoring_server.invocations(json.dumps({"inputs": ["x" * 100_000]}), "application/json", model, None)
+    body = raised.value.serialize_as_json()
+    assert raised.value.get_http_status_code() == 400 and "xxxx" not in body and len(body) < 300, body[:300]
 
 
 def test_promote_moves_the_alias_records_each_move_and_rolls_back(registered, monkeypatch, capsys):
