@@ -106,7 +106,8 @@ def test_missing_data_file_unknown_option_and_unreachable_server(
     line = one_error_line(main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf)))
     assert f"file not found: {tmp_path / 'nope.csv'}" in line
     line = one_error_line(main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf, "router=psychic")))
-    assert line == "error: router=psychic: no such option; router options: classifier, entropy, head, oracle, prototype, ridge"
+    options = "classifier, entropy, head, oracle, prototype, ridge"
+    assert line == f"error: router=psychic: no such option; router options: {options}"
     line = one_error_line(
         main_in_process(monkeypatch, capsys, *_run(tmp_path, tiny_model_dir, conf, "tracking.uri=http://127.0.0.1:9"))
     )
