@@ -1,5 +1,6 @@
 """The closed-form baseline: ridge on random features of the frozen backbone, as a learner and as a router."""
 
+import json
 import re
 
 import numpy as np
@@ -13,6 +14,8 @@ from continual.routers.ridge import RidgeClassifier, ValidationMemory
 from continual.run.experiment import RunOptions, run_stream
 from continual.streams import DemoStream
 from continual.tracking import MemoryTracker
+
+from conftest import demo_task_files, main_in_process, stream_yaml, tiny_overrides
 
 
 def _blobs(rng, classes, per_class, dim=16, spread=0.3):
@@ -133,3 +136,19 @@ def test_the_ridge_router_routes_adapters_and_reloads_identically(tiny_backbone,
     np.testing.assert_array_equal(again.ridge.scores(features), router.ridge.scores(features))
     assert again.threshold == router.threshold
     save_router(again, tmp_path / "copy", stream.task_names, tiny_backbone.name)
+
+
+def test_the_ridge_method_runs_predicts_and_extends_through_the_command(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    conf = stream_yaml(tmp_path / "conf", demo_task_files(tmp_path, ("banking", "travel")), max_per_class=8)
+    stream_yaml(conf, demo_task_files(tmp_path, ("cooking",)), name="more", max_per_class=8)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(tmp_path, tiny_model_dir, "+method=ridge", "learner.dim=64", f"hydra.run.dir={run}")
+    proc = main_in_process(monkeypatch, capsys, "--config-dir", conf, "stream=two_tasks", *overrides)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = main_in_process(monkeypatch, capsys, "predict", run, "--text", "book a flight to paris", "--no-progress")
+    assert proc.returncode == 0 and '"task"' in proc.stdout, proc.stderr[-2000:]
+    ext = tmp_path / "ext"
+    proc = main_in_process(monkeypatch, capsys, "extend", run, "stream=more", "--config-dir", conf, "--output", ext)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((ext / "results.json").read_text())
+    assert results["task_names"] == ["banking", "travel", "cooking"] and np.isfinite(results["R"][2]).all()
