@@ -230,6 +230,22 @@ def oracle_score(learner: Learner, k: int, task: Task, split: Split) -> float:
     return task.kind.score(task, split, k, np.full(len(split), k), lambda _k, _rows: outputs, own).value
 
 
+def within_tasks(logits: torch.Tensor, task_ids: torch.Tensor, task_classes: Sequence[np.ndarray]) -> Classified:
+    """Task-incremental answers of one head over all classes: each row's logits restricted to its task's
+    columns (``task_classes[k]``; a negative task id: no label)."""
+    task_ids = task_ids.to(logits.device)
+    out = Classified.empty(logits.shape[0], logits.device)
+    for k in torch.unique(task_ids[task_ids >= 0]).tolist():
+        rows = task_ids == k
+        out.fill(rows, logits[rows][:, torch.as_tensor(task_classes[k], device=logits.device)])
+    return out
+
+
+def best_per_task(logits: torch.Tensor, task_classes: Sequence[np.ndarray]) -> torch.Tensor:
+    """``[n, tasks]``: each task's best logit among its columns; the argmax task owns the argmax class."""
+    return torch.stack([logits[:, torch.as_tensor(c, device=logits.device)].max(1).values for c in task_classes], 1)
+
+
 def freeze(*modules: nn.Module) -> None:
     """No gradients for any parameter of ``modules`` (training turns on exactly what it trains)."""
     for module in modules:

@@ -41,10 +41,12 @@ from continual.learners.base import (
     LearnReport,
     LossCallback,
     Schedule,
+    best_per_task,
     digest,
     oracle_score,
     padded_batches,
     tokenize,
+    within_tasks,
 )
 from continual.model.backbone import Backbone
 from continual.model.training import TrainerConfig
@@ -205,20 +207,12 @@ class RidgeLearner:
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
         """Task-incremental: each text's best class among its task's (negative task id: no label)."""
         logits = self._scores(input_ids, attention_mask) / self.config.temperature
-        task_ids = task_ids.to(self.device)
-        out = Classified.empty(input_ids.shape[0], self.device)
-        for k in torch.unique(task_ids[task_ids >= 0]).tolist():
-            rows = task_ids == k
-            out.fill(rows, logits[rows][:, torch.as_tensor(self.task_classes[k], device=self.device)])
-        return out
+        return within_tasks(logits, task_ids, self.task_classes)
 
     @torch.no_grad()
     def task_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per task, the best score among its classes: the argmax task owns the argmax class (class-incremental)."""
-        scores = self._scores(input_ids, attention_mask)
-        return torch.stack(
-            [scores[:, torch.as_tensor(c, device=self.device)].max(1).values for c in self.task_classes], 1
-        )
+        return best_per_task(self._scores(input_ids, attention_mask), self.task_classes)
 
     def trained_parameters(self) -> int:
         """The solved weights (dim x classes): what the closed form fits."""

@@ -42,11 +42,13 @@ from continual.learners.base import (
     LearnReport,
     LossCallback,
     Schedule,
+    best_per_task,
     digest,
     freeze,
     oracle_score,
     task_seed,
     tokenize,
+    within_tasks,
 )
 from continual.learners.memory import MemoryConfig
 from continual.learners.techniques import (
@@ -257,21 +259,12 @@ class SingleHeadLearner:
     @torch.no_grad()
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
         """Task-incremental: each example's logits masked to its task's labels (negative task id: no label)."""
-        logits = self._head()(self._eval_features(input_ids, attention_mask))
-        task_ids = task_ids.to(self.device)
-        out = Classified.empty(input_ids.shape[0], self.device)
-        for k in torch.unique(task_ids[task_ids >= 0]).tolist():
-            rows = task_ids == k
-            out.fill(rows, logits[rows][:, torch.as_tensor(self.task_classes[k], device=self.device)])
-        return out
+        return within_tasks(self._head()(self._eval_features(input_ids, attention_mask)), task_ids, self.task_classes)
 
     @torch.no_grad()
     def task_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Per task, the best logit among its labels: the argmax task owns the argmax label (class-incremental)."""
-        logits = self._head()(self._eval_features(input_ids, attention_mask))
-        return torch.stack(
-            [logits[:, torch.as_tensor(c, device=self.device)].max(1).values for c in self.task_classes], dim=1
-        )
+        return best_per_task(self._head()(self._eval_features(input_ids, attention_mask)), self.task_classes)
 
     @torch.no_grad()
     def features(
