@@ -156,7 +156,7 @@ class RidgeClassifier:
 
     def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
         """G (its lower triangle, float32), C, λ and the projection's seed and shape; the weights are solved
-        again on load (one Cholesky factorisation: 1-2 s at dim 4,000 on 2 cores), not stored."""
+        again on load (one Cholesky factorisation: 1.9 s measured at dim 4,000 on 2 cores, shared), not stored."""
         return {
             f"{prefix}gram_tril": _lower(self.gram).astype(np.float32),
             f"{prefix}targets": self.targets.astype(np.float32),
