@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 # Classes and functions that config files name in ``_target_`` and that have moved since: an old run's
 # config.yaml still builds (resume, extend, predict, registered versions).
@@ -69,8 +70,22 @@ def checkpoint(raw: dict[str, Any], finished: bool) -> dict[str, Any]:
 
 
 def adapter_metadata(meta: Mapping[str, str]) -> dict[str, str]:
-    """An adapter file's metadata: files made before token tasks existed name no kind (they hold sequence tasks)."""
-    return {"kind": "sequence", **meta}
+    """An adapter file's metadata: files made before token tasks existed name no kind (they hold sequence tasks);
+    fused files made before attention fusion name no fusion kind (they hold static weights)."""
+    fusion = {"fusion": "static"} if meta.get("transfer") == "fusion" else {}
+    return {"kind": "sequence", **fusion, **meta}
+
+
+def fusion_tensors(tensors: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Task ``k``'s file tensors: static fusion weights saved before attention fusion (``fusion.<site>``, over
+    adapters 0..k) are renamed as a :class:`~continual.adapters.fusion.Fusion` holds them, with their sources."""
+    out = dict(tensors)
+    old = [name for name in out if name.startswith("fusion.")]
+    if old and "fusion.sources" not in out:
+        for name in old:
+            out["fusion.mix." + name.removeprefix("fusion.")] = out.pop(name)
+        out["fusion.sources"] = torch.arange(k + 1)
+    return out
 
 
 def router_state(state: Mapping[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:

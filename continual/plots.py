@@ -24,6 +24,14 @@ def heatmap(R: np.ndarray, names: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
+def fusion_attention(A: np.ndarray, rows: list[str], columns: list[str], path: Path) -> Path:
+    """Mean attention of each fused task (rows) on each source task's adapter (columns, its own included)."""
+    fig, ax = _percent_grid(A, columns, rows, "magma", dark_below=0.5)
+    ax.set_xlabel("source adapter")
+    ax.set_title("fusion: mean attention per source (%)")
+    return _save(fig, path)
+
+
 def _percent_grid(
     values: np.ndarray, columns: list[str], rows: list[str], cmap: str, dark_below: float = 2.0, dark_above: float = 2.0
 ):

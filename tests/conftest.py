@@ -119,6 +119,7 @@ def tiny_overrides(tmp_path: Path, model_dir: Path, *extra: str) -> list[str]:
     return [
         f"backbone.name={model_dir}",
         "trainer.epochs=1",
+        "trainer.precision=fp32",  # runs compared bit for bit: never bf16, even where auto would pick it
         "adapter.bottleneck_dim=4",
         "progress=false",
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",

@@ -25,11 +25,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
 
+from continual.adapters.fusion import Fusion
 from continual.adapters.prefix import PrefixAttention
 from continual.adapters.sites import layer_of
 from continual.adapters.stacked import SiteStacks
@@ -94,7 +95,7 @@ class AdapterBank(nn.Module):
         self.config = config
         self.hidden_size = backbone.hidden_size
         self.adapters = nn.ModuleList()
-        # AdapterFusion-style mixtures: fusion[str(k)][site] = logits over adapters 0..k (task k's own last)
+        # AdapterFusion: fusion[str(k)] composes task k's output from its sources' (adapters/fusion.py)
         self.fusion = nn.ModuleDict()
         self._routing = threading.local()  # each thread's segments (see routed)
         # per-site stacks of the adapters' weights for mixed batches; None: stack per call (a learner whose
@@ -123,11 +124,11 @@ class AdapterBank(nn.Module):
         return [(None if a is None else self.module(a, site), start, stop) for a, start, stop in self._segments]
 
     def _run(self, k: int, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Adapter ``k`` at ``site``; a fused adapter adds the softmax-weighted updates of adapters 0..k."""
+        """Adapter ``k`` at ``site``; a fused adapter composes its sources' outputs (:class:`Fusion`)."""
         if str(k) not in self.fusion:
             return self.module(k, site)(x, out)
-        weights = self.fusion[str(k)][site].softmax(0)  # type: ignore[index]  # a ParameterDict per fused task
-        return out + sum(w * (self.module(j, site)(x, out) - out) for j, w in enumerate(weights))
+        fusion = cast(Fusion, self.fusion[str(k)])
+        return fusion(site, out, [self.module(j, site)(x, out) for j in fusion.source_list])
 
     def _batched(self, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
         """Every routed row through its adapter in one batched computation (None: the kind cannot, or a
@@ -183,43 +184,46 @@ class AdapterBank(nn.Module):
 
         return apply
 
-    def add(self, fuse: bool = False) -> int:
-        """Allocate a fresh adapter and return its index; ``fuse`` mixes in every earlier adapter (zero logits)."""
+    def add(self) -> int:
+        """Allocate a fresh adapter and return its index."""
         k = len(self.adapters)
-        if fuse and self.config.hook != "output":
-            raise ContinualError(
-                "learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
-                "use transfer=similar or none with adapter=prefix"
-            )
         adapter = self.config.make(self._site_modules, self.hidden_size)  # on the CPU
         device = self._device()
         self.adapters.append(adapter if device.type == "cpu" else adapter.to(device))  # there before rows are bound
         if self.stacks is not None and self._weights(k, self._first_site):  # rows from the start: see stacked.py
             for site in self._site_modules:
                 self.stacks.add(site, self._weights(k, site), partial(self._all_weights, site))
-        if fuse and k > 0:
-            self.fusion[str(k)] = nn.ParameterDict(
-                {site: nn.Parameter(torch.zeros(k + 1)) for site in self._site_modules}
-            )
         return k
 
+    def fuse(self, k: int, kind: str, sources: Sequence[int]) -> Fusion:
+        """Make adapter ``k`` compose the outputs of adapters ``sources`` (earlier ones) and its own, as ``kind``
+        says (fresh fusion weights, trained with adapter ``k``)."""
+        if self.config.hook != "output":
+            raise ContinualError(
+                "learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
+                "use transfer=similar or none with adapter=prefix"
+            )
+        fusion = Fusion(kind, list(self._site_modules), self.hidden_size, [*sources, k]).to(self._device())
+        self.fusion[str(k)] = fusion
+        return fusion
+
     def fused(self, k: int) -> bool:
-        """Whether adapter ``k`` mixes in the earlier adapters' updates (``add(fuse=True)``)."""
+        """Whether adapter ``k`` composes other adapters' outputs (:meth:`fuse`)."""
         return str(k) in self.fusion
 
     def own_modules(self, k: int) -> list[nn.Module]:
         """What belongs to adapter ``k`` alone (and trains with it): itself, and its fusion weights if fused."""
         return [self.adapters[k], *([self.fusion[str(k)]] if self.fused(k) else [])]
 
-    def runs_through(self, k: int) -> range:
-        """The adapters a batch routed to ``k`` runs: ``k``, and every earlier one if ``k`` is fused."""
-        return range(k + 1) if self.fused(k) else range(k, k + 1)
+    def runs_through(self, k: int) -> list[int]:
+        """The adapters a batch routed to ``k`` runs: ``k``, and its sources if ``k`` is fused."""
+        return cast(Fusion, self.fusion[str(k)]).source_list if self.fused(k) else [k]
 
     def task_modules(self, k: int) -> list[nn.Module]:
         """What adapter ``k``'s outputs depend on: itself, plus its fusion weights and the adapters they mix."""
         if not self.fused(k):
             return [self.adapters[k]]
-        return [self.fusion[str(k)], *self.adapters[: k + 1]]
+        return [self.fusion[str(k)], *(self.adapters[j] for j in self.runs_through(k))]
 
     @contextmanager
     def routed(self, segments: Sequence[Segment]) -> Iterator[None]:

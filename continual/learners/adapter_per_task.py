@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from continual import files
+from continual import files, migrations
 from continual.adapters import AdapterBank, AdapterKind, describe, segments_for
 from continual.adapters import bank as bank_module
+from continual.adapters.fusion import Fusion, FusionConfig
 from continual.adapters.resident import ResidentSet
 from continual.checks import check_number
 from continual.errors import ContinualError
@@ -42,14 +44,16 @@ from continual.learners.base import (
     task_seed,
     tokenize,
 )
+from continual.learners.head_init import HEAD_INITS, start_head
 from continual.learners.heads import TaskHeads
-from continual.learners.transfer import TRANSFERS, transfer_named
+from continual.learners.transfer import TRANSFERS, FuseEarlier, transfer_named
 from continual.model.backbone import TOKEN_STATES, Backbone, pool
 from continual.model.cache import PrefixCache
-from continual.model.training import TrainerConfig, fit, pad, train_batches
+from continual.model.training import IGNORED, TrainerConfig, fit, pad, train_batches
 from continual.streams import Task
 
 log = logging.getLogger(__name__)
+ATTENTION_TEXTS = 200  # validation texts a fused task's mean attention per source is measured on
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -59,9 +63,13 @@ class AdapterPerTaskConfig:
 
     ``head_dropout``: dropout on the pooled features before each task's linear head, in [0, 1).
     ``transfer``: ``none`` | ``similar`` | ``fusion`` (see the module docstring).
+    ``fusion``: with ``transfer=fusion``, how and what a new task fuses (:class:`FusionConfig`).
     ``max_resident_mb``: adapters loaded from a run's files (predict, serving, resume) stay in memory up
     to this many megabytes; the others are read back from their files when routed to (LRU, see
     :mod:`continual.adapters.resident`). None: all resident.
+    ``head_init``: where each new head starts: ``random``, or fitted on the task's features before its
+    adapter trains: ``lda`` (closed form) or ``probe`` (logistic regression); see
+    :mod:`continual.learners.head_init`.
     ``save_dtype``: what adapter files hold: ``float32``, or ``float16`` / ``bfloat16`` (half the bytes, for
     long streams of small tasks). Below float32 each task's weights are rounded to it once trained, so the
     model that is evaluated is the one its file holds and a resumed run continues from the same weights.
@@ -69,17 +77,23 @@ class AdapterPerTaskConfig:
 
     head_dropout: float = 0.1
     transfer: str = "none"
+    fusion: FusionConfig = FusionConfig()
     progress: bool = True
     max_resident_mb: float | None = None
     save_dtype: str = "float32"
+    head_init: str = "random"
 
     head = Head.PER_TASK  # per-task modules on a frozen backbone: a router chooses among them
 
     def __post_init__(self) -> None:
         check_number(self.head_dropout, "learner.head_dropout", low=0, high=1, below=True)
         check_number(self.max_resident_mb, "learner.max_resident_mb", low=0, optional=True, unit="megabytes")
+        if isinstance(self.fusion, Mapping):  # plain values (e.g. from YAML without a _target_)
+            object.__setattr__(self, "fusion", FusionConfig(**self.fusion))
         if self.transfer not in TRANSFERS:
             raise ContinualError(f"learner.transfer must be one of {list(TRANSFERS)}, got {self.transfer!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ContinualError(f"learner.head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}")
         if self.save_dtype not in SAVE_DTYPES:
             raise ContinualError(f"learner.save_dtype must be one of {list(SAVE_DTYPES)}, got {self.save_dtype!r}")
 
@@ -117,7 +131,7 @@ class AdapterPerTask:
         if self.resident is not None:  # a dropped adapter's row in a stack would keep it in memory
             self.bank.stacks = None
         self.heads = TaskHeads(backbone.hidden_size, config.head_dropout)
-        self.transfer = transfer_named(config.transfer, self._centroid, self._ensure)
+        self.transfer = transfer_named(config.transfer, config.fusion, self._centroid, self._ensure)
         self.files = AdapterFiles(SAVE_DTYPES[config.save_dtype])
         self._digests: dict[int, tuple[tuple, str]] = {}  # task -> (backbone digest + tensor versions, digest)
         self.backbone.to(self.device)
@@ -155,7 +169,7 @@ class AdapterPerTask:
         """A fresh adapter and head for ``task``, created from a seed of (run seed, task index)."""
         k = len(self.tasks)
         torch.manual_seed(task_seed(self.seed, k))
-        self.bank.add(fuse=self.transfer.fuses)
+        self.bank.add()
         self.heads.add(task.outputs, self.device)
         self.tasks.append(task)
         for module in self.bank.own_modules(k):  # only the new modules: O(1) per task, not O(T)
@@ -240,16 +254,33 @@ class AdapterPerTask:
 
     # --- learning ---------------------------------------------------------------------------------------------
     def _loss(self, k: int, task: Task, cache: PrefixCache | None) -> tuple[list[list[int]], Callable]:
-        """The training texts' token ids, and the loss of a batch of their indices (the task kind's loss)."""
+        """The training texts' token ids, and the loss of a batch of their indices (the task kind's loss);
+        the head started as ``learner.head_init`` says."""
         encoded = encode(self, task.kind, task.train.texts, f"task '{task.name}' train")
         targets = task.kind.targets(task.train, encoded)
         tokens = encoded.tokens
+        if self.config.head_init != "random":
+            self._start_head(k, task, tokens, targets)
 
         def loss(idx: np.ndarray) -> torch.Tensor:
             ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
             return task.kind.loss(self._logits(k, ids, mask, cache), [targets[i] for i in idx])
 
         return tokens, loss
+
+    @torch.no_grad()
+    def _start_head(self, k: int, task: Task, tokens: list[list[int]], targets: list) -> None:
+        """Fit task ``k``'s head on what it reads before training (its fresh adapter's features: the frozen
+        backbone's), one example per target the loss counts."""
+        features, labels = [], []
+        for idx, ids, mask in padded_batches(self, tokens):
+            with self.bank.routed([(k, 0, ids.shape[0])]):
+                read = self._encode(ids, mask, None, task.kind.pooling)  # [n, hidden] or [n, tokens, hidden]
+            target = task.kind.target_tensor([targets[i] for i in idx], self.device)
+            counted = target != IGNORED
+            features.append(read[counted])
+            labels.append(target[counted])
+        start_head(self.heads[k], self.config.head_init, torch.cat(features), torch.cat(labels))
 
     def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
         """A new adapter and head for the step's one task, trained on it while everything else stays frozen."""
@@ -288,9 +319,36 @@ class AdapterPerTask:
         with torch.no_grad():  # the weights its file will hold (a no-op in float32)
             for p in params:
                 p.copy_(p.to(self.files.dtype))
+        if isinstance(self.transfer, FuseEarlier) and self.bank.fused(k):  # while its sources are in memory
+            self.transfer.attention[k] = self._mean_attention(k, task.validation.texts or task.train.texts)
         val_acc = oracle_score(self, k, task, task.validation)
         examples, trainable = len(tokens) * cfg.epochs, self.trainable_parameters(k)
         return LearnReport(task.name, fitted.steps, examples, fitted.seconds, fitted.final_loss, val_acc, trainable)
+
+    @torch.no_grad()
+    def _mean_attention(self, k: int, texts: Sequence[str]) -> dict[int, float]:
+        """Fused task ``k``'s mean weight on each of its sources over the tokens of ``texts`` (at most
+        :data:`ATTENTION_TEXTS`) and every site: what it reuses."""
+        fusion = cast(Fusion, self.bank.fusion[str(k)])
+        fusion.recorded, total, tokens = [], torch.zeros(len(fusion.sources)), 0.0
+        try:
+            for _, ids, mask in padded_batches(self, tokenize(self, texts[:ATTENTION_TEXTS])):
+                with self.bank.routed([(k, 0, ids.shape[0])]):
+                    self._encode(ids, mask, None, TOKEN_STATES)
+                for weights in fusion.recorded:  # one per site: [batch, tokens, sources]
+                    total += (weights * mask.unsqueeze(-1)).sum((0, 1)).cpu()
+                tokens += float(mask.sum()) * len(fusion.recorded)
+                fusion.recorded.clear()
+        finally:
+            fusion.recorded = None
+        return {j: float(w) / max(tokens, 1.0) for j, w in zip(fusion.source_list, total)}
+
+    def fusion_attention(self) -> dict[str, dict[str, float]]:
+        """Per fused task (by name), its mean attention on each source task (by name); empty without fusion."""
+        if not isinstance(self.transfer, FuseEarlier):
+            return {}
+        names = [t.name for t in self.tasks]
+        return {names[k]: {names[j]: w for j, w in row.items()} for k, row in sorted(self.transfer.attention.items())}
 
     # --- digests and files ------------------------------------------------------------------------------------
     def fingerprints(self) -> Fingerprints:
@@ -348,14 +406,26 @@ class AdapterPerTask:
             self._allocate(task)
             self.bank.adapters[k].load_state_dict(files.strip_prefix("adapter.", tensors))
             self.heads[k].load_state_dict(files.strip_prefix("head.", tensors))
-            if self.bank.fused(k):
-                self.bank.fusion[str(k)].load_state_dict(files.strip_prefix("fusion.", tensors))
+            self._restore_fusion(k, path, tensors, meta)
             self.transfer.restored(k, task, meta)
             freeze(*self.bank.own_modules(k), self.heads[k])
             if self.resident is not None:  # hashed while in memory; then it may leave memory
                 shared = shared or digest(self.backbone)
                 self._task_digest(k, shared)
                 self.resident.track(k, path)
+
+    def _restore_fusion(self, k: int, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+        """Task ``k``'s fusion weights (if its file holds any), fused from the sources it was trained with."""
+        fusion = files.strip_prefix("fusion.", migrations.fusion_tensors(tensors, k))
+        if not fusion:
+            return
+        if meta.get("fusion") != self.config.fusion.kind:
+            raise ContinualError(
+                f"{path}: fused with learner.fusion.kind={meta.get('fusion')}; this run has {self.config.fusion.kind}"
+            )
+        sources = [int(j) for j in fusion["sources"].tolist()[:-1]]
+        self._ensure(sources)
+        self.bank.fuse(k, self.config.fusion.kind, sources).load_state_dict(fusion)
 
     def save(self, directory: Path) -> list[Path]:
         """One safetensors file per task (see :meth:`_tensors`) with its metadata; files that hold a task as it

@@ -7,13 +7,15 @@ stay frozen, so a task's predictions with its id given never change once it is l
 * ``similar``: the new adapter starts as a copy of the earlier adapter whose task is most similar, by
   cosine similarity of task centroids (the mean frozen, mean-pooled backbone feature of a task's
   training texts: the statistic prototype routers keep per class, pooled per task);
-* ``fusion``: AdapterFusion-style (Pfeiffer et al. 2021): the new task's adapter output is its own
-  update plus the frozen earlier adapters' updates, mixed per site by learned softmax weights
-  (static per site, not the paper's input-dependent attention), trained with the new adapter.
+* ``fusion``: AdapterFusion (Pfeiffer et al. 2021): the new task's adapter output composes its own
+  adapter's and frozen earlier adapters' outputs, per token by attention (``learner.fusion.kind=attention``)
+  or by one softmax weight per site (``static``), over every earlier adapter or the ``top:M`` most similar
+  tasks' (``learner.fusion.sources``); see :mod:`continual.adapters.fusion`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -21,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from continual.adapters import AdapterBank
+from continual.adapters.fusion import FusionConfig
 from continual.streams import Task
 
 log = logging.getLogger(__name__)
@@ -49,10 +52,10 @@ class Transfer(Protocol):
 
 
 class NoTransfer:
-    """``none``: every adapter starts fresh. ``fusion`` differs only in ``fuses``: the bank does the mixing."""
+    """``none``: every adapter starts fresh."""
 
-    def __init__(self, name: str = "none", fuses: bool = False) -> None:
-        self.name, self.fuses = name, fuses
+    name = "none"
+    fuses = False
 
     def start(self, bank: AdapterBank, k: int, task: Task, tasks: Sequence[Task]) -> None:
         pass
@@ -64,6 +67,24 @@ class NoTransfer:
         return {"initialised_from": ""}
 
 
+class Centroids:
+    """Each task's centroid (mean frozen feature of its training texts), and the earlier tasks most like one."""
+
+    def __init__(self, centroid: Centroid) -> None:
+        self.centroid = centroid
+        self.of: list[np.ndarray] = []  # per task
+
+    def add(self, task: Task) -> None:
+        if len(task.train.texts):  # a task restored for prediction has no texts; only later tasks compare
+            self.of.append(self.centroid(task.train.texts))
+
+    def nearest(self, k: int, m: int) -> list[tuple[int, float]]:
+        """The ``m`` earlier tasks most similar to task ``k`` (cosine), most similar first."""
+        mine = self.of[k]
+        cosine = [float(c @ mine / (np.linalg.norm(c) * np.linalg.norm(mine) + 1e-12)) for c in self.of[:k]]
+        return [(int(j), cosine[j]) for j in np.argsort(cosine)[::-1][:m]]
+
+
 class StartFromSimilar:
     """``similar``: copy the adapter of the most similar earlier task (cosine of task centroids)."""
 
@@ -71,27 +92,21 @@ class StartFromSimilar:
     fuses = False
 
     def __init__(self, centroid: Centroid, ensure: Callable[[list[int]], None]) -> None:
-        self.centroid, self.ensure = centroid, ensure  # ensure: the adapters to copy from are in memory
-        self.centroids: list[np.ndarray] = []  # per task
+        self.centroids, self.ensure = Centroids(centroid), ensure  # ensure: the adapters to copy are in memory
         self.sources: dict[int, int] = {}  # task -> the earlier task its adapter was copied from
 
     def start(self, bank: AdapterBank, k: int, task: Task, tasks: Sequence[Task]) -> None:
-        self.centroids.append(self.centroid(task.train.texts))
+        self.centroids.add(task)
         if k == 0:
             return
-        mine = self.centroids[k]
-        cosine = [float(c @ mine / (np.linalg.norm(c) * np.linalg.norm(mine) + 1e-12)) for c in self.centroids[:k]]
-        source = int(np.argmax(cosine))
+        ((source, cosine),) = self.centroids.nearest(k, 1)
         self.ensure([source])
         bank.adapters[k].load_state_dict(bank.adapters[source].state_dict())
         self.sources[k] = source
-        log.info(
-            "task %s: adapter initialised from task %s (cosine %.3f)", task.name, tasks[source].name, cosine[source]
-        )
+        log.info("task %s: adapter initialised from task %s (cosine %.3f)", task.name, tasks[source].name, cosine)
 
     def restored(self, k: int, task: Task, metadata: Mapping[str, str]) -> None:
-        if len(task.train.texts):  # resuming: later tasks compare with it
-            self.centroids.append(self.centroid(task.train.texts))
+        self.centroids.add(task)
         if metadata.get("initialised_from"):
             self.sources[k] = int(metadata["initialised_from"])
 
@@ -99,11 +114,53 @@ class StartFromSimilar:
         return {"initialised_from": str(self.sources.get(k, ""))}
 
 
+class FuseEarlier:
+    """``fusion``: task ``k`` (after the first) composes its adapter's output with earlier adapters' (all, or
+    the ``top:M`` most similar tasks'), through fusion weights trained with it."""
+
+    name = "fusion"
+    fuses = True
+
+    def __init__(self, config: FusionConfig, centroid: Centroid, ensure: Callable[[list[int]], None]) -> None:
+        self.config, self.ensure = config, ensure
+        self.centroids = Centroids(centroid) if config.top is not None else None  # only top:M compares tasks
+        # fused task -> {source task: its mean weight over the task's validation tokens and every site}
+        self.attention: dict[int, dict[int, float]] = {}
+
+    def start(self, bank: AdapterBank, k: int, task: Task, tasks: Sequence[Task]) -> None:
+        if self.centroids is not None:
+            self.centroids.add(task)
+        if k == 0:
+            return
+        if self.centroids is None or self.config.top is None:
+            sources = list(range(k))
+        else:
+            sources = sorted(j for j, _ in self.centroids.nearest(k, self.config.top))
+        self.ensure(sources)
+        bank.fuse(k, self.config.kind, sources)
+        names = [tasks[j].name for j in sources]
+        log.info("task %s: fuses its adapter with %s (%s)", task.name, names, self.config.kind)
+
+    def restored(self, k: int, task: Task, metadata: Mapping[str, str]) -> None:
+        if self.centroids is not None:
+            self.centroids.add(task)
+        if metadata.get("attention"):
+            self.attention[k] = {int(j): w for j, w in json.loads(metadata["attention"]).items()}
+
+    def metadata(self, k: int) -> dict[str, str]:
+        attention = json.dumps({str(j): round(w, 6) for j, w in self.attention.get(k, {}).items()})
+        return {"initialised_from": "", "fusion": self.config.kind, "attention": attention}
+
+
 TRANSFERS = ("none", "similar", "fusion")
 
 
-def transfer_named(name: str, centroid: Centroid, ensure: Callable[[list[int]], None]) -> Transfer:
+def transfer_named(
+    name: str, fusion: FusionConfig, centroid: Centroid, ensure: Callable[[list[int]], None]
+) -> Transfer:
     """The strategy ``learner.transfer`` names (checked by the learner's config)."""
     if name == "similar":
         return StartFromSimilar(centroid, ensure)
-    return NoTransfer(name, fuses=name == "fusion")
+    if name == "fusion":
+        return FuseEarlier(fusion, centroid, ensure)
+    return NoTransfer()

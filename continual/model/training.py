@@ -33,7 +33,12 @@ POOL_BATCHES = 50  # training batches per length-sorted pool: long enough to gro
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Optimisation and batching settings shared by all learners."""
+    """Optimisation and batching settings shared by all learners.
+
+    ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 only where the device has native bf16, see
+    :func:`native_bf16`). The command's default (``conf/trainer/default.yaml``) is ``auto``; built in code the
+    default is ``fp32``, the same numbers on every machine.
+    """
 
     epochs: int = 5
     batch_size: int = 32

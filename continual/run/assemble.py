@@ -121,9 +121,11 @@ def parts(config: Mapping[str, Any]) -> Parts:
     if register is not None:
         check_model_name(register)
     learner: LearnerConfig = build(config["learner"], "learner")
+    adapter: AdapterKind = build(config["adapter"], "adapter")
+    compat.check_adapter(learner, adapter)
     return Parts(
         trainer=build(config["trainer"], "trainer"),
-        adapter=build(config["adapter"], "adapter"),
+        adapter=adapter,
         router=compat.router_for(learner.head, build(config["router"], "router")),
         source=stream_source(config["stream"]),
         learner=learner,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 
+from continual.adapters import AdapterKind
 from continual.errors import ContinualError
-from continual.learners import Head
+from continual.learners import AdapterPerTaskConfig, Head
 from continual.routers import HeadRouter, Reads, Router
 from continual.streams import Stream
 
@@ -41,6 +42,15 @@ def router_for(head: Head, router: Router) -> Router:
             type(router).__name__,
         )
     return HeadRouter()
+
+
+def check_adapter(learner: object, adapter: AdapterKind) -> None:
+    """Learner options the adapter kind cannot serve (before the backbone loads)."""
+    if isinstance(learner, AdapterPerTaskConfig) and learner.transfer == "fusion" and adapter.hook != "output":
+        raise ContinualError(
+            "learner.transfer=fusion mixes adapter outputs, which prefix tuning does not have: "
+            "use transfer=similar or none with adapter=prefix"
+        )
 
 
 def check(stream: Stream, router: Router, head: Head, learner: str) -> None:

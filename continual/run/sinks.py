@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from continual import files, plots
+from continual.learners import AdapterPerTask
 from continual.learners.base import Learner
 from continual.routers.base import Router
 from continual.routers.state import FILENAME as ROUTER_FILE
@@ -48,6 +49,7 @@ class Sink(Protocol):
 TABLE_LIMIT = 100  # tasks up to which R is also a CSV after every step, plotted, and written into results.json
 MATRICES = "matrices.npz"
 SUMMARY_LIMIT = 20  # tasks up to which the closing summary prints R
+FUSION_ATTENTION = "fusion_attention.json"  # transfer=fusion: what each fused task attends to (FileSink)
 ENTITY_SCORES = "entity_f1.json"  # token tasks' routed micro and per-type F1, rewritten after every step
 
 
@@ -111,10 +113,15 @@ def results_json(result: RunResult) -> dict:
 
 
 class FileSink:
-    """The output folder's matrices, plots and results; ``outputs`` lists what it wrote at the end."""
+    """The output folder's matrices, plots and results; ``outputs`` lists what it wrote at the end.
 
-    def __init__(self, out_dir: Path, names: list[str]) -> None:
-        self.out_dir, self.names = out_dir, names
+    ``attention``: what each fused task attends to (:meth:`AdapterPerTask.fusion_attention`), written at the end
+    as ``fusion_attention.json`` and a heatmap when there is any."""
+
+    def __init__(
+        self, out_dir: Path, names: list[str], attention: Callable[[], dict[str, dict[str, float]]] | None = None
+    ) -> None:
+        self.out_dir, self.names, self.attention = out_dir, names, attention
         self.outputs: list[Path] = []
 
     def on_step(self, record: StepRecord, state: RunState) -> None:
@@ -148,7 +155,20 @@ class FileSink:
             write_matrices(state, result.confusion, out / MATRICES),
             files.write_text(out / "results.json", json.dumps(results_json(result), indent=2)),
             *([out / ENTITY_SCORES] if (out / ENTITY_SCORES).is_file() else []),
+            *self._attention(),
         ]
+
+    def _attention(self) -> list[Path]:
+        """``fusion_attention.json`` (fused task -> source task -> mean weight) and its heatmap, if any task fused."""
+        attention = self.attention() if self.attention is not None else {}
+        if not attention:
+            return []
+        json_path = files.write_text(self.out_dir / FUSION_ATTENTION, json.dumps(attention, indent=2))
+        if len(self.names) > TABLE_LIMIT:
+            return [json_path]
+        rows = list(attention)
+        grid = np.array([[attention[r].get(c, np.nan) for c in self.names] for r in rows])
+        return [json_path, plots.fusion_attention(grid, rows, self.names, self.out_dir / "fusion_attention.png")]
 
 
 class TrackerSink:
@@ -209,7 +229,8 @@ def default_sinks(
 ) -> list[Sink]:
     """The output folder's files, the calibration, the tracker, the checkpoint: in that order (see the module
     docstring)."""
-    files_sink = FileSink(out_dir, [t.name for t in tasks])
+    attention = learner.fusion_attention if isinstance(learner, AdapterPerTask) else None
+    files_sink = FileSink(out_dir, [t.name for t in tasks], attention)
     calibration = CalibrationSink(out_dir, learner, router, tasks)
     return [files_sink, calibration, TrackerSink(tracker, out_dir, files_sink), CheckpointSink(out_dir)]
 

@@ -10,7 +10,7 @@ from continual.errors import ContinualError
 from continual.learners import RidgeConfig, RidgeLearner
 from continual.model.training import TrainerConfig
 from continual.routers import HeadRouter, RidgeRouter
-from continual.routers.ridge import RidgeClassifier, ValidationMemory
+from continual.routers.ridge import RidgeClassifier, ValidationMemory, search_grid
 from continual.run.experiment import RunOptions, run_stream
 from continual.streams import DemoStream
 from continual.tracking import MemoryTracker
@@ -51,6 +51,34 @@ def test_lambda_is_chosen_on_validation_and_the_state_round_trips():
     np.testing.assert_array_equal(again.scores(x), ridge.scores(x))  # the projection is redrawn from its seed
     with pytest.raises(ContinualError, match="saved with dim=128, seed=0; this run has dim=64"):
         RidgeClassifier(64).load_state_dict(ridge.state_dict())
+
+
+def test_later_fits_search_lambda_locally_from_the_last_choice():
+    grid = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3]
+    scores = dict(zip(grid, [0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.1]))  # best: 10 and 100 tie, the larger wins
+    asked: list[float] = []
+
+    def score(lam):
+        asked.append(lam)
+        return scores[lam]
+
+    assert search_grid(grid, score, None) == scores and len(asked) == 7  # a first fit tries them all
+    asked.clear()
+    assert search_grid(grid, score, 1e-2) == scores  # climbs from 0.01 to 100 and looks one step past it
+    assert asked == [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3]
+    asked.clear()
+    assert search_grid(grid, score, 100.0) == {10.0: 0.9, 100.0: 0.9, 1e3: 0.1} and len(asked) == 3
+    assert search_grid(grid, score, 1e3) == {10.0: 0.9, 100.0: 0.9, 1e3: 0.1}  # at the grid's end: one neighbour
+
+    rng = np.random.default_rng(2)
+    x, y = _blobs(rng, 4, 30, spread=1.5)
+    ridge = RidgeClassifier(128, seed=0, lambdas=list(reversed(grid)))  # any order: searched ascending
+    ridge.add(x[::2], y[::2], 4)
+    tried = ridge.fit(x[1::2], y[1::2])
+    assert list(tried) == grid and ridge.lam == max(tried, key=lambda lam: (tried[lam], lam))
+    ridge.add(x[1::2], y[1::2], 0)
+    again = ridge.fit(x[::2], y[::2])
+    assert len(again) < len(grid) and ridge.lam == max(again, key=lambda lam: (again[lam], lam))
 
 
 def test_the_validation_memory_stays_bounded_and_keeps_each_tasks_first_rows():

@@ -1,15 +1,22 @@
 """Knowledge transfer between per-task adapters: start from the most similar one, or fuse the earlier ones."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from continual import metrics
 from continual.adapters import BottleneckConfig, PrefixConfig
+from continual.adapters.fusion import FusionConfig
 from continual.errors import ContinualError
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig
 from continual.model.training import TrainerConfig, pad
+from continual.routers import OracleRouter
+from continual.run.compat import check_adapter
+from continual.run.experiment import RunOptions, run_stream
 from continual.streams import DemoStream, Task
+from continual.tracking import MemoryTracker
 
 FAST = TrainerConfig(epochs=1, batch_size=16, lr=5e-3)
 
@@ -42,16 +49,25 @@ def test_similar_starts_from_the_most_similar_task(tiny_backbone, tasks):
     assert learner.trainable_parameters(2) == learner.trainable_parameters(0)
 
 
-def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp_path):
-    learner = AdapterPerTask(
-        tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, AdapterPerTaskConfig(progress=False, transfer="fusion")
-    )
+def _fusing(backbone, kind: str, sources: str = "all") -> AdapterPerTask:
+    config = AdapterPerTaskConfig(progress=False, transfer="fusion", fusion=FusionConfig(kind, sources))
+    return AdapterPerTask(backbone, BottleneckConfig(bottleneck_dim=8), FAST, config)
+
+
+@pytest.mark.parametrize("kind", ["attention", "static"])
+def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp_path, kind):
+    learner = _fusing(tiny_backbone, kind)
     for task in tasks[:2]:
         learner.learn([task])
-    sites = len(learner.bank.adapters[0])
-    assert "0" not in learner.bank.fusion and learner.bank.fusion["1"]["0_ffn"].shape == (2,)
-    assert learner.trainable_parameters(1) == learner.trainable_parameters(0) + 2 * sites
-    assert not torch.equal(learner.bank.fusion["1"]["0_ffn"], torch.zeros(2))  # the mixture was trained
+    sites, hidden = len(learner.bank.adapters[0]), tiny_backbone.hidden_size
+    fusion = learner.bank.fusion["1"]
+    assert "0" not in learner.bank.fusion and fusion.source_list == [0, 1]
+    per_site = 2 if kind == "static" else 3 * (hidden * hidden + hidden)  # static: 2 logits; attention: Q, K, V
+    assert learner.trainable_parameters(1) == learner.trainable_parameters(0) + per_site * sites
+    if kind == "static":
+        assert not torch.equal(fusion.mix["0_ffn"], torch.zeros(2))  # the mixture was trained
+    else:
+        assert not torch.equal(fusion.mix["0_ffn"].value.weight, torch.eye(hidden))  # the value moved off identity
 
     texts = list(tasks[0].test.texts[:3]) + list(tasks[1].test.texts[:3])
     ids, mask = pad(tiny_backbone.tokenize(texts, 32), 0, torch.device("cpu"))
@@ -74,10 +90,12 @@ def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp
         learner.bank.adapters[0]["0_ffn"].up.bias.sub_(1.0)
 
     learner.save(tmp_path)
-    restored = AdapterPerTask(
-        tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, AdapterPerTaskConfig(progress=False, transfer="fusion")
-    )
     learner.bank.remove_hooks()
+    other = _fusing(tiny_backbone, "static" if kind == "attention" else "attention")
+    with pytest.raises(ContinualError, match=f"fused with learner.fusion.kind={kind}; this run has"):
+        other.load(tmp_path, tasks[:2])
+    other.bank.remove_hooks()
+    restored = _fusing(tiny_backbone, kind)
     restored.load(tmp_path, tasks[:2])
     assert restored.fingerprints().tasks == learner.fingerprints().tasks
     assert torch.equal(restored.classify(ids, mask, routes).labels, mixed.labels)
@@ -100,11 +118,19 @@ def test_loading_with_another_transfer_is_refused(tiny_backbone, tasks, tmp_path
 def test_bad_transfer_settings(tiny_backbone):
     with pytest.raises(ContinualError, match="learner.transfer must be one of"):
         AdapterPerTask(tiny_backbone, BottleneckConfig(), FAST, AdapterPerTaskConfig(transfer="copy"))
-    learner = AdapterPerTask(
-        tiny_backbone, PrefixConfig(length=2), FAST, AdapterPerTaskConfig(progress=False, transfer="fusion")
-    )
     with pytest.raises(ContinualError, match="transfer=fusion mixes adapter outputs"):
-        learner._allocate(DemoStream(max_per_class=2).load().tasks[0])
+        check_adapter(AdapterPerTaskConfig(transfer="fusion"), PrefixConfig(length=2))
+    check_adapter(AdapterPerTaskConfig(transfer="similar"), PrefixConfig(length=2))
+    for fusion, message in [
+        ({"kind": "cross"}, r"learner.fusion.kind must be one of \['attention', 'static'\], got 'cross'"),
+        (
+            {"sources": "top:0"},
+            "learner.fusion.sources must be 'all' or 'top:M' with M >= 1 .e.g. top:3., got 'top:0'",
+        ),
+        ({"sources": "best"}, "learner.fusion.sources must be 'all' or 'top:M'"),
+    ]:
+        with pytest.raises(ContinualError, match=message):
+            AdapterPerTaskConfig(transfer="fusion", fusion=fusion)
 
 
 def test_forward_transfer_against_the_reference():
@@ -140,3 +166,51 @@ def test_resumed_under_a_residency_budget_earlier_adapters_come_back_for_transfe
     report = again.learn([tasks[2]])  # reads back the adapters it mixes or starts from
     assert np.isfinite(report.val_acc) and report.trainable_params >= first.trainable_parameters(1)
     assert again.resident.loads >= 1 and not again.resident.lru
+
+
+def test_a_fused_run_keeps_its_answers_reports_attention_and_resumes(tiny_backbone, tmp_path):
+    """Top-1 attention fusion through a whole stream: with the task given nothing is forgotten (BWT exactly 0:
+    a fused task's sources are frozen), each fused task's mean attention is written, and a resumed learner
+    rebuilds the same fusions (sources, weights, answers)."""
+    from continual.model.backbone import Backbone
+
+    stream = DemoStream(max_per_class=8).load()
+    learner = _fusing(tiny_backbone, "attention", "top:1")
+    result = run_stream(stream, learner, OracleRouter(), MemoryTracker(), RunOptions(tmp_path, progress=False))
+    given = result.state.oracle_R
+    for j in range(len(stream.tasks)):
+        assert np.all(given[j:, j] == given[j, j])  # every later row: the same accuracy on task j
+    assert [len(learner.bank.runs_through(k)) for k in range(4)] == [1, 2, 2, 2]  # one source and its own
+
+    attention = json.loads((tmp_path / "fusion_attention.json").read_text())
+    names = stream.task_names
+    assert list(attention) == names[1:] and (tmp_path / "fusion_attention.png").is_file()
+    for k, name in enumerate(names[1:], start=1):
+        row = attention[name]
+        assert names[k] in row and len(row) == 2 and sum(row.values()) == pytest.approx(1.0, abs=1e-4)
+
+    again = _fusing(Backbone.load(tiny_backbone.name), "attention", "top:1")
+    again.load(tmp_path / "adapters", stream.tasks)
+    for name, row in learner.fusion_attention().items():  # saved to 6 decimals
+        assert again.fusion_attention()[name] == pytest.approx(row, abs=1e-6)
+    assert [again.bank.runs_through(k) for k in range(4)] == [learner.bank.runs_through(k) for k in range(4)]
+    assert again.fingerprints() == learner.fingerprints()
+
+
+def test_a_run_without_fusion_answers_as_before_fusion_changed(tiny_backbone):
+    """Per-task adapters without transfer (and heads started at random) give, text for text, the labels and
+    confidences they gave before attention fusion and head initialisation were added (recorded at c07ed7c)."""
+    tiny = tiny_backbone
+    tasks = DemoStream(max_per_class=8).load().tasks[:3]
+    trainer = TrainerConfig(epochs=2, batch_size=8, lr=5e-3)
+    learner = AdapterPerTask(tiny, BottleneckConfig(bottleneck_dim=8), trainer, AdapterPerTaskConfig(progress=False))
+    for task in tasks:
+        learner.learn([task])
+    texts = [text for task in tasks for text in task.test.texts[:6]]
+    routes = torch.tensor([k for k, task in enumerate(tasks) for _ in task.test.texts[:6]])
+    ids, mask = pad(tiny.tokenize(texts, 32), tiny.pad_id, torch.device("cpu"))
+    out = learner.classify(ids, mask, routes)
+    assert out.labels.tolist() == [2, 3, 1, 1, 1, 1, 0, 3, 4, 4, 0, 0, 1, 1, 1, 1, 1, 1]
+    recorded = [0.2295, 0.2277, 0.2418, 0.2355, 0.2886, 0.2212, 0.2482, 0.2136, 0.2662]
+    recorded += [0.2481, 0.2426, 0.2283, 0.2522, 0.2651, 0.3033, 0.2337, 0.2678, 0.2846]
+    np.testing.assert_allclose(out.confidence.numpy(), recorded, atol=6e-5)

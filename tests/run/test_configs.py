@@ -50,7 +50,8 @@ def _fields(obj) -> dict:
 
 def _same(config_value, built_value) -> bool:
     if dataclasses.is_dataclass(built_value):
-        return all(_same(v, _fields(built_value)[k]) for k, v in config_value.items())
+        fields = _fields(built_value)
+        return all(_same(v, fields[k]) for k, v in config_value.items() if k != "_target_")
     return config_value == built_value
 
 

@@ -52,8 +52,11 @@ class SequenceKind:
     def targets(self, split: Split, encoded: Encoded) -> list[Any]:
         return split.labels.tolist()
 
+    def target_tensor(self, targets: Sequence[Any], device: torch.device) -> torch.Tensor:
+        return torch.as_tensor(list(targets), device=device)
+
     def loss(self, logits: torch.Tensor, targets: Sequence[Any]) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits, torch.as_tensor(list(targets), device=logits.device))
+        return nn.functional.cross_entropy(logits, self.target_tensor(targets, logits.device))
 
     def fill(self, out: Classified, rows: slice, logits: torch.Tensor, mask: torch.Tensor) -> None:
         out.fill(rows, logits)

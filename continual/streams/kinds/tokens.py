@@ -99,8 +99,11 @@ class TokenKind:
             token_targets(len(ids), first, tags) for ids, first, tags in zip(encoded.tokens, encoded.starts, split.tags)
         ]
 
+    def target_tensor(self, targets: Sequence[Any], device: torch.device) -> torch.Tensor:
+        return pad_targets(list(targets), device)
+
     def loss(self, logits: torch.Tensor, targets: Sequence[Any]) -> torch.Tensor:
-        target = pad_targets(list(targets), logits.device)
+        target = self.target_tensor(targets, logits.device)
         return nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
 
     def fill(self, out: Classified, rows: slice, logits: torch.Tensor, mask: torch.Tensor) -> None:

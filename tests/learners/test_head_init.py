@@ -1,0 +1,78 @@
+"""Heads that start from the data: LDA or a logistic probe on the new adapter's (frozen) features."""
+
+import pytest
+import torch
+
+from continual.adapters import BottleneckConfig
+from continual.errors import ContinualError
+from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+from continual.learners.base import encode, padded_batches
+from continual.learners.head_init import lda, probe
+from continual.model.training import TrainerConfig
+from continual.streams import DemoStream, StreamSpec
+
+from conftest import slot_task_files
+
+
+def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three Gaussian classes in 20 dimensions (fixed centres, noise drawn from ``seed``), correlated noise,
+    class 1 twice as frequent."""
+    fixed = torch.Generator().manual_seed(0)
+    centres, mixing = torch.randn(3, 20, generator=fixed), torch.randn(20, 20, generator=fixed) / 4
+    labels = torch.tensor([0, 1, 1, 2] * (n // 4))
+    noise = torch.randn(len(labels), 20, generator=torch.Generator().manual_seed(seed))
+    return centres[labels] + noise @ mixing, labels
+
+
+@pytest.mark.parametrize("fit", [lda, probe])
+def test_a_fitted_head_separates_held_out_classes(fit):
+    weight, bias = fit(*_blobs(200, 1), 3)
+    assert weight.shape == (3, 20) and bias.shape == (3,) and weight.dtype == torch.float32
+    held_out, labels = _blobs(400, 2)
+    assert ((held_out @ weight.T + bias).argmax(1) == labels).float().mean() > 0.95
+
+
+def test_lda_never_picks_a_class_without_examples():
+    x, labels = _blobs(100, 0)
+    weight, bias = lda(x[labels != 2], labels[labels != 2], 3)
+    assert torch.all(weight[2] == 0)
+    assert not bool(((x @ weight.T + bias).argmax(1) == 2).any())
+
+
+def _head_after_learning(backbone, task, head_init: str) -> AdapterPerTask:
+    """A learner that learned ``task`` with a learning rate too small to move anything: the head is its start."""
+    learner = AdapterPerTask(
+        backbone,
+        BottleneckConfig(bottleneck_dim=8),
+        TrainerConfig(epochs=1, batch_size=16, lr=1e-12),
+        AdapterPerTaskConfig(progress=False, head_init=head_init),
+    )
+    learner.learn([task])
+    return learner
+
+
+def test_the_head_starts_at_lda_on_the_frozen_features(tiny_backbone):
+    task = DemoStream(max_per_class=8).load().tasks[0]
+    learner = _head_after_learning(tiny_backbone, task, "lda")
+    tokens = encode(learner, task.kind, task.train.texts, "train").tokens
+    features = torch.empty(len(tokens), tiny_backbone.hidden_size)
+    for idx, ids, mask in padded_batches(learner, tokens):
+        features[idx] = learner.features(ids, mask, tiny_backbone.pooling)
+    weight, bias = lda(features, torch.as_tensor(task.train.labels), task.outputs)
+    assert torch.allclose(learner.heads[0].weight, weight, atol=1e-4)
+    assert torch.allclose(learner.heads[0].bias, bias, atol=1e-4)
+
+
+def test_a_token_head_starts_from_its_tagged_tokens(tiny_backbone, tmp_path):
+    spec = StreamSpec.from_dict({"name": "x", "tasks": slot_task_files(tmp_path, ("trip_slots",))})
+    (task,) = spec.load(tmp_path).tasks
+    started = _head_after_learning(tiny_backbone, task, "probe").heads[0]
+    drawn = _head_after_learning(tiny_backbone, task, "random").heads[0]
+    assert started.weight.shape == drawn.weight.shape == (task.outputs, tiny_backbone.hidden_size)
+    assert not torch.allclose(started.weight, drawn.weight, atol=1e-3)
+    assert started.weight.abs().sum(1).min() > 0  # every tag seen in training got a row
+
+
+def test_an_unknown_head_init_is_one_line():
+    with pytest.raises(ContinualError, match=r"head_init must be one of \['random', 'lda', 'probe'\], got 'zero'"):
+        AdapterPerTaskConfig(head_init="zero")
