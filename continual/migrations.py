@@ -25,6 +25,8 @@ MOVED_TARGETS = {
     "continual.cli.SweepTracking": "continual.commands.cli.SweepTracking",
 }
 EVAL_NODE = {"_target_": "continual.run.schedule.EvalConfig"}  # runs made before the schedule evaluated every step
+# runs with learner.transfer=fusion made before attention fusion (2026-12-05) fused with static weights
+STATIC_FUSION = {"_target_": "continual.adapters.fusion.FusionConfig", "kind": "static", "sources": "all"}
 
 
 def target(name: str) -> str:
@@ -33,7 +35,8 @@ def target(name: str) -> str:
 
 
 def config(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's resolved config as today's code reads it: moved targets renamed (at any depth), an eval node."""
+    """A run's resolved config as today's code reads it: moved targets renamed (at any depth), an eval node,
+    static fusion where a fused run names no fusion kind."""
 
     def renamed(node: Any) -> Any:
         if isinstance(node, Mapping):
@@ -45,6 +48,9 @@ def config(raw: Mapping[str, Any]) -> dict[str, Any]:
     out = renamed(raw)
     if not out.get("eval"):
         out["eval"] = dict(EVAL_NODE)
+    learner = out.get("learner")
+    if isinstance(learner, dict) and learner.get("transfer") == "fusion" and "fusion" not in learner:
+        learner["fusion"] = dict(STATIC_FUSION)
     return out
 
 

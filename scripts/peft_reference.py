@@ -39,6 +39,29 @@ class PeftResult:
         return float(np.mean(self.R[-1]))
 
 
+def training_arguments(
+    out: str, epochs: int, batch_size: int, eval_batch_size: int, lr: float, warmup_ratio: float, seed: int
+):
+    """``TrainingArguments`` as the guides write them, on the CPU, with nothing saved or logged."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=out,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=eval_batch_size,
+        learning_rate=lr,
+        warmup_steps=warmup_ratio,  # below 1: a share of the steps (transformers 5)
+        weight_decay=0.0,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=seed,
+    )
+
+
 def run_peft_stream(
     model_path: str,
     tasks: Sequence,
@@ -58,7 +81,6 @@ def run_peft_stream(
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
-        TrainingArguments,
     )
     from transformers import (
         logging as hf_logging,
@@ -89,21 +111,7 @@ def run_peft_stream(
     collator = DataCollatorWithPadding(tokenizer)
     model = None
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out,
-            num_train_epochs=epochs,
-            per_device_train_batch_size=batch_size,
-            per_device_eval_batch_size=eval_batch_size,
-            learning_rate=lr,
-            warmup_steps=warmup_ratio,
-            weight_decay=0.0,
-            save_strategy="no",
-            logging_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            disable_tqdm=True,
-            seed=seed,
-        )
+        args = training_arguments(out, epochs, batch_size, eval_batch_size, lr, warmup_ratio, seed)
         tests = [dataset(t.test) for t in tasks]
         for i, task in enumerate(tasks):
             start = time.perf_counter()

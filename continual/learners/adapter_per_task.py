@@ -67,9 +67,9 @@ class AdapterPerTaskConfig:
     ``max_resident_mb``: adapters loaded from a run's files (predict, serving, resume) stay in memory up
     to this many megabytes; the others are read back from their files when routed to (LRU, see
     :mod:`continual.adapters.resident`). None: all resident.
-    ``head_init``: where each new head starts: ``random``, or fitted on the task's features before its
-    adapter trains: ``lda`` (closed form) or ``probe`` (logistic regression); see
-    :mod:`continual.learners.head_init`.
+    ``head_init``: where each new head starts: fitted on the task's features before its adapter trains,
+    ``probe`` (logistic regression, the default: measured best) or ``lda`` (closed form), or ``random`` (the
+    plain recipe); see :mod:`continual.learners.head_init`.
     ``save_dtype``: what adapter files hold: ``float32``, or ``float16`` / ``bfloat16`` (half the bytes, for
     long streams of small tasks). Below float32 each task's weights are rounded to it once trained, so the
     model that is evaluated is the one its file holds and a resumed run continues from the same weights.
@@ -81,7 +81,7 @@ class AdapterPerTaskConfig:
     progress: bool = True
     max_resident_mb: float | None = None
     save_dtype: str = "float32"
-    head_init: str = "random"
+    head_init: str = "probe"
 
     head = Head.PER_TASK  # per-task modules on a frozen backbone: a router chooses among them
 

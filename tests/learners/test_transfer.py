@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from continual import metrics
+from continual import files, metrics, migrations
 from continual.adapters import BottleneckConfig, PrefixConfig
 from continual.adapters.fusion import FusionConfig
 from continual.errors import ContinualError
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+from continual.model.backbone import Backbone
 from continual.model.training import TrainerConfig, pad
 from continual.routers import OracleRouter
 from continual.run.compat import check_adapter
@@ -99,6 +100,30 @@ def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp
     restored.load(tmp_path, tasks[:2])
     assert restored.fingerprints().tasks == learner.fingerprints().tasks
     assert torch.equal(restored.classify(ids, mask, routes).labels, mixed.labels)
+
+
+def test_static_fusion_files_of_earlier_versions_still_load(tiny_backbone, tasks, tmp_path):
+    """Before attention fusion a fused task's file held ``fusion.<site>`` logits over adapters 0..k, and its
+    metadata named no fusion kind: such files load as static fusion and answer as before."""
+    from safetensors.torch import load_file
+
+    learner = _fusing(tiny_backbone, "static")
+    for task in tasks[:2]:
+        learner.learn([task])
+    learner.save(tmp_path)
+    path = sorted(tmp_path.glob("01_*.safetensors"))[0]
+    tensors, meta = load_file(str(path)), files.read_metadata(path)
+    old = {name.replace("fusion.mix.", "fusion."): t for name, t in tensors.items() if name != "fusion.sources"}
+    files.save_tensors(path, old, {k: v for k, v in meta.items() if k not in ("fusion", "attention")})
+    learner.bank.remove_hooks()
+    restored = _fusing(Backbone.load(tiny_backbone.name), "static")
+    restored.load(tmp_path, tasks[:2])
+    assert restored.bank.runs_through(1) == [0, 1]
+    assert restored.fingerprints().tasks == learner.fingerprints().tasks
+    # and such a run's config.yaml, which names no fusion kind, reads as static fusion
+    old_config = {"learner": {"_target_": "continual.learners.AdapterPerTaskConfig", "transfer": "fusion"}}
+    assert migrations.config(old_config)["learner"]["fusion"]["kind"] == "static"
+    assert "fusion" not in migrations.config({"learner": {"transfer": "none"}})["learner"]
 
 
 def test_loading_with_another_transfer_is_refused(tiny_backbone, tasks, tmp_path):
@@ -203,7 +228,8 @@ def test_a_run_without_fusion_answers_as_before_fusion_changed(tiny_backbone):
     tiny = tiny_backbone
     tasks = DemoStream(max_per_class=8).load().tasks[:3]
     trainer = TrainerConfig(epochs=2, batch_size=8, lr=5e-3)
-    learner = AdapterPerTask(tiny, BottleneckConfig(bottleneck_dim=8), trainer, AdapterPerTaskConfig(progress=False))
+    config = AdapterPerTaskConfig(progress=False, head_init="random")
+    learner = AdapterPerTask(tiny, BottleneckConfig(bottleneck_dim=8), trainer, config)
     for task in tasks:
         learner.learn([task])
     texts = [text for task in tasks for text in task.test.texts[:6]]

@@ -231,7 +231,10 @@ def test_mixed_batches_tag_as_single_task_batches(hub_run, tiny_model_dir):
     alone = [
         next(predictor.predict([Query(t, task)])) for t, task in zip(texts, ["meal_slots", "trip_slots", "travel"])
     ]
-    assert mixed == alone
+    # padded with longer texts, a row's numbers may move in the last float bits: confidences within 1e-5
+    for m, a in zip(mixed, alone):
+        assert {**m, "confidence": 0} == {**a, "confidence": 0}
+        assert m.get("confidence", 0) == pytest.approx(a.get("confidence", 0), abs=1e-5)
     hub = list(predictor.predict_all(texts))
     assert [h["tasks"]["trip_slots"] for h in hub][1]["entities"] == mixed[1]["entities"]
 
@@ -258,3 +261,16 @@ def test_a_test_split_with_an_entity_type_train_lacks_is_one_line(tmp_path):
     write_jsonl(Path(entries[0]["test"]), rows)
     with pytest.raises(ContinualError, match=r"test split has entity types that never occur in train: \['weekday'\]"):
         StreamSpec.from_dict({"name": "x", "tasks": entries}).load(tmp_path)
+
+
+def test_validation_entities_of_a_type_train_lacks_are_tagged_o_and_said(tmp_path, caplog):
+    """fbtod's alarm validation holds one entity of a type its train split never shows: the stream still loads."""
+    entries = slot_task_files(tmp_path, ("trip_slots",))
+    validation = [{"tokens": ["fly", "on", "monday"], "tags": ["O", "O", "B-weekday"]}] + slot_rows("trip_slots", 5, 4)
+    entries[0]["validation"] = str(write_jsonl(tmp_path / "validation.jsonl", validation))
+    with caplog.at_level(logging.WARNING):
+        (task,) = StreamSpec.from_dict({"name": "x", "tasks": entries}).load(tmp_path).tasks
+    assert task.labels == ("city", "date") and len(task.validation) == 6
+    index = task.validation.texts.index("fly on monday")
+    assert task.validation.tags[index].tolist() == [0, 0, 0]
+    assert "validation: 1 entities of types that never occur in train (weekday) are tagged O" in caplog.text
