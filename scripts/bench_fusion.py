@@ -11,8 +11,9 @@ over the new task's own parameters) on a batch of demo texts, for
   every earlier adapter, or three of them;
 - ``static all``: ``fusion.kind=static`` over every earlier adapter;
 
-interleaved (one step of each per round, ``--steps`` rounds after one warm-up round), and each variant's
-bytes per task (the fusion weights a task file adds to its adapter).
+interleaved (one step of each per round, ``--steps`` rounds after one warm-up round); then, per variant, the
+median time of one inference pass of the batch routed to the new task (what a fused task's rows cost in a
+served batch), and its bytes per task (the fusion weights a task file adds to its adapter).
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def _step(learner: AdapterPerTask, k: int, params, ids, mask, labels) -> float:
     return time.perf_counter() - start
 
 
+@torch.no_grad()
+def _infer(learner: AdapterPerTask, k: int, ids, mask) -> float:
+    """One inference pass of the batch routed to task ``k`` (what a fused task's rows cost in serving)."""
+    start = time.perf_counter()
+    with learner.bank.routed([(k, 0, ids.shape[0])]):
+        learner.heads.logits(k, learner._encode(ids, mask, None))
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, nargs="+", default=[5, 20, 100])
@@ -86,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     texts = [t for task in DemoStream().load().tasks for t in task.train.texts][: args.batch]
     print(f"torch threads {torch.get_num_threads()}; batch {len(texts)} demo texts; median of {args.steps} steps")
-    print(f"{'T':>4} {'variant':<16} {'ms/step':>8} {'x none':>7} {'fusion MB/task':>15}")
+    print(f"{'T':>4} {'variant':<16} {'ms/step':>8} {'x none':>7} {'infer ms':>9} {'x none':>7} {'fusion MB/task':>15}")
     for tasks in args.tasks:
         backbone = Backbone.load()
         learner = _learner(backbone, tasks - 1)
@@ -96,17 +106,23 @@ def main() -> None:
         for name, fusion in VARIANTS.items():  # each variant: task T's own fresh adapter, head and fusion
             made[name] = _new_task(learner, tasks - 1, fusion)
         times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        infer: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for round_ in range(args.steps + 1):
             for name, (k, params) in made.items():
                 seconds = _step(learner, k, params, ids, mask, labels)
+                inference = _infer(learner, k, ids, mask)
                 if round_:
                     times[name].append(seconds)
-        base = statistics.median(times["none"])
+                    infer[name].append(inference)
+        base, base_infer = statistics.median(times["none"]), statistics.median(infer["none"])
         for name, (k, _) in made.items():
             fused = learner.bank.fusion[str(k)] if learner.bank.fused(k) else None
             mb = 0.0 if fused is None else sum(p.numel() * 4 for p in fused.parameters()) / 2**20
-            ms = statistics.median(times[name])
-            print(f"{tasks:>4} {name:<16} {1000 * ms:>8.1f} {ms / base:>6.2f}x {mb:>15.4f}")
+            ms, inf = statistics.median(times[name]), statistics.median(infer[name])
+            print(
+                f"{tasks:>4} {name:<16} {1000 * ms:>8.1f} {ms / base:>6.2f}x"
+                f" {1000 * inf:>9.1f} {inf / base_infer:>6.2f}x {mb:>15.4f}"
+            )
         learner.bank.remove_hooks()
 
 

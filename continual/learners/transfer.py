@@ -82,7 +82,8 @@ class Centroids:
         """The ``m`` earlier tasks most similar to task ``k`` (cosine), most similar first."""
         mine = self.of[k]
         cosine = [float(c @ mine / (np.linalg.norm(c) * np.linalg.norm(mine) + 1e-12)) for c in self.of[:k]]
-        return [(int(j), cosine[j]) for j in np.argsort(cosine)[::-1][:m]]
+        order = np.argsort(-np.array(cosine), kind="stable")  # ties: the earlier task first
+        return [(int(j), cosine[j]) for j in order[:m]]
 
 
 class StartFromSimilar:

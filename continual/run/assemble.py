@@ -174,12 +174,18 @@ def seed_everything(seed: int) -> None:
 
 @contextmanager
 def threads(count: int | None) -> Iterator[None]:
-    """torch CPU threads while the block runs (None: as they are); parallel jobs share the cores. The count is
-    restored afterwards: a job run in a process that goes on (a notebook, a basic multirun) leaves it as it was."""
+    """CPU threads while the block runs (None: as they are): torch's, and the BLAS pools numpy and scikit-learn
+    use (the routers' eigendecompositions and solves), so that parallel jobs share the cores rather than spin on
+    them (numpy's OpenBLAS was seen stalling an eigendecomposition for minutes on oversubscribed cores). The
+    counts are restored afterwards: a job run in a process that goes on (a notebook, a basic multirun) leaves
+    them as they were."""
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     if count:
         torch.set_num_threads(int(count))
     try:
-        yield
+        with threadpool_limits(limits=int(count) if count else None, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)

@@ -126,3 +126,22 @@ def test_experiment_sweeps_methods_that_exist(experiment):
     for method in methods:  # each method picks a learner and a router
         choices = _compose([f"+experiment={experiment}", f"+method={method}"])
         assert choices.learner._target_ and choices.router._target_
+
+
+def test_threads_caps_torch_and_the_blas_pools_and_restores_them():
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from continual.run.assemble import threads
+
+    def blas() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):  # the tests' processes start with one thread
+        torch_before, blas_before = torch.get_num_threads(), blas()
+        assert set(blas_before) == {2}
+        with threads(1):
+            assert torch.get_num_threads() == 1 and set(blas()) == {1}
+        assert torch.get_num_threads() == torch_before and blas() == blas_before
+        with threads(None):  # as they are
+            assert torch.get_num_threads() == torch_before and blas() == blas_before
