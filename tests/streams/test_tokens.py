@@ -240,6 +240,7 @@ def test_mixed_batches_tag_as_single_task_batches(hub_run, tiny_model_dir):
 
 
 def test_single_head_learners_refuse_token_tasks(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # Hydra makes its run folder before the refusal: not in the repository
     (tmp_path / "conf" / "stream").mkdir(parents=True)
     spec = {"name": "slots", "tasks": slot_task_files(tmp_path)}
     (tmp_path / "conf" / "stream" / "slots.yaml").write_text(yaml.safe_dump(spec))
