@@ -149,6 +149,16 @@ class AdapterPerTask:
         """What task ``k`` trains: its adapter, its fusion weights if fused, its head."""
         return [p for module in (*self.bank.own_modules(k), self.heads[k]) for p in module.parameters()]
 
+    def _param_groups(self, k: int) -> list[dict]:
+        """Task ``k``'s parameters for the optimiser: its fusion weights (if fused) at ``learner.fusion.lr``, the
+        rest at the trainer's."""
+        fusion = [p for m in self.bank.own_modules(k)[1:] for p in m.parameters()]
+        rest = [p for p in self._parameters(k) if all(p is not q for q in fusion)]
+        return [
+            {"params": rest},
+            *([{"params": fusion, "lr": self.config.fusion.learning_rate(self.trainer.lr)}] if fusion else []),
+        ]
+
     def trainable_parameters(self, k: int) -> int:
         """Task ``k``'s own parameters (an adapter out of memory is counted from its saved shapes)."""
         if self.resident is not None and not self.resident.is_resident(k):
@@ -307,7 +317,7 @@ class AdapterPerTask:
         # below the first adapted one stay in eval mode, so that caching them changes nothing.
         adapted = [self.backbone] if self.first_layer == 0 else self.backbone.layers[self.first_layer :]
         fitted = fit(
-            params,
+            self._param_groups(k),
             epochs,
             loss_of,
             cfg,
