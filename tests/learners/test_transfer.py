@@ -65,6 +65,9 @@ def test_fusion_mixes_earlier_adapters_and_round_trips(tiny_backbone, tasks, tmp
     assert "0" not in learner.bank.fusion and fusion.source_list == [0, 1]
     per_site = 2 if kind == "static" else 3 * (hidden * hidden + hidden)  # static: 2 logits; attention: Q, K, V
     assert learner.trainable_parameters(1) == learner.trainable_parameters(0) + per_site * sites
+    groups = learner._param_groups(1)  # fusion weights train at their own rate: attention's 1e-4, static's trainer.lr
+    assert len(groups) == 2 and groups[1]["lr"] == (1e-4 if kind == "attention" else FAST.lr)
+    assert len(learner._param_groups(0)) == 1 and "lr" not in learner._param_groups(0)[0]
     if kind == "static":
         assert not torch.equal(fusion.mix["0_ffn"], torch.zeros(2))  # the mixture was trained
     else:
