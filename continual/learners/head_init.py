@@ -12,8 +12,8 @@ biases ``-mu_c Sigma^-1 mu_c / 2 + log prior_c``, i.e. the Gaussian model's log-
 ``probe``: multinomial logistic regression on the same features, full batch, L2-penalised (:data:`PROBE_L2`),
 by L-BFGS from zero (:data:`PROBE_STEPS` iterations at most).
 
-Either costs one forward pass over the task's training texts (no gradients) before the first step, and a
-solve in the hidden size (384 for MiniLM): about a third of one training epoch.
+Either costs one forward pass over the task's training texts (no gradients) before the first step, and a fit
+in the hidden size (384 for MiniLM).
 """
 
 from __future__ import annotations
