@@ -161,6 +161,34 @@ def _check_overrides(argv: list[str]) -> None:
                 ) from exc
 
 
+def _check_keys(argv: list[str]) -> None:
+    """Compose the config once with the overrides (a sweep's first values) as Hydra is about to, so that an
+    unknown key is one line rather than Hydra's five; skipped with options that change the config's source."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if any(a.startswith(("-c", "--c", "-p", "--p")) for a in argv):  # --config-dir/-name/-path, --package, ...
+        return
+    overrides = []
+    for override in OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")]):
+        if override.is_sweep_override():
+            try:
+                first = next(iter(override.sweep_string_iterator()))
+            except Exception:  # a sweep only the config loader expands (glob): Hydra checks it itself
+                continue
+            overrides.append(f"{override.get_key_element()}={first}")
+        else:
+            overrides.append(override.input_line or "")
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose("config", overrides=overrides, return_hydra_config=True)
+    except HydraException as exc:
+        detail = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
+        hint = str(exc).strip().splitlines()[1:2]  # Hydra's second line, e.g. "To append to your config use +k=v"
+        raise ContinualError(first_line(exc) + detail + "".join(f"; {h[0].lower()}{h[1:]}" for h in hint)) from exc
+
+
 def _interrupted(exc: KeyboardInterrupt) -> None:
     """Ctrl-C or SIGTERM: one line (the run itself was marked KILLED and stays resumable), a sweep's parent closed."""
     from continual.tracking.sweep import close_sweep
@@ -283,6 +311,7 @@ def main() -> None:
                 return
             check_config_files(sys.argv[1:])
             _check_overrides(sys.argv[1:])
+            _check_keys(sys.argv[1:])
             _app()
     except ContinualError as exc:
         _fail(str(exc))
