@@ -43,17 +43,23 @@ class FusionConfig:
     step stays flat as tasks accumulate. ``lr``: the fusion weights' learning rate (the adapter and head keep
     ``trainer.lr``); None: :data:`ATTENTION_LR` for attention (the paper trains fusion at 5e-5 to 1e-4; at the
     adapters' 5e-3 the value projection leaves the identity within a few steps: FWT -3.75 on capped
-    clinc150_domains, seed 0), ``trainer.lr`` for static weights (as they were measured).
+    clinc150_domains, seed 0), ``trainer.lr`` for static weights (as they were measured). ``temperature``: the
+    attention softmax's temperature at a task's first training step, lowered linearly to 1 at its last (the
+    ``adapters`` library's option starts at 50); 1 = no annealing. A fused task always answers at temperature 1.
     """
 
     kind: str = "attention"
     sources: str = "all"
     lr: float | None = None
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in FUSION_KINDS:
             raise ContinualError(f"learner.fusion.kind must be one of {list(FUSION_KINDS)}, got {self.kind!r}")
         check_number(self.lr, "learner.fusion.lr", low=0, above=True, optional=True)
+        check_number(self.temperature, "learner.fusion.temperature", low=1)
+        if self.temperature != 1 and self.kind != "attention":
+            raise ContinualError("learner.fusion.temperature anneals attention: it needs learner.fusion.kind=attention")
         if self.sources != "all" and not re.fullmatch(r"top:[1-9]\d*", str(self.sources)):
             raise ContinualError(
                 f"learner.fusion.sources must be 'all' or 'top:M' with M >= 1 (e.g. top:3), got {self.sources!r}"
@@ -83,11 +89,11 @@ class SiteAttention(nn.Module):
         nn.init.eye_(self.value.weight)
         nn.init.zeros_(self.value.bias)
 
-    def weights(self, out: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
+    def weights(self, out: torch.Tensor, adapted: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Each source's attention ``[..., sources]`` for sublayer outputs ``out`` ``[..., hidden]`` and the
-        sources' outputs ``adapted`` ``[sources, ..., hidden]``."""
+        sources' outputs ``adapted`` ``[sources, ..., hidden]``, at softmax ``temperature``."""
         probe = self.query(out) @ self.key.weight  # K^T (Q h + b_q): the key bias adds the same to every source
-        return torch.einsum("...h,s...h->...s", probe, adapted).softmax(-1)
+        return (torch.einsum("...h,s...h->...s", probe, adapted) / temperature).softmax(-1)
 
 
 class Fusion(nn.Module):
@@ -105,6 +111,7 @@ class Fusion(nn.Module):
         else:
             self.mix = nn.ModuleDict({s: SiteAttention(hidden) for s in sites})
         self.recorded: list[torch.Tensor] | None = None  # a list: every forward appends its weights [..., sources]
+        self.temperature = 1.0  # of the attention softmax; above 1 only while annealed in training (not saved)
 
     @property
     def source_list(self) -> list[int]:
@@ -119,7 +126,7 @@ class Fusion(nn.Module):
                 self.recorded.append(weights.detach().expand(*out.shape[:-1], -1))
             return out + torch.einsum("s,s...h->...h", weights, stacked - out)
         attention = cast(SiteAttention, cast(nn.ModuleDict, self.mix)[site])
-        weights = attention.weights(out, stacked)
+        weights = attention.weights(out, stacked, self.temperature)
         if self.recorded is not None:
             self.recorded.append(weights.detach())
         return attention.value(torch.einsum("...s,s...h->...h", weights, stacked))

@@ -319,7 +319,7 @@ class AdapterPerTask:
         fitted = fit(
             self._param_groups(k),
             epochs,
-            loss_of,
+            self._annealed(k, loss_of, sum(len(e) for e in epochs)),
             cfg,
             task.name,
             modules=(*adapted, self.heads.dropout),
@@ -334,6 +334,22 @@ class AdapterPerTask:
         val_acc = oracle_score(self, k, task, task.validation)
         examples, trainable = len(tokens) * cfg.epochs, self.trainable_parameters(k)
         return LearnReport(task.name, fitted.steps, examples, fitted.seconds, fitted.final_loss, val_acc, trainable)
+
+    def _annealed(self, k: int, loss_of: Callable, steps: int) -> Callable:
+        """``loss_of``, lowering fused task ``k``'s attention temperature from ``learner.fusion.temperature`` at
+        the first of ``steps`` to 1 at the last (``loss_of`` itself without fusion or annealing)."""
+        start = self.config.fusion.temperature
+        if start == 1 or not self.bank.fused(k):
+            return loss_of
+        fusion = cast(Fusion, self.bank.fusion[str(k)])
+        done = iter(range(steps))
+
+        def loss(idx: np.ndarray) -> torch.Tensor:
+            left = (steps - 1 - next(done, steps - 1)) / (steps - 1) if steps > 1 else 0.0  # 1 -> 0: first -> last
+            fusion.temperature = 1 + (start - 1) * left
+            return loss_of(idx)
+
+        return loss
 
     @torch.no_grad()
     def _mean_attention(self, k: int, texts: Sequence[str]) -> dict[int, float]:

@@ -156,9 +156,35 @@ def test_bad_transfer_settings(tiny_backbone):
             "learner.fusion.sources must be 'all' or 'top:M' with M >= 1 .e.g. top:3., got 'top:0'",
         ),
         ({"sources": "best"}, "learner.fusion.sources must be 'all' or 'top:M'"),
+        ({"temperature": 0.5}, "learner.fusion.temperature must be a number >= 1, got 0.5"),
+        ({"kind": "static", "temperature": 50}, "learner.fusion.temperature anneals attention"),
     ]:
         with pytest.raises(ContinualError, match=message):
             AdapterPerTaskConfig(transfer="fusion", fusion=fusion)
+
+
+def test_attention_temperature_anneals_to_one_over_a_task(tiny_backbone, tasks):
+    """``fusion.temperature=50``: the temperature falls linearly from 50 at a task's first step to 1 at its
+    last, and the fused task then answers at temperature 1; a high temperature spreads attention evenly."""
+    config = AdapterPerTaskConfig(progress=False, transfer="fusion", fusion=FusionConfig(temperature=50))
+    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, config)
+    for task in tasks[:2]:
+        learner.learn([task])
+    fusion = learner.bank.fusion["1"]
+    assert fusion.temperature == 1.0
+    seen = []
+    loss = learner._annealed(1, lambda idx: seen.append(fusion.temperature), steps=5)
+    for _ in range(5):
+        loss(np.arange(2))
+    assert seen == pytest.approx([50, 37.75, 25.5, 13.25, 1]) and fusion.temperature == 1.0
+    assert learner._annealed(0, len, steps=5) is len  # task 0 fuses nothing: its loss unchanged
+    out, adapted = torch.randn(3, 4, tiny_backbone.hidden_size), torch.randn(2, 3, 4, tiny_backbone.hidden_size)
+    site = fusion.mix["0_ffn"]
+    with torch.no_grad():
+        site.query.weight.normal_(0, 1)
+        hot, cold = site.weights(out, adapted * 10, 50.0), site.weights(out, adapted * 10, 1.0)
+    assert (hot - 0.5).abs().max() < (cold - 0.5).abs().max()
+    learner.bank.remove_hooks()
 
 
 def test_forward_transfer_against_the_reference():
