@@ -166,11 +166,16 @@ def test_the_ridge_router_routes_adapters_and_reloads_identically(tiny_backbone,
     save_router(again, tmp_path / "copy", stream.task_names, tiny_backbone.name)
 
 
-def test_the_ridge_method_runs_predicts_and_extends_through_the_command(tmp_path, tiny_model_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("method", [("+method=ridge", "learner.dim=64"), ("+method=adapters_ridge", "router.dim=64")])
+def test_the_ridge_methods_run_predict_and_extend_through_the_command(
+    tmp_path, tiny_model_dir, monkeypatch, capsys, method
+):
+    """The ridge learner, and adapters routed by the ridge router: a run, ``predict`` from its folder, and
+    ``extend`` by a task (the ridge's statistics grow by its classes)."""
     conf = stream_yaml(tmp_path / "conf", demo_task_files(tmp_path, ("banking", "travel")), max_per_class=8)
     stream_yaml(conf, demo_task_files(tmp_path, ("cooking",)), name="more", max_per_class=8)
     run = tmp_path / "run"
-    overrides = tiny_overrides(tmp_path, tiny_model_dir, "+method=ridge", "learner.dim=64", f"hydra.run.dir={run}")
+    overrides = tiny_overrides(tmp_path, tiny_model_dir, *method, f"hydra.run.dir={run}")
     proc = main_in_process(monkeypatch, capsys, "--config-dir", conf, "stream=two_tasks", *overrides)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = main_in_process(monkeypatch, capsys, "predict", run, "--text", "book a flight to paris", "--no-progress")
