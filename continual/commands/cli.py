@@ -185,8 +185,10 @@ def _check_keys(argv: list[str]) -> None:
             compose("config", overrides=overrides, return_hydra_config=True)
     except HydraException as exc:
         detail = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
-        hint = str(exc).strip().splitlines()[1:2]  # Hydra's second line, e.g. "To append to your config use +k=v"
-        raise ContinualError(first_line(exc) + detail + "".join(f"; {h[0].lower()}{h[1:]}" for h in hint)) from exc
+        hint = "".join(f"; {h[0].lower()}{h[1:]}" for h in str(exc).strip().splitlines()[1:2] if h)  # "To append"
+        raise ContinualError(first_line(exc).rstrip(".") + detail + hint) from exc
+    except Exception:  # anything else Hydra reports itself, as before this check
+        return
 
 
 def _interrupted(exc: KeyboardInterrupt) -> None:

@@ -111,7 +111,7 @@ def test_missing_data_file_unknown_option_and_unreachable_server(
     for sweep in ((), ("-m", "seed=0,1")):  # an unknown key: one line (Hydra's own message runs to five)
         line = one_error_line(main_in_process(monkeypatch, capsys, *sweep, "trainer.bogus=1"))
         assert line == (
-            "error: Could not override 'trainer.bogus'. (Key 'bogus' is not in struct); "
+            "error: Could not override 'trainer.bogus' (Key 'bogus' is not in struct); "
             "to append to your config use +trainer.bogus=1"
         )
     line = one_error_line(
