@@ -12,13 +12,14 @@ over tasks, as R's last row), its gap to the oracle-routed ACC, the share of que
 in the first stage's top-k, and the cost per query of each stage (milliseconds, measured here).
 
 Variants: the ridge learner (``learner=ridge``: ACC without and with the task id), the ridge router
-(``router=ridge``, both rules) and ridge + the adapters' own class probabilities over its top 3 tasks (with
-the ridge's fit time, lambda and saved state in MB); the frozen-feature prototype router (Mahalanobis to
-class means, shared covariance) on several layer sets; the entropy router; and two-stage routers that
-re-rank the prototype's top-k tasks with each candidate adapter's own features: the Mahalanobis
-distance of the query's adapted features to that task's class means, under that task's covariance of
-its own adapted training features (the statistics a router can keep after learning each task; no text
-is kept).
+(``router=ridge``, both rules), ridge + the adapters' own class probabilities over its top 3 tasks (with the
+ridge's fit time, lambda and saved state in MB) and the ridge's top-2/3 tasks decided in the earliest
+candidate adapter's space, where the later tasks' class means are known (:func:`earlier_space_routes`); the
+frozen-feature prototype router (Mahalanobis to class means, shared covariance) on several layer sets; the
+entropy router; and two-stage routers that re-rank the prototype's top-k tasks with each candidate adapter's
+own features: the Mahalanobis distance of the query's adapted features to that task's class means, under that
+task's covariance of its own adapted training features (the statistics a router can keep after learning each
+task; no text is kept).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def load(run: Path, cache: Path) -> tuple[Stream, dict[str, np.ndarray]]:
     config = yaml.safe_load((run / "config.yaml").read_text())
     stream = assemble.stream_source(config["stream"]).load(Path.cwd())
     path = cache / f"{run.name}.npz"
-    if path.is_file() and "logp/0/0" in np.load(path):  # (an older cache lacks the heads' log-probabilities)
+    if path.is_file() and {"logp/0/0", "later/1/0"} <= set(np.load(path)):  # (older caches lack these)
         return stream, dict(np.load(path))
     parts = assemble.parts(config)
     learner = assemble.learner(parts, assemble.backbone(config), config["seed"])
@@ -95,6 +96,8 @@ def load(run: Path, cache: Path) -> tuple[Stream, dict[str, np.ndarray]]:
             data[f"hidden/{j}/{split}"] = _hidden(learner, getattr(task, split).texts)
         for split in ("train", "validation"):
             data[f"own/{j}/{split}"] = _adapted(learner, getattr(task, split).texts, j)[0]
+        for k in range(j):  # a later task's texts through every earlier adapter (what task j can tell adapter k)
+            data[f"later/{j}/{k}"] = _adapted(learner, task.validation.texts, k)[0]
         start = time.perf_counter()
         _hidden(learner, task.test.texts)
         seconds["hidden"] += time.perf_counter() - start
@@ -140,6 +143,38 @@ def adapted_scores(stream: Stream, data, shrinkage: float) -> list[np.ndarray]:
         for j in range(T):
             scores[j][:, k] = stats.class_scores(data[f"feat/{j}/{k}"], "mahalanobis").max(1)
     return scores
+
+
+def earlier_space_routes(stream: Stream, data, first: list[np.ndarray], top: int, shrinkage: float) -> list:
+    """Among each query's ``top`` first-stage tasks, the task of the best class by a linear discriminant in the
+    *earliest* candidate's adapted space, over every candidate's classes. That adapter saw the later tasks'
+    texts once they arrived (here: their validation texts), so their class means in its space are exact; the
+    covariance is that of its own training features. Whether an adapter trained on its own task separates
+    it from the tasks that came after it."""
+    T, routes = len(stream.tasks), []
+    spaces = []  # per adapter e: (precision, class means of tasks e.. T-1 in its space, class -> task)
+    for e, task in enumerate(stream.tasks):
+        own, labels = data[f"own/{e}/train"].astype(np.float64), task.train.labels
+        means = [np.stack([own[labels == c].mean(0) for c in range(len(task.labels))])]
+        spread = own - means[0][labels]
+        cov = spread.T @ spread / len(own)
+        cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+        owners = [np.full(len(task.labels), e)]
+        for b in range(e + 1, T):
+            later, y = data[f"later/{b}/{e}"].astype(np.float64), stream.tasks[b].validation.labels
+            means.append(np.stack([later[y == c].mean(0) for c in range(len(stream.tasks[b].labels))]))
+            owners.append(np.full(len(stream.tasks[b].labels), b))
+        spaces.append((np.linalg.inv(cov), np.concatenate(means), np.concatenate(owners)))
+    for j, s1 in enumerate(first):
+        candidates = np.argsort(-s1, axis=1)[:, :top]
+        route = np.empty(len(s1), np.int64)
+        for q, chosen in enumerate(candidates):
+            precision, means, owners = spaces[chosen.min()]
+            x = data[f"feat/{j}/{chosen.min()}"][q].astype(np.float64)
+            score = means @ precision @ x - 0.5 * np.einsum("ch,hk,ck->c", means, precision, means)
+            route[q] = owners[np.where(np.isin(owners, chosen), score, -np.inf).argmax()]
+        routes.append(route)
+    return routes
 
 
 def evaluate(stream: Stream, data, routes: list[np.ndarray]) -> tuple[float, float, float]:
@@ -219,6 +254,10 @@ def ridge_study(stream: Stream, data, layers: tuple[int, ...], oracle: float) ->
         np.put_along_axis(keep, top, True, 1)
         mixed.append(np.where(keep, best, -np.inf).argmax(1))
     _row("ridge top-3 + 0.25 x adapters' log-probs", evaluate(stream, data, mixed), ms)
+    tasks = [router.task_scores(s) for s in scores]
+    for k in (2, 3):
+        routes = earlier_space_routes(stream, data, tasks, k, 0.3)
+        _row(f"ridge top-{k}, earliest candidate's adapted space", evaluate(stream, data, routes), ms)
     state = sum(v.nbytes for v in router.state_dict().values()) / 2**20
     print(
         f"(ridge: dim {router.dim}, lambda {router.ridge.lam:g}, fit {fit / T:.1f} s per task, state {state:.1f} MB; "
