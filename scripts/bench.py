@@ -84,7 +84,7 @@ def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, ob
             start = time.perf_counter()
             result = run_stream(stream, variant, OracleRouter(), MemoryTracker(), RunOptions(Path(out), progress=False))
             seconds = time.perf_counter() - start
-        train = sum(r.seconds for r in result.reports)
+        train = result.state.train_seconds
         ours[skip] = (seconds, float(np.mean(result.state.R[-1])) * 100)
         print(
             f"continual ({args.placement}, skip_layers={skip})  ACC {ours[skip][1]:.2f}  {seconds:.1f} s "

@@ -148,7 +148,7 @@ def adapted_scores(stream: Stream, data, shrinkage: float) -> list[np.ndarray]:
 def earlier_space_routes(stream: Stream, data, first: list[np.ndarray], top: int, shrinkage: float) -> list:
     """Among each query's ``top`` first-stage tasks, the task of the best class by a linear discriminant in the
     *earliest* candidate's adapted space, over every candidate's classes. That adapter saw the later tasks'
-    texts once they arrived (here: their validation texts), so their class means in its space are exact; the
+    texts once they arrived (here: their validation texts), so their class means in its space are known; the
     covariance is that of its own training features. Whether an adapter trained on its own task separates
     it from the tasks that came after it."""
     T, routes = len(stream.tasks), []
