@@ -115,7 +115,14 @@ def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, ob
             f"(train {peft.train_seconds:.1f} s, eval {peft.eval_seconds:.1f} s)  peak RSS {peak_rss_mb():.0f} MB"
         )
         for skip, (seconds, acc) in ours.items():
-            level = "equal accuracy (within 0.5)" if abs(acc - peft.acc * 100) <= 0.5 else "NOT equal accuracy"
+            gap = acc - peft.acc * 100
+            level = (
+                "equal accuracy (within 0.5)"
+                if abs(gap) <= 0.5
+                else "ours more accurate: at equal accuracy the ratio is at least this"
+                if gap > 0
+                else "peft more accurate: not an equal-accuracy point"
+            )
             print(
                 f"  ours skip_layers={skip} vs peft at {epochs} epoch(s): **{peft.seconds / seconds:.2f}x** the "
                 f"speed, ACC difference {acc - peft.acc * 100:+.2f} points ({level})"
