@@ -152,7 +152,7 @@ def earlier_space_routes(stream: Stream, data, first: list[np.ndarray], top: int
     covariance is that of its own training features. Whether an adapter trained on its own task separates
     it from the tasks that came after it."""
     T, routes = len(stream.tasks), []
-    spaces = []  # per adapter e: (precision, class means of tasks e.. T-1 in its space, class -> task)
+    spaces = []  # per adapter e: LDA weights and biases of the classes of tasks e..T-1 in its space, their tasks
     for e, task in enumerate(stream.tasks):
         own, labels = data[f"own/{e}/train"].astype(np.float64), task.train.labels
         means = [np.stack([own[labels == c].mean(0) for c in range(len(task.labels))])]
@@ -164,14 +164,14 @@ def earlier_space_routes(stream: Stream, data, first: list[np.ndarray], top: int
             later, y = data[f"later/{b}/{e}"].astype(np.float64), stream.tasks[b].validation.labels
             means.append(np.stack([later[y == c].mean(0) for c in range(len(stream.tasks[b].labels))]))
             owners.append(np.full(len(stream.tasks[b].labels), b))
-        spaces.append((np.linalg.inv(cov), np.concatenate(means), np.concatenate(owners)))
+        weights = np.concatenate(means) @ np.linalg.inv(cov)  # LDA: score_c(x) = w_c . x - w_c . mu_c / 2
+        spaces.append((weights, -0.5 * (weights * np.concatenate(means)).sum(1), np.concatenate(owners)))
     for j, s1 in enumerate(first):
         candidates = np.argsort(-s1, axis=1)[:, :top]
         route = np.empty(len(s1), np.int64)
         for q, chosen in enumerate(candidates):
-            precision, means, owners = spaces[chosen.min()]
-            x = data[f"feat/{j}/{chosen.min()}"][q].astype(np.float64)
-            score = means @ precision @ x - 0.5 * np.einsum("ch,hk,ck->c", means, precision, means)
+            weights, bias, owners = spaces[chosen.min()]
+            score = weights @ data[f"feat/{j}/{chosen.min()}"][q].astype(np.float64) + bias
             route[q] = owners[np.where(np.isin(owners, chosen), score, -np.inf).argmax()]
         routes.append(route)
     return routes
