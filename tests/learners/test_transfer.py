@@ -8,7 +8,7 @@ import torch
 
 from continual import files, metrics, migrations
 from continual.adapters import BottleneckConfig, PrefixConfig
-from continual.adapters.fusion import FusionConfig
+from continual.adapters.fusion import FusionConfig, SiteAttention
 from continual.errors import ContinualError
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig
 from continual.model.backbone import Backbone
@@ -163,15 +163,23 @@ def test_bad_transfer_settings(tiny_backbone):
             AdapterPerTaskConfig(transfer="fusion", fusion=fusion)
 
 
-def test_attention_temperature_anneals_to_one_over_a_task(tiny_backbone, tasks):
+def test_attention_temperature_anneals_to_one_over_a_task(tiny_backbone, tasks, monkeypatch):
     """``fusion.temperature=50``: the temperature falls linearly from 50 at a task's first step to 1 at its
     last, and the fused task then answers at temperature 1; a high temperature spreads attention evenly."""
     config = AdapterPerTaskConfig(progress=False, transfer="fusion", fusion=FusionConfig(temperature=50))
     learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, config)
+    used, weights = [], SiteAttention.weights
+
+    def spy(self, out, adapted, temperature=1.0):
+        used.append(temperature)
+        return weights(self, out, adapted, temperature)
+
+    monkeypatch.setattr(SiteAttention, "weights", spy)
     for task in tasks[:2]:
         learner.learn([task])
     fusion = learner.bank.fusion["1"]
-    assert fusion.temperature == 1.0
+    assert max(used) == 50 and used[-1] == 1 and fusion.temperature == 1.0  # trained from 50, validated at 1
+    monkeypatch.undo()
     seen = []
     loss = learner._annealed(1, lambda idx: seen.append(fusion.temperature), steps=5)
     for _ in range(5):
