@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,12 +48,15 @@ from continual.run.experiment import RunOptions, run_stream
 from continual.streams import Clinc150Domains, Stream
 from continual.tracking import MemoryTracker
 
+if TYPE_CHECKING:  # peft is optional: imported where the reference runs
+    from peft_reference import PeftResult
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per variant, the variants taking turns so that machine noise hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up
@@ -65,7 +69,7 @@ def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[s
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, object]:
+def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, PeftResult | None]:
     print(
         f"\n## 1. end to end: {len(stream.tasks)} tasks, {sum(len(t.train.texts) for t in stream.tasks)} train / "
         f"{sum(len(t.test.texts) for t in stream.tasks)} test examples, {trainer.epochs} epoch(s)"
@@ -94,6 +98,7 @@ def end_to_end(args, stream, trainer: TrainerConfig) -> tuple[AdapterPerTask, ob
             learner = variant
         else:
             variant.bank.remove_hooks()
+    assert learner is not None, "--ours-skip-layers names at least one value"
     if args.skip_peft:
         return learner, None
     from peft_reference import run_peft_stream
@@ -165,7 +170,7 @@ def routed_inference(args, learner: AdapterPerTask, peft, stream) -> None:
     ids, mask = pad(learner.backbone.tokenize(texts, 128), learner.backbone.pad_id, learner.device)
     n = ids.shape[0]
     mixed = torch.randint(0, len(learner.tasks), (n,), generator=torch.Generator().manual_seed(1))
-    variants = {
+    variants: dict[str, Callable[[], object]] = {
         "ours single": lambda: learner.classify(ids, mask, torch.zeros(n, dtype=torch.long)),
         "ours mixed": lambda: learner.classify(ids, mask, mixed),
     }

@@ -106,7 +106,7 @@ def build(n: int) -> tuple[AdapterPerTask, float, float]:
     return learner, before, params / 2**20
 
 
-def load_seconds(learner: AdapterPerTask, n: int, budget_mb: float, batch: Callable[[AdapterPerTask], None]):
+def load_seconds(learner: AdapterPerTask, n: int, budget_mb: float, batch: Callable[[AdapterPerTask], object]):
     """Seconds to save the ``n`` adapters (a file each), to check their sha256 (the integrity check before a
     load) and to load them into a fresh learner; then, loaded
     again under a residency budget of ``budget_mb``: the RSS growth of that load, the adapter bytes held

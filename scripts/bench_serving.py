@@ -163,7 +163,7 @@ def main() -> None:
     names = list(texts)
     mixed = [texts[names[k % len(names)]][k // len(names)] for k in range(args.batch)]
     single = texts[names[0]][: args.batch]
-    bodies = {
+    bodies: dict[str, dict] = {
         "mixed tasks, routed": {"inputs": mixed},
         "one task, routed": {"inputs": single},
         "one task, task given": {"inputs": single, "params": {"task": names[0]}},

@@ -129,9 +129,10 @@ def run_peft_stream(
             for j in range(i + 1):
                 model.set_adapter(result.names[j])
                 out_j = evaluator.predict(tests[j])
-                result.R[i, j] = float(np.mean(out_j.predictions.argmax(-1) == out_j.label_ids))
+                result.R[i, j] = float(np.mean(np.asarray(out_j.predictions).argmax(-1) == out_j.label_ids))
             model.set_adapter(name)
             result.eval_seconds += time.perf_counter() - start
+    assert model is not None, "the stream has at least one task"
     model.eval()
     result.model = model
     return result

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def load(run: Path, cache: Path) -> tuple[Stream, dict[str, np.ndarray]]:
     learner = assemble.learner(parts, assemble.backbone(config), config["seed"])
     assert isinstance(learner, AdapterPerTask)
     learner.load(run / "adapters", saved_tasks(run / "adapters"))
-    data: dict[str, np.ndarray] = {}
+    data: dict[str, Any] = {}  # Any: numpy's savez stub reads **kwargs as its allow_pickle flag
     seconds = {"hidden": 0.0, "adapted": 0.0}
     for j, task in enumerate(stream.tasks):
         for split in SPLITS:

@@ -63,8 +63,11 @@ class AdapterKind(Protocol):
       form returns ``()`` from ``row_weights`` (the bank then loops over the segments).
     """
 
-    hook: str
-    skip_layers: int
+    @property
+    def hook(self) -> str: ...
+
+    @property
+    def skip_layers(self) -> int: ...
 
     def sites(self, backbone: Backbone) -> dict[str, nn.Module]: ...
 

@@ -117,11 +117,12 @@ def test_sigterm_marks_the_run_killed_and_of_two_resumes_one_completes_it(
     assert client.get_run(done.info.run_id).info.end_time == done.info.end_time
 
 
-# basic: jobs run in turn in the launching process, Ctrl-C lands in job 1; joblib: both jobs run in worker
+# basic: jobs run in turn in the launching process, Ctrl-C lands in job 1 (40 epochs: its second task must
+# outlast the signal; with 12 the tiny model sometimes finished first); joblib: both jobs run in worker
 # processes that die with the launcher when it gets SIGTERM, so it ends their runs itself
 LAUNCHES = {
     "basic": (
-        ["hydra/launcher=basic", "trainer.epochs=12"],
+        ["hydra/launcher=basic", "trainer.epochs=40"],
         signal.SIGINT,
         130,
         "interrupted",
