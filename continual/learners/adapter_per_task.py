@@ -49,11 +49,12 @@ from continual.learners.heads import TaskHeads
 from continual.learners.transfer import TRANSFERS, FuseEarlier, transfer_named
 from continual.model.backbone import TOKEN_STATES, Backbone, pool
 from continual.model.cache import PrefixCache
-from continual.model.training import IGNORED, TrainerConfig, fit, pad, train_batches
+from continual.model.training import IGNORED, KeepBest, TrainerConfig, fit, pad, train_batches
 from continual.streams import Task
 
 log = logging.getLogger(__name__)
 ATTENTION_TEXTS = 200  # validation texts a fused task's mean attention per source is measured on
+KEEPS = ("best", "last")  # learner.keep: the best weights on validation, or the last
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -73,6 +74,9 @@ class AdapterPerTaskConfig:
     ``save_dtype``: what adapter files hold: ``float32``, or ``float16`` / ``bfloat16`` (half the bytes, for
     long streams of small tasks). Below float32 each task's weights are rounded to it once trained, so the
     model that is evaluated is the one its file holds and a resumed run continues from the same weights.
+    ``keep``: which weights a task ends with: ``best``, the best on its validation split of its start (head
+    fitted, adapter untouched) and each epoch's end (early stopping's rule, the default: measured), or ``last``
+    (the end of training). A task without validation texts keeps its last.
     """
 
     head_dropout: float = 0.1
@@ -82,6 +86,7 @@ class AdapterPerTaskConfig:
     max_resident_mb: float | None = None
     save_dtype: str = "float32"
     head_init: str = "probe"
+    keep: str = "best"
 
     head = Head.PER_TASK  # per-task modules on a frozen backbone: a router chooses among them
 
@@ -94,6 +99,8 @@ class AdapterPerTaskConfig:
             raise ContinualError(f"learner.transfer must be one of {list(TRANSFERS)}, got {self.transfer!r}")
         if self.head_init not in HEAD_INITS:
             raise ContinualError(f"learner.head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}")
+        if self.keep not in KEEPS:
+            raise ContinualError(f"learner.keep must be one of {list(KEEPS)}, got {self.keep!r}")
         if self.save_dtype not in SAVE_DTYPES:
             raise ContinualError(f"learner.save_dtype must be one of {list(SAVE_DTYPES)}, got {self.save_dtype!r}")
 
@@ -310,6 +317,7 @@ class AdapterPerTask:
             else None
         )
         tokens, loss_of = self._loss(k, task, cache)
+        keep = self._keeper(k, task, params)
         rng = np.random.default_rng([self.seed, k])
         epochs = [train_batches([len(t) for t in tokens], cfg.batch_size, rng) for _ in range(cfg.epochs)]
 
@@ -325,15 +333,50 @@ class AdapterPerTask:
             modules=(*adapted, self.heads.dropout),
             progress=self.config.progress,
             on_loss=on_loss,
+            after_epoch=None if keep is None else keep.check,
         )
+        if keep is not None:
+            keep.restore()
         with torch.no_grad():  # the weights its file will hold (a no-op in float32)
             for p in params:
                 p.copy_(p.to(self.files.dtype))
         if isinstance(self.transfer, FuseEarlier) and self.bank.fused(k):  # while its sources are in memory
             self.transfer.attention[k] = self._mean_attention(k, task.validation.texts or task.train.texts)
-        val_acc = oracle_score(self, k, task, task.validation)
+        rounded = self.files.dtype != torch.float32  # then scored again: the file's weights are what answers
+        val_acc = keep.best if keep is not None and not rounded else oracle_score(self, k, task, task.validation)
         examples, trainable = len(tokens) * cfg.epochs, self.trainable_parameters(k)
-        return LearnReport(task.name, fitted.steps, examples, fitted.seconds, fitted.final_loss, val_acc, trainable)
+        if self.resident is not None:
+            self.resident.release()  # the step is over: back under the budget
+        kept = None if keep is None else keep.kept
+        return LearnReport(
+            task.name, fitted.steps, examples, fitted.seconds, fitted.final_loss, val_acc, trainable, kept
+        )
+
+    def _keeper(self, k: int, task: Task, params: list[nn.Parameter]) -> KeepBest | None:
+        """With ``learner.keep=best`` and validation texts, task ``k``'s weights scored now (its start) and kept
+        at their best; a fused task is scored at temperature 1, as it answers."""
+        if self.config.keep != "best" or len(task.validation) == 0:
+            return None
+
+        fusion = cast(Fusion, self.bank.fusion[str(k)]) if self.bank.fused(k) else None
+
+        def score() -> float:
+            hot = 1.0 if fusion is None else fusion.temperature
+            self._set_temperature(fusion, 1.0)
+            try:
+                return oracle_score(self, k, task, task.validation)
+            finally:
+                self._set_temperature(fusion, hot)
+                self._ensure([k])  # scoring may drop what training runs through (a residency budget): back
+
+        keep = KeepBest(params, score)
+        keep.check()
+        return keep
+
+    @staticmethod
+    def _set_temperature(fusion: Fusion | None, value: float) -> None:
+        if fusion is not None:
+            fusion.temperature = value
 
     def _annealed(self, k: int, loss_of: Callable, steps: int) -> Callable:
         """``loss_of``, lowering fused task ``k``'s attention temperature from ``learner.fusion.temperature`` at

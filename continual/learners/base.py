@@ -70,6 +70,7 @@ class LearnReport:
     final_loss: float
     val_acc: float
     trainable_params: int
+    kept_epoch: int | None = None  # learner.keep=best: the epoch whose end the weights are from (0: the start)
 
     @property
     def samples_per_second(self) -> float:

@@ -217,6 +217,38 @@ class Fitted:
     seconds: float
 
 
+def _set_mode(modules: Iterable[nn.Module], train: bool) -> None:
+    for module in modules:
+        module.train(train)
+
+
+class KeepBest:
+    """The weights at their best score: :meth:`check` scores them (before training and after each epoch) and
+    copies them when they beat every earlier check; :meth:`restore` puts the best back. The first of equal
+    scores is kept: an epoch must improve on the validation split to replace what came before (early stopping's
+    rule), so with a head fitted before training (``learner.head_init``) a task never ends below its start."""
+
+    def __init__(self, params: Iterable[torch.Tensor], score: Callable[[], float]) -> None:
+        self.params, self.score = list(params), score
+        self.scores: list[float] = []
+        self.best, self.kept, self._saved = -math.inf, -1, [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def check(self) -> None:
+        value = self.score()
+        self.scores.append(value)
+        if value > self.best:
+            self.best, self.kept = value, len(self.scores) - 1
+            for saved, p in zip(self._saved, self.params):
+                saved.copy_(p)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if 0 <= self.kept != len(self.scores) - 1:
+            for saved, p in zip(self._saved, self.params):
+                p.copy_(saved)
+
+
 def _flat(params: ParamGroups) -> list[nn.Parameter]:
     return [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
 
@@ -232,6 +264,7 @@ def fit(
     on_loss: Callable[[int, float], None] | None = None,
     after_backward: Callable[[], None] | None = None,
     after_step: Callable[[], None] | None = None,
+    after_epoch: Callable[[], None] | None = None,
 ) -> Fitted:
     """AdamW + linear warm-up/decay over ``epochs`` (lists of batches), minimising ``loss_of(batch)``.
 
@@ -240,7 +273,8 @@ def fit(
     during the loop and in eval mode afterwards. Every ``cfg.log_every`` steps (and at the last)
     ``on_loss(step, loss)`` is called. ``after_backward`` may change the gradients before they are
     clipped (A-GEM); ``after_step`` runs after each optimizer step (DER++ fills its memory). A
-    non-finite loss stops training with one line naming task ``name``.
+    non-finite loss stops training with one line naming task ``name``. ``after_epoch`` runs at each
+    epoch's end with ``modules`` in eval mode (:class:`KeepBest` scores the weights there).
     """
     flat = _flat(params)
     total = sum(len(e) for e in epochs)
@@ -249,8 +283,7 @@ def fit(
     modules = list(modules)
     for p in flat:
         p.requires_grad_(True)
-    for module in modules:
-        module.train()
+    _set_mode(modules, train=True)
     step, loss_value, start = 0, float("nan"), time.perf_counter()
     bar = tqdm(total=total, desc=f"train {name}", unit="batch", disable=not progress, leave=False)
     try:
@@ -279,10 +312,13 @@ def fit(
                     bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.3f}")
                     if on_loss is not None:
                         on_loss(step, loss_value)
+            if after_epoch is not None:
+                _set_mode(modules, train=False)
+                after_epoch()
+                _set_mode(modules, train=True)
     finally:
         bar.close()
-        for module in modules:
-            module.eval()
+        _set_mode(modules, train=False)
         for p in flat:  # frozen from now on: the gradients would only hold memory (as much as the weights)
             p.requires_grad_(False)
             p.grad = None

@@ -55,8 +55,9 @@ class StepRecord:
         """One log line: where the stream is, the average accuracy so far, what learning the step cost."""
         row, report = self.row, self.report
         scores = f"avg_acc={row['avg_acc']:.4f} router_acc={row['router_acc']:.4f} " if self.evals else ""
+        kept = "" if report.kept_epoch is None else f" (weights of epoch {report.kept_epoch}: best on validation)"
         return (
-            f"after task {self.step.row + 1}/{num_tasks} {report.task}: {scores}val_acc={report.val_acc:.4f} "
+            f"after task {self.step.row + 1}/{num_tasks} {report.task}: {scores}val_acc={report.val_acc:.4f}{kept} "
             f"{report.seconds:.1f}s ({report.samples_per_second:.0f} samples/s)"
         )
 
@@ -92,6 +93,7 @@ def metric_row(
     row = {
         f"val_{val_key}/{report.task}": report.val_acc,
         "trainable_params": report.trainable_params,
+        **({} if report.kept_epoch is None else {f"kept_epoch/{report.task}": report.kept_epoch}),
         "train_seconds": report.seconds,
         "train_samples_per_s": report.samples_per_second,
         **extra,

@@ -5,10 +5,10 @@ import torch
 
 from continual.adapters import BottleneckConfig
 from continual.errors import ContinualError
-from continual.learners import AdapterPerTask, AdapterPerTaskConfig
-from continual.learners.base import encode, padded_batches
+from continual.learners import AdapterPerTask, AdapterPerTaskConfig, adapter_per_task
+from continual.learners.base import encode, oracle_score, padded_batches
 from continual.learners.head_init import lda, probe
-from continual.model.training import TrainerConfig
+from continual.model.training import KeepBest, TrainerConfig
 from continual.streams import DemoStream, StreamSpec
 
 from conftest import slot_task_files
@@ -76,3 +76,43 @@ def test_a_token_head_starts_from_its_tagged_tokens(tiny_backbone, tmp_path):
 def test_an_unknown_head_init_is_one_line():
     with pytest.raises(ContinualError, match=r"head_init must be one of \['random', 'lda', 'probe'\], got 'zero'"):
         AdapterPerTaskConfig(head_init="zero")
+
+
+def test_keep_best_restores_the_first_best_check_and_never_a_nan_one():
+    weight = torch.zeros(2)
+    checks = [(0.5, 1.0), (0.7, 2.0), (0.7, 3.0), (float("nan"), 4.0), (0.6, 5.0)]  # (score, weights then)
+    scores = iter(score for score, _ in checks)
+    keep = KeepBest([weight], lambda: next(scores))
+    for _, value in checks:
+        weight.fill_(value)
+        keep.check()
+    keep.restore()
+    assert keep.kept == 1 and keep.best == 0.7 and torch.equal(weight, torch.full((2,), 2.0))
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_a_task_ends_with_the_weights_its_report_names(tiny_backbone, monkeypatch, keep):
+    checks: list[KeepBest] = []
+
+    class Recorded(KeepBest):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            checks.append(self)
+
+    monkeypatch.setattr(adapter_per_task, "KeepBest", Recorded)
+    task = DemoStream(max_per_class=8).load().tasks[0]
+    learner = AdapterPerTask(
+        tiny_backbone,
+        BottleneckConfig(bottleneck_dim=8),
+        TrainerConfig(epochs=3, batch_size=4, lr=0.3),  # large steps: the validation score moves from epoch to epoch
+        AdapterPerTaskConfig(progress=False, keep=keep),
+    )
+    report = learner.learn([task])
+    now = oracle_score(learner, 0, task, task.validation)
+    assert report.val_acc == now
+    if keep == "last":
+        assert report.kept_epoch is None and not checks
+        return
+    (check,) = checks
+    assert len(check.scores) == 4  # the start and each epoch's end
+    assert report.kept_epoch == check.scores.index(max(check.scores)) and now == max(check.scores)

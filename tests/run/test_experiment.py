@@ -43,6 +43,9 @@ def test_run_stream_fills_matrix_logs_steps_and_bwt_is_exactly_zero(tiny_backbon
     assert [s for s, _ in tracker.metrics["bwt"]] == list(range(1, T))  # undefined after one task
     assert tracker.metrics["router_acc"][-1][1] == 1.0
     assert "train_loss/banking" in tracker.metrics and "trainable_params" in tracker.metrics
+    for j, name in enumerate(stream.task_names):  # learner.keep=best: which epoch's weights each task kept
+        ((step, kept),) = tracker.metrics[f"kept_epoch/{name}"]
+        assert step == j and kept in range(learner.trainer.epochs + 1)
 
     with open(tmp_path / "accuracy_matrix.csv") as fh:
         rows = list(csv.reader(fh))
