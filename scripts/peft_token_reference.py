@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/peft_token_reference.py --data ../shared/data/fbtod \\
         [--domains alarm reminder weather] [--sentences 1800] [--epochs 2] [--ours random probe]
+        [--reduction-factor 16] [--skip-peft]
 
 Per fbtod domain, on the same first ``--sentences`` training sentences (``stream.max_per_class``), epochs,
 batch size (32), learning rate (5e-3) and warm-up (6%), and the domain's whole test set:
@@ -10,8 +11,8 @@ batch size (32), learning rate (5e-3) and warm-up (6%), and the domain's whole t
   value projections (r=8, alpha 16, dropout 0.1; the token classifier trained through ``modules_to_save``),
   trained with ``Trainer`` and ``DataCollatorForTokenClassification``; each word's tag at its first
   sub-token (the others ``-100``), as the transformers token-classification guide does;
-- **ours**: ``learner=adapter_per_task`` (the default Pfeiffer adapter) with the task given, once per
-  ``--ours`` value of ``learner.head_init``.
+- **ours**: ``learner=adapter_per_task`` (the default Pfeiffer adapter, width hidden / ``--reduction-factor``)
+  with the task given, once per ``--ours`` value of ``learner.head_init``.
 
 Both are scored by entity-level micro F1 with ``continual.entities`` (what runs log); peft's predictions
 also by ``seqeval`` (``pip install seqeval``), which must agree. Needs ``pip install peft``.
@@ -114,11 +115,11 @@ def peft_f1(backbone: Backbone, task: Task, epochs: int, seed: int) -> tuple[flo
     return counts.micro_f1, _seqeval_f1(gold, predicted, tags), seconds
 
 
-def ours_f1(task: Task, epochs: int, seed: int, head_init: str) -> tuple[float, float]:
+def ours_f1(task: Task, epochs: int, seed: int, head_init: str, reduction: float) -> tuple[float, float]:
     """Our adapter's entity F1 on the test set with the task given, and its training seconds."""
     learner = AdapterPerTask(
         Backbone.load(),
-        BottleneckConfig(),
+        BottleneckConfig(reduction_factor=reduction),
         TrainerConfig(epochs=epochs, batch_size=BATCH, lr=LR, warmup_ratio=WARMUP),
         AdapterPerTaskConfig(progress=False, head_init=head_init),
         seed=seed,
@@ -135,16 +136,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--ours", nargs="+", default=["random", "probe"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reduction-factor", type=float, default=BottleneckConfig.reduction_factor)
+    parser.add_argument("--skip-peft", action="store_true", help="ours only")
     args = parser.parse_args()
     print(f"{args.sentences} training sentences per domain, {args.epochs} epochs, batch {BATCH}, lr {LR}; entity F1")
     print(f"{'domain':<10} {'method':<14} {'F1':>6} {'seqeval':>8} {'train s':>8}")
     for domain in args.domains:
         task = _task(args.data, domain, args.sentences)
-        f1, checked, seconds = peft_f1(Backbone.load(), task, args.epochs, args.seed)
-        shown = "n/a" if checked is None else f"{100 * checked:.2f}"
-        print(f"{domain:<10} {'peft LoRA':<14} {100 * f1:>6.2f} {shown:>8} {seconds:>8.1f}", flush=True)
+        if not args.skip_peft:
+            f1, checked, seconds = peft_f1(Backbone.load(), task, args.epochs, args.seed)
+            shown = "n/a" if checked is None else f"{100 * checked:.2f}"
+            print(f"{domain:<10} {'peft LoRA':<14} {100 * f1:>6.2f} {shown:>8} {seconds:>8.1f}", flush=True)
         for head_init in args.ours:
-            f1, seconds = ours_f1(task, args.epochs, args.seed, head_init)
+            f1, seconds = ours_f1(task, args.epochs, args.seed, head_init, args.reduction_factor)
             print(f"{domain:<10} {'ours ' + head_init:<14} {100 * f1:>6.2f} {'':>8} {seconds:>8.1f}", flush=True)
 
 

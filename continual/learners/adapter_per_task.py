@@ -54,7 +54,7 @@ from continual.streams import Task
 
 log = logging.getLogger(__name__)
 ATTENTION_TEXTS = 200  # validation texts a fused task's mean attention per source is measured on
-KEEPS = ("best", "last")  # learner.keep: the best weights on validation, or the last
+KEEPS = ("last", "best")  # learner.keep: the last weights, or the best on validation
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -74,9 +74,9 @@ class AdapterPerTaskConfig:
     ``save_dtype``: what adapter files hold: ``float32``, or ``float16`` / ``bfloat16`` (half the bytes, for
     long streams of small tasks). Below float32 each task's weights are rounded to it once trained, so the
     model that is evaluated is the one its file holds and a resumed run continues from the same weights.
-    ``keep``: which weights a task ends with: ``best``, the best on its validation split of its start (head
-    fitted, adapter untouched) and each epoch's end (early stopping's rule, the default: measured), or ``last``
-    (the end of training). A task without validation texts keeps its last.
+    ``keep``: which weights a task ends with: ``last``, the end of training (the default: measured), or
+    ``best``, the best on its validation split of its start (head fitted, adapter untouched) and each epoch's
+    end (early stopping's rule). A task without validation texts keeps its last.
     """
 
     head_dropout: float = 0.1
@@ -86,7 +86,7 @@ class AdapterPerTaskConfig:
     max_resident_mb: float | None = None
     save_dtype: str = "float32"
     head_init: str = "probe"
-    keep: str = "best"
+    keep: str = "last"
 
     head = Head.PER_TASK  # per-task modules on a frozen backbone: a router chooses among them
 

@@ -84,11 +84,7 @@ def test_routed_adapters_change_features(tiny_backbone):
 def test_earlier_adapters_heads_and_backbone_stay_bit_identical(tiny_backbone, tmp_path):
     stream = DemoStream(max_per_class=12).load()
     learner = AdapterPerTask(
-        tiny_backbone,
-        BottleneckConfig(bottleneck_dim=8),
-        FAST,
-        AdapterPerTaskConfig(progress=False, keep="last"),
-        seed=0,
+        tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, AdapterPerTaskConfig(progress=False), seed=0
     )
     learner.learn([stream.tasks[0]])
     frozen = {n: t.clone() for n, t in tiny_backbone.state_dict().items()}

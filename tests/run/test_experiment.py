@@ -19,7 +19,7 @@ def test_run_stream_fills_matrix_logs_steps_and_bwt_is_exactly_zero(tiny_backbon
         tiny_backbone,
         BottleneckConfig(bottleneck_dim=8),
         TrainerConfig(epochs=5, batch_size=16, lr=2e-2, log_every=2),
-        AdapterPerTaskConfig(progress=False),
+        AdapterPerTaskConfig(progress=False, keep="best"),
     )
     tracker = MemoryTracker()
     result = run_stream(stream, learner, OracleRouter(), tracker, RunOptions(tmp_path, progress=False))
