@@ -64,11 +64,16 @@ def main() -> None:
     parser.add_argument("stream", help="a file of conf/stream/, without .yaml")
     parser.add_argument("overrides", nargs="*", help="key=value fields of the stream file")
     args = parser.parse_args()
-    node = yaml.safe_load((ROOT / "conf/stream" / f"{args.stream}.yaml").read_text())
+    path = ROOT / "conf/stream" / f"{args.stream}.yaml"
+    if not path.is_file():
+        parser.error(f"no stream file {path}; one of: {', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}")
+    node = yaml.safe_load(path.read_text())
     for item in args.overrides:
         key, _, value = item.partition("=")
         node[key] = yaml.safe_load(value)
     tasks: list[Task] = [t for t in stream_source(node).load().tasks if t.kind.per_text]
+    if not tasks:
+        parser.error(f"{args.stream} has no task with a label per text (token tasks are not compared here)")
     classes = sorted({c for t in tasks for c in t.classes})
     index = {c: i for i, c in enumerate(classes)}
     backbone = Backbone.load()
@@ -94,14 +99,10 @@ def main() -> None:
         print(f"{name:<22} {free:>10.2f} {given:>10.2f}")
     given = []
     for (test_x, test_y, own), tx, ty in zip(tests, train_x, train_y):
-        local = {c: i for i, c in enumerate(own)}
-        weight, bias = probe(tx, torch.as_tensor([local[int(c)] for c in ty]), len(own))
-        given.append(
-            ((test_x @ weight.T + bias).argmax(1) == torch.as_tensor([local[int(c)] for c in test_y]))
-            .float()
-            .mean()
-            .item()
-        )
+        local = torch.full((len(classes),), -1, dtype=torch.long)  # the stream's class -> the task's label
+        local[own] = torch.arange(len(own))
+        weight, bias = probe(tx, local[ty], len(own))
+        given.append(((test_x @ weight.T + bias).argmax(1) == local[test_y]).float().mean().item())
     each = ", ".join(f"{100 * g:.1f}" for g in given)
     print(f"{'probe per task':<22} {'':>10} {np.mean(given) * 100:>10.2f}   (per task: {each})")
 
