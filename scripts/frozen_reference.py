@@ -28,26 +28,26 @@ import numpy as np
 import torch
 import yaml
 
+from continual.adapters import BottleneckConfig
+from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+from continual.learners.base import padded_batches, tokenize
 from continual.learners.head_init import lda, probe
 from continual.model.backbone import Backbone
-from continual.model.training import pad
+from continual.model.training import TrainerConfig
 from continual.run.assemble import stream_source
 from continual.streams import Task
 
 ROOT = Path(__file__).resolve().parent.parent
-BATCH, MAX_LENGTH = 128, 128
 
 
 @torch.no_grad()
-def features(backbone: Backbone, texts: list[str]) -> torch.Tensor:
-    """The frozen backbone's pooled last-layer features of ``texts`` (``[n, hidden]``), in length-sorted batches."""
-    tokens = backbone.tokenize(texts, MAX_LENGTH)
-    order = np.argsort([len(t) for t in tokens], kind="stable")
-    out = torch.empty(len(tokens), backbone.hidden_size)
-    for start in range(0, len(order), BATCH):
-        idx = order[start : start + BATCH]
-        ids, mask = pad([tokens[i] for i in idx], backbone.pad_id, torch.device("cpu"))
-        out[torch.as_tensor(idx)] = backbone.encode(ids, mask, None, (-1,)).float()
+def features(learner: AdapterPerTask, texts: tuple[str, ...]) -> torch.Tensor:
+    """What a new head reads of ``texts`` before its adapter trains (``[n, hidden]``): the learner's frozen
+    features, batched as its evaluation batches them."""
+    tokens = tokenize(learner, texts)
+    out = torch.empty(len(tokens), learner.backbone.hidden_size)
+    for idx, ids, mask in padded_batches(learner, tokens):
+        out[torch.as_tensor(idx)] = learner.features(ids, mask).cpu()
     return out
 
 
@@ -76,14 +76,14 @@ def main() -> None:
         parser.error(f"{args.stream} has no task with a label per text (token tasks are not compared here)")
     classes = sorted({c for t in tasks for c in t.classes})
     index = {c: i for i, c in enumerate(classes)}
-    backbone = Backbone.load()
+    learner = AdapterPerTask(Backbone.load(), BottleneckConfig(), TrainerConfig(), AdapterPerTaskConfig(progress=False))
     start = time.perf_counter()
     train_x, train_y, tests = [], [], []
     for t in tasks:
         ids = [index[c] for c in t.classes]
-        train_x.append(features(backbone, list(t.train.texts)))
+        train_x.append(features(learner, t.train.texts))
         train_y.append(torch.as_tensor([ids[y] for y in t.train.labels]))
-        tests.append((features(backbone, list(t.test.texts)), torch.as_tensor([ids[y] for y in t.test.labels]), ids))
+        tests.append((features(learner, t.test.texts), torch.as_tensor([ids[y] for y in t.test.labels]), ids))
         print(f"  features of {t.name}: {len(t.train)} train, {len(t.test)} test", flush=True)
     x, y = torch.cat(train_x), torch.cat(train_y)
     seconds = time.perf_counter() - start
