@@ -16,7 +16,10 @@ On the same CLINC150 domain stream, the same packaged MiniLM, epochs, batch size
    ours and peft's ``adapter_names``;
 4. the frozen-prefix cache: a run with AdapterDrop (``adapter.skip_layers``), several epochs and the
    prototype router on the upper layers' features, with the cache on vs off (same results expected);
-5. peak resident memory after each part.
+5. precision: the same tasks trained in fp32 and in bf16 (``trainer.precision``), the two taking turns
+   ``--precision-repeats`` times: median training seconds, the ratio and each one's task-given accuracy, with what
+   ``precision=auto`` would choose on this machine and why;
+6. peak resident memory after each part.
 
 Parts 2 and 3 interleave their variants ``--repeats`` times and report medians; part 1 runs once
 (minutes per side). Ratios are what to read: the machine is noisy and shared.
@@ -40,8 +43,9 @@ import torch
 
 from continual.adapters import BottleneckConfig
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+from continual.learners.base import oracle_score
 from continual.model.backbone import PACKAGED_MINILM, Backbone, resolve_name
-from continual.model.training import TrainerConfig, pad
+from continual.model.training import TrainerConfig, native_bf16, pad
 from continual.routers import OracleRouter, PrototypeRouter
 from continual.run.evaluation import Evaluator
 from continual.run.experiment import RunOptions, run_stream
@@ -237,6 +241,38 @@ def prefix_cache(args, stream) -> None:
     )
 
 
+def precision(args, stream) -> None:
+    tasks = stream.task_names[: args.precision_domains]
+    sub = Clinc150Domains(data_dir=str(args.data), domains=tasks, max_per_class=args.precision_per_class).load()
+    native, why = native_bf16("cpu")
+    print(
+        f"\n## 5. precision: {len(tasks)} tasks, {args.precision_per_class} train texts per intent, 1 epoch, fp32 "
+        f"and bf16 taking turns {args.precision_repeats} times; precision=auto here: {'bf16' if native else 'fp32'} "
+        f"({why})"
+    )
+    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    accs: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    backbone = Backbone.load()
+    for _ in range(args.precision_repeats):
+        for name in seconds:
+            torch.manual_seed(0)
+            trainer = TrainerConfig(epochs=1, precision=name)
+            learner = AdapterPerTask(backbone, BottleneckConfig(), trainer, AdapterPerTaskConfig(progress=False))
+            for k, task in enumerate(sub.tasks):
+                start = time.perf_counter()
+                learner.learn([task])
+                seconds[name].append(time.perf_counter() - start)
+                accs[name].append(oracle_score(learner, k, task, task.test) * 100)
+            learner.bank.remove_hooks()
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    for name in seconds:
+        print(f"{name}: {medians[name]:.1f} s per task (median), task-given accuracy {np.mean(accs[name]):.2f}")
+    print(
+        f"bf16 vs fp32: **{medians['fp32'] / medians['bf16']:.2f}x** the training speed, accuracy "
+        f"{np.mean(accs['bf16']) - np.mean(accs['fp32']):+.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="CLINC150 folder (data_full.json + domains.json)")
@@ -267,7 +303,10 @@ def main() -> None:
     parser.add_argument("--cache-epochs", type=int, default=3)
     parser.add_argument("--skip-layers", type=int, default=3, help="AdapterDrop depth in part 4")
     parser.add_argument("--cache-mb", type=float, default=1024)
-    parser.add_argument("--parts", default="1234", help="which parts to run (2 and 3 need 1)")
+    parser.add_argument("--precision-domains", type=int, default=2, help="tasks of the precision benchmark (part 5)")
+    parser.add_argument("--precision-per-class", type=int, default=20)
+    parser.add_argument("--precision-repeats", type=int, default=3)
+    parser.add_argument("--parts", default="12345", help="which parts to run (2 and 3 need 1)")
     parser.add_argument("--skip-peft", action="store_true", help="ours only (no peft installed)")
     args = parser.parse_args()
 
@@ -287,6 +326,8 @@ def main() -> None:
         learner.bank.remove_hooks()
     if "4" in args.parts:
         prefix_cache(args, stream)
+    if "5" in args.parts:
+        precision(args, stream)
     print(f"\npeak RSS of the whole benchmark: {peak_rss_mb():.0f} MB")
 
 

@@ -10,8 +10,8 @@ as the product's heads read them (the last layer's mean), and on those features:
 
 - **LDA** over every class of the stream (shared covariance, shrinkage as ``learner.head_init=lda``);
 - **probe**: a logistic regression over every class (as ``learner.head_init=probe``);
-- **probe per task**: one probe per task on its own classes, which is where the product's heads start before
-  their adapters train (task given only).
+- **probe per task**: one probe per task on its own classes, its penalty chosen on the task's validation texts,
+  which is where the product's heads start before their adapters train (task given only).
 
 "no task id" = the best class of all; "task given" = the best of the task's own classes. ACC is the mean over
 tasks of the test accuracy, as R's last row; a class shared by two tasks (cl5's stars) is one class. Issue 26's
@@ -31,7 +31,7 @@ import yaml
 from continual.adapters import BottleneckConfig
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig
 from continual.learners.base import padded_batches, tokenize
-from continual.learners.head_init import lda, probe
+from continual.learners.head_init import lda, probe, validated_probe
 from continual.model.backbone import Backbone
 from continual.model.training import TrainerConfig
 from continual.run.assemble import stream_source
@@ -78,11 +78,12 @@ def main() -> None:
     index = {c: i for i, c in enumerate(classes)}
     learner = AdapterPerTask(Backbone.load(), BottleneckConfig(), TrainerConfig(), AdapterPerTaskConfig(progress=False))
     start = time.perf_counter()
-    train_x, train_y, tests = [], [], []
+    train_x, train_y, tests, held_out = [], [], [], []
     for t in tasks:
         ids = [index[c] for c in t.classes]
         train_x.append(features(learner, t.train.texts))
         train_y.append(torch.as_tensor([ids[y] for y in t.train.labels]))
+        held_out.append((features(learner, t.validation.texts), torch.as_tensor(t.validation.labels)))
         tests.append((features(learner, t.test.texts), torch.as_tensor([ids[y] for y in t.test.labels]), ids))
         print(f"  features of {t.name}: {len(t.train)} train, {len(t.test)} test", flush=True)
     x, y = torch.cat(train_x), torch.cat(train_y)
@@ -98,10 +99,13 @@ def main() -> None:
         free, given = np.mean(accs, axis=0) * 100
         print(f"{name:<22} {free:>10.2f} {given:>10.2f}")
     given = []
-    for (test_x, test_y, own), tx, ty in zip(tests, train_x, train_y):
+    for (test_x, test_y, own), tx, ty, held in zip(tests, train_x, train_y, held_out):
         local = torch.full((len(classes),), -1, dtype=torch.long)  # the stream's class -> the task's label
         local[own] = torch.arange(len(own))
-        weight, bias = probe(tx, local[ty], len(own))
+        if len(held[1]):  # as the product's heads start: the penalty validation prefers
+            weight, bias, _ = validated_probe((tx, local[ty]), held, len(own))
+        else:
+            weight, bias = probe(tx, local[ty], len(own))
         given.append(((test_x @ weight.T + bias).argmax(1) == local[test_y]).float().mean().item())
     each = ", ".join(f"{100 * g:.1f}" for g in given)
     print(f"{'probe per task':<22} {'':>10} {np.mean(given) * 100:>10.2f}   (per task: {each})")

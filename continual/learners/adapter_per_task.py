@@ -285,10 +285,23 @@ class AdapterPerTask:
 
         return tokens, loss
 
-    @torch.no_grad()
     def _start_head(self, k: int, task: Task, tokens: list[list[int]], targets: list) -> None:
         """Fit task ``k``'s head on what it reads before training (its fresh adapter's features: the frozen
-        backbone's), one example per target the loss counts."""
+        backbone's), one example per target the loss counts; a probe's penalty chosen on validation."""
+        held_out = None
+        if self.config.head_init == "probe" and len(task.validation) > 0:
+            encoded = encode(self, task.kind, task.validation.texts, f"task '{task.name}' validation")
+            held_out = self._head_examples(k, task, encoded.tokens, task.kind.targets(task.validation, encoded))
+        l2 = start_head(self.heads[k], self.config.head_init, self._head_examples(k, task, tokens, targets), held_out)
+        if l2 is not None:
+            chosen = "" if held_out is None else " (chosen on validation)"
+            log.info("task %s: head started from a probe with L2 %g%s", task.name, l2, chosen)
+
+    @torch.no_grad()
+    def _head_examples(
+        self, k: int, task: Task, tokens: list[list[int]], targets: list
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features task ``k``'s head reads of ``tokens`` now, and their labels: one row per counted target."""
         features, labels = [], []
         for idx, ids, mask in padded_batches(self, tokens):
             with self.bank.routed([(k, 0, ids.shape[0])]):
@@ -297,7 +310,7 @@ class AdapterPerTask:
             counted = target != IGNORED
             features.append(read[counted])
             labels.append(target[counted])
-        start_head(self.heads[k], self.config.head_init, torch.cat(features), torch.cat(labels))
+        return torch.cat(features), torch.cat(labels)
 
     def learn(self, tasks: Sequence[Task], on_loss: LossCallback | None = None) -> LearnReport:
         """A new adapter and head for the step's one task, trained on it while everything else stays frozen."""

@@ -7,7 +7,7 @@ from continual.adapters import BottleneckConfig
 from continual.errors import ContinualError
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig, adapter_per_task
 from continual.learners.base import encode, oracle_score, padded_batches
-from continual.learners.head_init import lda, probe
+from continual.learners.head_init import PROBE_L2S, lda, probe, validated_probe
 from continual.model.training import KeepBest, TrainerConfig
 from continual.streams import DemoStream, StreamSpec
 
@@ -32,6 +32,24 @@ def test_a_fitted_head_separates_held_out_classes(fit):
     assert ((held_out @ weight.T + bias).argmax(1) == labels).float().mean() > 0.95
 
 
+def _noisy_blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blobs with 100 dimensions of pure noise added and 40% of their labels drawn at random."""
+    x, labels = _blobs(n, seed)
+    draw = torch.Generator().manual_seed(seed + 10)
+    x = torch.cat([x, torch.randn(len(x), 100, generator=draw)], 1)
+    flip = torch.rand(len(labels), generator=draw) < 0.4
+    return x, torch.where(flip, torch.randint(0, 3, labels.shape, generator=draw), labels)
+
+
+def test_the_probe_penalty_is_the_one_validation_prefers():
+    """Clean, separable classes: the weakest penalty (a sharper probe is right more confidently); few noisy
+    examples in many dimensions: a strong one (a weak one fits the noise, and validation pays for it)."""
+    assert validated_probe(_blobs(200, 1), _blobs(200, 2), 3)[2] == PROBE_L2S[0]
+    weight, bias, l2 = validated_probe(_noisy_blobs(40, 1), _noisy_blobs(200, 2), 3)
+    assert l2 >= 0.1
+    assert torch.equal(weight, probe(*_noisy_blobs(40, 1), 3, l2)[0])
+
+
 def test_lda_never_picks_a_class_without_examples():
     x, labels = _blobs(100, 0)
     weight, bias = lda(x[labels != 2], labels[labels != 2], 3)
@@ -51,16 +69,31 @@ def _head_after_learning(backbone, task, head_init: str) -> AdapterPerTask:
     return learner
 
 
+def _frozen(learner: AdapterPerTask, task, split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen features of ``split``'s texts as ``task``'s head reads them, and their labels."""
+    tokens = encode(learner, task.kind, split.texts, "split").tokens
+    features = torch.empty(len(tokens), learner.backbone.hidden_size)
+    for idx, ids, mask in padded_batches(learner, tokens):
+        features[idx] = learner.features(ids, mask, learner.backbone.pooling)
+    return features, torch.as_tensor(split.labels)
+
+
 def test_the_head_starts_at_lda_on_the_frozen_features(tiny_backbone):
     task = DemoStream(max_per_class=8).load().tasks[0]
     learner = _head_after_learning(tiny_backbone, task, "lda")
-    tokens = encode(learner, task.kind, task.train.texts, "train").tokens
-    features = torch.empty(len(tokens), tiny_backbone.hidden_size)
-    for idx, ids, mask in padded_batches(learner, tokens):
-        features[idx] = learner.features(ids, mask, tiny_backbone.pooling)
-    weight, bias = lda(features, torch.as_tensor(task.train.labels), task.outputs)
+    weight, bias = lda(*_frozen(learner, task, task.train), task.outputs)
     assert torch.allclose(learner.heads[0].weight, weight, atol=1e-4)
     assert torch.allclose(learner.heads[0].bias, bias, atol=1e-4)
+
+
+def test_the_head_starts_at_the_probe_validation_chose(tiny_backbone):
+    task = DemoStream(max_per_class=8).load().tasks[0]
+    assert len(task.validation) > 0
+    learner = _head_after_learning(tiny_backbone, task, "probe")
+    train, held_out = _frozen(learner, task, task.train), _frozen(learner, task, task.validation)
+    weight, bias, _ = validated_probe(train, held_out, task.outputs)  # L-BFGS: equal up to float summation order
+    assert torch.allclose(learner.heads[0].weight, weight, atol=2e-3)
+    assert torch.allclose(learner.heads[0].bias, bias, atol=2e-3)
 
 
 def test_a_token_head_starts_from_its_tagged_tokens(tiny_backbone, tmp_path):
