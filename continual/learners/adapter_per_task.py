@@ -270,22 +270,21 @@ class AdapterPerTask:
         return total / max(1, len(tokens))
 
     # --- learning ---------------------------------------------------------------------------------------------
-    def _loss(self, k: int, task: Task, cache: PrefixCache | None) -> tuple[list[list[int]], Callable]:
-        """The training texts' token ids, and the loss of a batch of their indices (the task kind's loss);
-        the head started as ``learner.head_init`` says."""
+    def _loss(self, k: int, task: Task, cache: PrefixCache | None) -> tuple[list[list[int]], Callable, float | None]:
+        """The training texts' token ids, the loss of a batch of their indices (the task kind's loss) and the
+        probe's penalty: the head started as ``learner.head_init`` says."""
         encoded = encode(self, task.kind, task.train.texts, f"task '{task.name}' train")
         targets = task.kind.targets(task.train, encoded)
         tokens = encoded.tokens
-        if self.config.head_init != "random":
-            self._start_head(k, task, tokens, targets)
+        l2 = self._start_head(k, task, tokens, targets) if self.config.head_init != "random" else None
 
         def loss(idx: np.ndarray) -> torch.Tensor:
             ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
             return task.kind.loss(self._logits(k, ids, mask, cache), [targets[i] for i in idx])
 
-        return tokens, loss
+        return tokens, loss, l2
 
-    def _start_head(self, k: int, task: Task, tokens: list[list[int]], targets: list) -> None:
+    def _start_head(self, k: int, task: Task, tokens: list[list[int]], targets: list) -> float | None:
         """Fit task ``k``'s head on what it reads before training (its fresh adapter's features: the frozen
         backbone's), one example per target the loss counts; a probe's penalty chosen on validation."""
         held_out = None
@@ -296,6 +295,7 @@ class AdapterPerTask:
         if l2 is not None:
             chosen = "" if held_out is None else " (chosen on validation)"
             log.info("task %s: head started from a probe with L2 %g%s", task.name, l2, chosen)
+        return l2
 
     @torch.no_grad()
     def _head_examples(
@@ -329,7 +329,7 @@ class AdapterPerTask:
             if self.cache is not None and cfg.epochs > 1
             else None
         )
-        tokens, loss_of = self._loss(k, task, cache)
+        tokens, loss_of, probe_l2 = self._loss(k, task, cache)
         keep = self._keeper(k, task, params)
         rng = np.random.default_rng([self.seed, k])
         epochs = [train_batches([len(t) for t in tokens], cfg.batch_size, rng) for _ in range(cfg.epochs)]
@@ -362,7 +362,7 @@ class AdapterPerTask:
             self.resident.release()  # the step is over: back under the budget
         kept = None if keep is None else keep.kept
         return LearnReport(
-            task.name, fitted.steps, examples, fitted.seconds, fitted.final_loss, val_acc, trainable, kept
+            task.name, fitted.steps, examples, fitted.seconds, fitted.final_loss, val_acc, trainable, kept, probe_l2
         )
 
     def _keeper(self, k: int, task: Task, params: list[nn.Parameter]) -> KeepBest | None:

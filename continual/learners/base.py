@@ -71,6 +71,7 @@ class LearnReport:
     val_acc: float
     trainable_params: int
     kept_epoch: int | None = None  # learner.keep=best: the epoch whose end the weights are from (0: the start)
+    probe_l2: float | None = None  # learner.head_init=probe: the L2 penalty of the probe its head started as
 
     @property
     def samples_per_second(self) -> float:

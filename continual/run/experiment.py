@@ -94,6 +94,7 @@ def metric_row(
         f"val_{val_key}/{report.task}": report.val_acc,
         "trainable_params": report.trainable_params,
         **({} if report.kept_epoch is None else {f"kept_epoch/{report.task}": report.kept_epoch}),
+        **({} if report.probe_l2 is None else {f"probe_l2/{report.task}": report.probe_l2}),
         "train_seconds": report.seconds,
         "train_samples_per_s": report.samples_per_second,
         **extra,

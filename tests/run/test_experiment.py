@@ -6,6 +6,7 @@ import pytest
 from continual.adapters import BottleneckConfig
 from continual.errors import ContinualError
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+from continual.learners.head_init import PROBE_L2S
 from continual.model.training import TrainerConfig
 from continual.routers import OracleRouter, RouterInputs
 from continual.run.experiment import RunOptions, run_stream
@@ -46,6 +47,8 @@ def test_run_stream_fills_matrix_logs_steps_and_bwt_is_exactly_zero(tiny_backbon
     for j, name in enumerate(stream.task_names):  # learner.keep=best: which epoch's weights each task kept
         ((step, kept),) = tracker.metrics[f"kept_epoch/{name}"]
         assert step == j and kept in range(learner.trainer.epochs + 1)
+        ((step, l2),) = tracker.metrics[f"probe_l2/{name}"]  # the probe's penalty, chosen on validation
+        assert step == j and l2 in PROBE_L2S
 
     with open(tmp_path / "accuracy_matrix.csv") as fh:
         rows = list(csv.reader(fh))
