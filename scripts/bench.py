@@ -244,7 +244,7 @@ def prefix_cache(args, stream) -> None:
 def precision(args, stream) -> None:
     tasks = stream.task_names[: args.precision_domains]
     sub = Clinc150Domains(data_dir=str(args.data), domains=tasks, max_per_class=args.precision_per_class).load()
-    native, why = native_bf16("cpu")
+    native, why = native_bf16(str(TrainerConfig().torch_device()))
     print(
         f"\n## 5. precision: {len(tasks)} tasks, {args.precision_per_class} train texts per intent, 1 epoch, fp32 "
         f"and bf16 taking turns {args.precision_repeats} times; precision=auto here: {'bf16' if native else 'fp32'} "
