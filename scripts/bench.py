@@ -264,6 +264,8 @@ def precision(args, stream) -> None:
                 seconds[name].append(time.perf_counter() - start)
                 accs[name].append(oracle_score(learner, k, task, task.test) * 100)
             learner.bank.remove_hooks()
+            took = sum(seconds[name][-len(sub.tasks) :])
+            print(f"  {name}: {took:.1f} s to train {len(sub.tasks)} tasks", flush=True)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     for name in seconds:
         print(f"{name}: {medians[name]:.1f} s per task (median), task-given accuracy {np.mean(accs[name]):.2f}")
