@@ -7,7 +7,7 @@ from continual.adapters import BottleneckConfig
 from continual.errors import ContinualError
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig, adapter_per_task
 from continual.learners.base import encode, oracle_score, padded_batches
-from continual.learners.head_init import PROBE_L2S, lda, probe, validated_probe
+from continual.learners.head_init import PROBE_L2, PROBE_L2S, lda, probe, validated_probe
 from continual.model.training import KeepBest, TrainerConfig
 from continual.streams import DemoStream, StreamSpec
 
@@ -91,7 +91,8 @@ def test_the_head_starts_at_the_probe_validation_chose(tiny_backbone):
     assert len(task.validation) > 0
     learner = _head_after_learning(tiny_backbone, task, "probe")
     train, held_out = _frozen(learner, task, task.train), _frozen(learner, task, task.validation)
-    weight, bias, _ = validated_probe(train, held_out, task.outputs)  # L-BFGS: equal up to float summation order
+    weight, bias, l2 = validated_probe(train, held_out, task.outputs)  # L-BFGS: equal up to float summation order
+    assert l2 != PROBE_L2  # so that the fixed penalty's head would not pass
     assert torch.allclose(learner.heads[0].weight, weight, atol=2e-3)
     assert torch.allclose(learner.heads[0].bias, bias, atol=2e-3)
 
