@@ -31,7 +31,7 @@ import yaml
 from continual.adapters import BottleneckConfig
 from continual.learners import AdapterPerTask, AdapterPerTaskConfig
 from continual.learners.base import padded_batches, tokenize
-from continual.learners.head_init import lda, probe, validated_probe
+from continual.learners.head_init import fitted_probe, lda, probe
 from continual.model.backbone import Backbone
 from continual.model.training import TrainerConfig
 from continual.run.assemble import stream_source
@@ -102,10 +102,7 @@ def main() -> None:
     for (test_x, test_y, own), tx, ty, held in zip(tests, train_x, train_y, held_out):
         local = torch.full((len(classes),), -1, dtype=torch.long)  # the stream's class -> the task's label
         local[own] = torch.arange(len(own))
-        if len(held[1]):  # as the product's heads start: the penalty validation prefers
-            weight, bias, _ = validated_probe((tx, local[ty]), held, len(own))
-        else:
-            weight, bias = probe(tx, local[ty], len(own))
+        weight, bias, _ = fitted_probe((tx, local[ty]), held, len(own))  # as the product's heads start
         given.append(((test_x @ weight.T + bias).argmax(1) == local[test_y]).float().mean().item())
     each = ", ".join(f"{100 * g:.1f}" for g in given)
     print(f"{'probe per task':<22} {'':>10} {np.mean(given) * 100:>10.2f}   (per task: {each})")

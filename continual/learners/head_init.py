@@ -91,6 +91,14 @@ def validated_probe(train: Examples, held_out: Examples, width: int) -> tuple[to
     return best[1], best[2], best[3]
 
 
+def fitted_probe(train: Examples, held_out: Examples | None, width: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The probe on ``train`` with its penalty chosen on ``held_out`` where that has examples, else
+    :data:`PROBE_L2`; its weights, biases and penalty."""
+    if held_out is None or len(held_out[1]) == 0:
+        return *probe(*train, width), PROBE_L2
+    return validated_probe(train, held_out, width)
+
+
 def start_head(head: nn.Linear, how: str, train: Examples, held_out: Examples | None = None) -> float | None:
     """Set ``head``'s weights as ``how`` says (``random`` leaves them as drawn) from the ``train`` examples (only
     those a loss would count); ``probe`` chooses its penalty on ``held_out`` where it has examples. Returns the
@@ -101,11 +109,9 @@ def start_head(head: nn.Linear, how: str, train: Examples, held_out: Examples | 
     l2 = None
     if how == "lda":
         weight, bias = lda(features, labels, head.out_features)
-    elif held_out is None or len(held_out[1]) == 0:
-        weight, bias, l2 = *probe(features, labels, head.out_features), PROBE_L2
     else:
-        held = (held_out[0].detach().cpu(), held_out[1].cpu())
-        weight, bias, l2 = validated_probe((features, labels), held, head.out_features)
+        held = None if held_out is None else (held_out[0].detach().cpu(), held_out[1].cpu())
+        weight, bias, l2 = fitted_probe((features, labels), held, head.out_features)
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.copy_(bias)
