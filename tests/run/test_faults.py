@@ -117,19 +117,20 @@ def test_sigterm_marks_the_run_killed_and_of_two_resumes_one_completes_it(
     assert client.get_run(done.info.run_id).info.end_time == done.info.end_time
 
 
-# basic: jobs run in turn in the launching process, Ctrl-C lands in job 1 (40 epochs: its second task must
-# outlast the signal; with 12 the tiny model sometimes finished first); joblib: both jobs run in worker
-# processes that die with the launcher when it gets SIGTERM, so it ends their runs itself
+# basic: jobs run in turn in the launching process, Ctrl-C lands in job 1, whose second task must outlast the
+# signal: the sweep gives job 1 ten times job 0's epochs (a shared epoch count of 40 still lost the race on
+# busy machines); joblib: both jobs run in worker processes that die with the launcher when it gets SIGTERM,
+# so it ends their runs itself
 LAUNCHES = {
     "basic": (
-        ["hydra/launcher=basic", "trainer.epochs=40"],
+        ["hydra/launcher=basic", "trainer.epochs=20,200"],
         signal.SIGINT,
         130,
         "interrupted",
         {"0": "FINISHED", "1": "KILLED"},
     ),
     "joblib": (
-        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1", "trainer.epochs=40"],
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1", "seed=0,1", "trainer.epochs=40"],
         signal.SIGTERM,
         143,
         "terminated (SIGTERM)",
@@ -152,7 +153,6 @@ def test_an_interrupted_multirun_closes_its_parent_and_resuming_its_jobs_finishe
         str(conf),
         "-m",
         "stream=two_tasks",
-        "seed=0,1",
         *tiny_overrides(tmp_path, tiny_model_dir, "router=oracle"),
         f"hydra.sweep.dir={sweep}",
         *options,
