@@ -16,9 +16,10 @@ On the same CLINC150 domain stream, the same packaged MiniLM, epochs, batch size
    ours and peft's ``adapter_names``;
 4. the frozen-prefix cache: a run with AdapterDrop (``adapter.skip_layers``), several epochs and the
    prototype router on the upper layers' features, with the cache on vs off (same results expected);
-5. precision: the same tasks trained in fp32 and in bf16 (``trainer.precision``), the two taking turns
-   ``--precision-repeats`` times: median training seconds, the ratio and each one's task-given accuracy, with what
-   ``precision=auto`` would choose on this machine and why;
+5. precision: the same tasks trained in fp32, in bf16 (``trainer.precision``: the frozen backbone held in bf16)
+   and in bf16 autocast over an fp32 backbone (what bf16 was before), taking turns ``--precision-repeats`` times:
+   median training seconds, the ratios and each one's task-given accuracy, with what ``precision=auto`` would
+   choose on this machine and why;
 6. peak resident memory after each part.
 
 Parts 2 and 3 interleave their variants ``--repeats`` times and report medians; part 1 runs once
@@ -241,23 +242,35 @@ def prefix_cache(args, stream) -> None:
     )
 
 
+# part 5's variants: the trainer's precision, and the dtype the frozen backbone is then put back in (None: as the
+# learner holds it); "bf16 autocast" is bf16 without holding the backbone in bf16 (every weight cast per call)
+PRECISION_VARIANTS: dict[str, tuple[str, torch.dtype | None]] = {
+    "fp32": ("fp32", None),
+    "bf16": ("bf16", None),
+    "bf16 autocast": ("bf16", torch.float32),
+}
+
+
 def precision(args, stream) -> None:
     tasks = stream.task_names[: args.precision_domains]
     sub = Clinc150Domains(data_dir=str(args.data), domains=tasks, max_per_class=args.precision_per_class).load()
-    native, why = native_bf16(str(TrainerConfig().torch_device()))
+    device = TrainerConfig().torch_device()
+    native, why = native_bf16(str(device))
     print(
-        f"\n## 5. precision: {len(tasks)} tasks, {args.precision_per_class} train texts per intent, 1 epoch, fp32 "
-        f"and bf16 taking turns {args.precision_repeats} times; precision=auto here: {'bf16' if native else 'fp32'} "
-        f"({why})"
+        f"\n## 5. precision: {len(tasks)} tasks, {args.precision_per_class} train texts per intent, 1 epoch, "
+        f"{', '.join(PRECISION_VARIANTS)} taking turns {args.precision_repeats} times; precision=auto here: "
+        f"{'bf16' if native else 'fp32'} ({why})"
     )
-    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    accs: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    backbone = Backbone.load()
+    seconds: dict[str, list[float]] = {name: [] for name in PRECISION_VARIANTS}
+    accs: dict[str, list[float]] = {name: [] for name in PRECISION_VARIANTS}
+    backbones = {name: Backbone.load() for name in PRECISION_VARIANTS}  # each its own: bf16 rounds what it holds
     for _ in range(args.precision_repeats):
-        for name in seconds:
+        for name, (kind, put_back) in PRECISION_VARIANTS.items():
             torch.manual_seed(0)
-            trainer = TrainerConfig(epochs=1, precision=name)
-            learner = AdapterPerTask(backbone, BottleneckConfig(), trainer, AdapterPerTaskConfig(progress=False))
+            trainer = TrainerConfig(epochs=1, precision=kind)
+            learner = AdapterPerTask(backbones[name], BottleneckConfig(), trainer, AdapterPerTaskConfig(progress=False))
+            if put_back is not None:
+                backbones[name].place(device, put_back)
             for k, task in enumerate(sub.tasks):
                 start = time.perf_counter()
                 learner.learn([task])
@@ -269,10 +282,12 @@ def precision(args, stream) -> None:
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     for name in seconds:
         print(f"{name}: {medians[name]:.1f} s per task (median), task-given accuracy {np.mean(accs[name]):.2f}")
-    print(
-        f"bf16 vs fp32: **{medians['fp32'] / medians['bf16']:.2f}x** the training speed, accuracy "
-        f"{np.mean(accs['bf16']) - np.mean(accs['fp32']):+.2f}"
-    )
+    for name in ("bf16", "bf16 autocast"):
+        print(
+            f"{name} vs fp32: **{medians['fp32'] / medians[name]:.2f}x** the training speed, accuracy "
+            f"{np.mean(accs[name]) - np.mean(accs['fp32']):+.2f}"
+        )
+    print(f"bf16 (backbone held in bf16) vs bf16 autocast: {medians['bf16 autocast'] / medians['bf16']:.2f}x")
 
 
 def main() -> None:

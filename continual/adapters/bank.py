@@ -168,24 +168,29 @@ class AdapterBank(nn.Module):
 
     def _hook(self, site: str):
         def apply(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:
-            segments = self._segments
-            if not segments:
-                return None
-            x = inputs[0]
-            if len(segments) == 1:
-                adapter = segments[0][0]
-                return None if adapter is None else self._run(adapter, site, x, out)
-            if len(segments) >= BATCHED_FROM:
-                batched = self._batched(site, x, out)
-                if batched is not None:
-                    return batched
-            pieces = [
-                out[start:stop] if adapter is None else self._run(adapter, site, x[start:stop], out[start:stop])
-                for adapter, start, stop in segments
-            ]
-            return torch.cat(pieces, dim=0)
+            new = self._adapted(site, inputs[0], out)
+            # in the site's dtype: a backbone held in bf16 reads bf16 on (an fp32 bias would promote the sum)
+            return None if new is None else new.to(out.dtype)
 
         return apply
+
+    def _adapted(self, site: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        """The site's new output for this thread's segments (None: no segments, or all rows plain)."""
+        segments = self._segments
+        if not segments:
+            return None
+        if len(segments) == 1:
+            adapter = segments[0][0]
+            return None if adapter is None else self._run(adapter, site, x, out)
+        if len(segments) >= BATCHED_FROM:
+            batched = self._batched(site, x, out)
+            if batched is not None:
+                return batched
+        pieces = [
+            out[start:stop] if adapter is None else self._run(adapter, site, x[start:stop], out[start:stop])
+            for adapter, start, stop in segments
+        ]
+        return torch.cat(pieces, dim=0)
 
     def add(self) -> int:
         """Allocate a fresh adapter and return its index."""

@@ -141,7 +141,7 @@ class AdapterPerTask:
         self.transfer = transfer_named(config.transfer, config.fusion, self._centroid, self._ensure)
         self.files = AdapterFiles(SAVE_DTYPES[config.save_dtype])
         self._digests: dict[int, tuple[tuple, str]] = {}  # task -> (backbone digest + tensor versions, digest)
-        self.backbone.to(self.device)
+        self.backbone.place(self.device, trainer.frozen_dtype(self.device))
         # AdapterDrop leaves the lowest layers frozen and un-adapted: their outputs are cached for
         # evaluation and router features, and recomputed only once per epoch-independent text.
         self.first_layer = self.bank.first_layer

@@ -114,7 +114,7 @@ class RidgeLearner:
         self.config = config = config or RidgeConfig()
         self.backbone, self.trainer, self.seed = backbone, trainer, seed
         self.device = trainer.torch_device()
-        self.backbone.to(self.device)
+        self.backbone.place(self.device, trainer.frozen_dtype(self.device))
         backbone.layer_indices(config.layers)  # an unknown layer: one line before any text is read
         self.ridge = RidgeClassifier(config.dim, seed, config.lambdas, "learner")
         self.validation = ValidationMemory(config.validation_per_task, config.validation_limit, seed, "learner")

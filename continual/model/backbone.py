@@ -196,6 +196,12 @@ class Backbone(nn.Module):
             )
         return cls(model, tokenizer, name, pooling, layout)
 
+    def place(self, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        """Move the frozen encoder to ``device`` and hold its weights in ``dtype``. bf16 halves its memory and
+        spares autocast a cast of every weight at every call; it is a rounding, so a backbone that learners
+        train (full fine-tuning) stays fp32."""
+        self.model.to(device=device, dtype=dtype)
+
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids without padding, cut to ``max_length`` and to the model's position limit (:attr:`max_tokens`)."""
         if not texts:

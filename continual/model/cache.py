@@ -2,7 +2,7 @@
 
 With AdapterDrop (``adapter.skip_layers=k``) the lowest k layers are frozen *and* un-adapted, so their
 output for a given text is the same for every adapter, every epoch and every evaluation. The cache
-keeps those token states (float32, real tokens only) keyed by the token ids, up to a memory budget.
+keeps those token states (in the backbone's dtype, real tokens only) keyed by the token ids, up to a memory budget.
 Past the budget it logs one warning and stops adding: later texts are computed as if uncached, which
 gives the same results, only slower. Evaluation in eval mode makes cached and plain paths equal.
 """
@@ -45,12 +45,12 @@ class PrefixCache:
         if missing:
             rows_missing = torch.as_tensor(missing, device=input_ids.device)
             computed = self.backbone.hidden_after(input_ids[rows_missing], attention_mask[rows_missing], self.layer)
-            fresh = {i: computed[j, : lengths[i]].float() for j, i in enumerate(missing)}
+            fresh = {i: computed[j, : lengths[i]].clone() for j, i in enumerate(missing)}  # not views of the batch
             self._store({keys[i]: state for i, state in fresh.items()})
-        out = torch.zeros(*input_ids.shape, self.backbone.hidden_size, device=input_ids.device)
-        for i, key in enumerate(keys):
-            state = fresh.get(i)
-            out[i, : lengths[i]] = state if state is not None else self._states[key]
+        states = [fresh[i] if i in fresh else self._states[key] for i, key in enumerate(keys)]
+        out = torch.zeros(*input_ids.shape, self.backbone.hidden_size, dtype=states[0].dtype, device=input_ids.device)
+        for i, state in enumerate(states):
+            out[i, : lengths[i]] = state
         return out
 
     def _store(self, entries: dict[bytes, torch.Tensor]) -> None:

@@ -35,8 +35,8 @@ POOL_BATCHES = 50  # training batches per length-sorted pool: long enough to gro
 class TrainerConfig:
     """Optimisation and batching settings shared by all learners.
 
-    ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 only where the device has native bf16, see
-    :func:`native_bf16`). The command's default (``conf/trainer/default.yaml``) is ``auto``; built in code the
+    ``precision``: ``fp32``, ``bf16`` (a frozen backbone held in bf16, autocast for the rest: trained weights
+    keep fp32 master copies) or ``auto`` (bf16 only where the device has native bf16, see :func:`native_bf16`). The command's default (``conf/trainer/default.yaml``) is ``auto``; built in code the
     default is ``fp32``, the same numbers on every machine.
     """
 
@@ -70,12 +70,20 @@ class TrainerConfig:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
+    def precision_on(self, device: torch.device) -> str:
+        """``fp32`` or ``bf16``: what :attr:`precision` means on ``device`` (``auto`` asks the hardware)."""
+        return self.precision if self.precision != "auto" else _auto_precision(str(device))
+
     def autocast(self, device: torch.device):
-        """bf16 autocast for matmuls (weights stay fp32); a no-op context for fp32 (and auto without native bf16)."""
-        precision = self.precision if self.precision != "auto" else _auto_precision(str(device))
-        if precision == "bf16":
+        """bf16 autocast for matmuls (trained weights stay fp32, their master copy); a no-op context for fp32."""
+        if self.precision_on(device) == "bf16":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def frozen_dtype(self, device: torch.device) -> torch.dtype:
+        """What a frozen backbone is held in on ``device``: bf16 under bf16, so that autocast casts none of its
+        weights at each call (only the small trained ones); fp32 otherwise."""
+        return torch.bfloat16 if self.precision_on(device) == "bf16" else torch.float32
 
 
 def native_bf16(device: str) -> tuple[bool, str]:

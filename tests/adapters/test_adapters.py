@@ -13,9 +13,9 @@ from transformers import (
     RobertaModel,
 )
 
-from continual.adapters import AdapterBank, BottleneckConfig, segments_for
+from continual.adapters import AdapterBank, BitFitConfig, BottleneckConfig, LoRAConfig, PrefixConfig, segments_for
 from continual.errors import ContinualError
-from continual.learners import AdapterPerTask, AdapterPerTaskConfig
+from continual.learners import AdapterPerTask, AdapterPerTaskConfig, SingleHeadConfig
 from continual.model.backbone import Backbone, EncoderLayout
 from continual.model.training import TrainerConfig
 from continual.streams import DemoStream
@@ -225,6 +225,41 @@ def test_precision_auto_takes_bf16_only_where_the_cpu_has_it(flags, expected, mo
         training._auto_precision.cache_clear()
     assert isinstance(context, torch.autocast) == (expected == "bf16")
     assert f"trainer.precision=auto: {expected} on cpu" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        BottleneckConfig(bottleneck_dim=8),
+        BottleneckConfig(bottleneck_dim=8, skip_layers=1),  # the frozen-prefix cache keeps bf16 states
+        BitFitConfig(),  # an fp32 bias on a bf16 output: the site still hands bf16 on
+        LoRAConfig(rank=4),
+        PrefixConfig(length=4),
+    ],
+)
+def test_bf16_holds_the_frozen_backbone_in_bf16_and_trains_fp32_weights(tiny_model_dir, adapter):
+    """Under bf16 the frozen backbone's weights are bf16 (autocast casts none of them per call), the trained
+    ones fp32 (their master copies); the task learns and answers about as fp32 does. A backbone that is
+    fine-tuned stays fp32."""
+    task = DemoStream(max_per_class=6).load().tasks[0]
+    ids, mask = _batch(Backbone.load(str(tiny_model_dir)), list(task.test.texts[:8]))
+    probs = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        backbone = Backbone.load(str(tiny_model_dir))  # its own: holding it in bf16 rounds its weights
+        trainer = TrainerConfig(epochs=2, batch_size=8, lr=1e-2, precision=precision)
+        learner = AdapterPerTask(backbone, adapter, trainer, AdapterPerTaskConfig(progress=False, head_init="random"))
+        learner.learn([task])
+        expected = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert {p.dtype for p in backbone.model.parameters()} == {expected}
+        assert {p.dtype for p in learner.bank.parameters()} | {p.dtype for p in learner.heads.parameters()} == {
+            torch.float32
+        }
+        probs[precision] = learner.classify(ids, mask, torch.zeros(len(ids), dtype=torch.long)).confidence
+    assert torch.allclose(probs["bf16"], probs["fp32"], atol=0.05)
+    tuned = Backbone.load(str(tiny_model_dir))
+    SingleHeadConfig(base="finetune", progress=False).build(tuned, adapter, TrainerConfig(precision="bf16"), 0)
+    assert {p.dtype for p in tuned.model.parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize(
