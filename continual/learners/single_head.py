@@ -19,6 +19,7 @@ next is written; ``NN_<task>.safetensors`` carry each task's labels for ``predic
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -50,6 +51,7 @@ from continual.learners.base import (
     tokenize,
     within_tasks,
 )
+from continual.learners.head_init import HEAD_INITS, Examples, start_head
 from continual.learners.memory import MemoryConfig
 from continual.learners.techniques import (
     AGEM,
@@ -68,6 +70,8 @@ from continual.model.backbone import Backbone
 from continual.model.training import TrainerConfig, fit, pad, train_batches
 from continual.streams import Task
 
+log = logging.getLogger(__name__)
+
 BASES = ("adapter", "finetune")
 METHODS = ("none", "er", "derpp", "lwf", "ewc", "agem")
 WITH_MEMORY = ("er", "derpp", "agem")
@@ -80,7 +84,10 @@ class SingleHeadConfig:
     ``base``: ``finetune`` (the whole backbone at ``backbone_lr``, the head at the trainer's lr) or
     ``adapter`` (one adapter shared by all tasks, frozen backbone); ``method``: the technique; its
     options in ``memory`` (er, derpp, agem: the memory size counts in the run's stored bytes),
-    ``derpp``, ``lwf`` or ``ewc``; ``head_dropout`` in [0, 1).
+    ``derpp``, ``lwf`` or ``ewc``; ``head_dropout`` in [0, 1). ``head_init``: where a task's new rows of the
+    head start: at random (the plain recipe), or fitted on the task's examples of those classes through today's
+    shared weights before training (``probe``, its penalty chosen on validation, or ``lda``: see
+    :mod:`continual.learners.head_init`); rows of classes already seen stay as trained.
     """
 
     base: str = "finetune"
@@ -91,6 +98,7 @@ class SingleHeadConfig:
     lwf: Any = None
     ewc: Any = None
     head_dropout: float = 0.1
+    head_init: str = "random"
     progress: bool = True
 
     head = Head.ALL_SEEN
@@ -109,6 +117,8 @@ class SingleHeadConfig:
         ):
             raise ContinualError(f"learner.backbone_lr must be a positive number, got {self.backbone_lr!r}")
         check_number(self.head_dropout, "learner.head_dropout", low=0, high=1, below=True)
+        if self.head_init not in HEAD_INITS:
+            raise ContinualError(f"learner.head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}")
         memory = (
             self.memory
             if isinstance(self.memory, MemoryConfig)
@@ -185,7 +195,8 @@ class SingleHeadLearner:
             self.bank = AdapterBank(backbone, adapter)
             self.bank.add()
             self.bank.to(self.device)
-        self.backbone.to(self.device)
+        frozen = self.config.base == "adapter"  # only a frozen backbone is held in a lower precision
+        self.backbone.place(self.device, trainer.frozen_dtype(self.device) if frozen else torch.float32)
         self.shared: nn.Module = self.bank.adapters[0] if self.bank is not None else backbone.model
         self.classifier: nn.Linear | None = None
         self.dropout = nn.Dropout(self.config.head_dropout)
@@ -244,17 +255,23 @@ class SingleHeadLearner:
         return torch.stack([self._memo[key] for key in keys])
 
     @torch.no_grad()
+    def _pooled(self, tokens: list[list[int]]) -> torch.Tensor:
+        """Today's features of ``tokens`` ``[n, hidden]`` on the CPU, without gradients or dropout, batched by
+        length. The modules must be in eval mode (they are between tasks)."""
+        order = np.argsort([len(t) for t in tokens], kind="stable")
+        out = torch.zeros(len(tokens), self.backbone.hidden_size)
+        for start in range(0, len(order), self.trainer.eval_batch_size):
+            idx = order[start : start + self.trainer.eval_batch_size]
+            ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
+            out[torch.as_tensor(idx)] = self._features(ids, mask).cpu()
+        return out
+
+    @torch.no_grad()
     def _record(self, tokens: list[list[int]]) -> torch.Tensor:
         """Today's logits on ``tokens``, without gradients or dropout (what LwF keeps before a task)."""
         if self.classifier is None:
             return torch.zeros(len(tokens), 0)
-        order = np.argsort([len(t) for t in tokens], kind="stable")
-        out = torch.zeros(len(tokens), len(self.classes))
-        for start in range(0, len(order), self.trainer.eval_batch_size):
-            idx = order[start : start + self.trainer.eval_batch_size]
-            ids, mask = pad([tokens[i] for i in idx], self.backbone.pad_id, self.device)
-            out[torch.as_tensor(idx)] = self._head()(self._features(ids, mask)).cpu()
-        return out
+        return self._head()(self._pooled(tokens).to(self.device)).cpu()
 
     @torch.no_grad()
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> Classified:
@@ -290,8 +307,11 @@ class SingleHeadLearner:
         """The step's tasks join the head; shared weights and head train on their union, as the technique says."""
         tokens = [ids for task in tasks for ids in tokenize(self, task.train.texts)]
         self.technique.start_task(self._record, tokens)
+        seen = len(self.classes)
         indexed = [(self._add_task(task), task) for task in tasks]
         targets = np.concatenate([self.task_classes[k][task.train.labels] for k, task in indexed])
+        if self.config.head_init != "random" and len(self.classes) > seen:
+            self._start_rows(seen, indexed, (self._pooled(tokens), torch.as_tensor(targets)))
         k, cfg = indexed[-1][0], self.trainer
         rng = np.random.default_rng([self.seed, k])
         epochs = [train_batches([len(t) for t in tokens], cfg.batch_size, rng) for _ in range(cfg.epochs)]
@@ -326,6 +346,22 @@ class SingleHeadLearner:
         self._memo.clear()
         self.technique.end_task(k, (tokens, targets), lambda i: self._example_loss(tokens[i], int(targets[i])))
         return self._report(indexed, tokens, fitted)
+
+    def _start_rows(self, first: int, indexed: list[tuple[int, Task]], train: Examples) -> None:
+        """The head's rows from ``first`` on (the step's new classes) start as ``head_init`` says, fitted on the
+        ``train`` examples (today's features, head rows) of those classes; the step's validation texts choose a
+        probe's penalty."""
+        texts = [text for _, task in indexed for text in task.validation.texts]
+        rows = [self.task_classes[k][task.validation.labels] for k, task in indexed]
+        held_out = (self._pooled(tokenize(self, texts)), torch.as_tensor(np.concatenate(rows))) if texts else None
+        fresh = nn.Linear(self.backbone.hidden_size, len(self.classes) - first)
+        held = None if held_out is None else _from_row(first, held_out)
+        l2 = start_head(fresh, self.config.head_init, _from_row(first, train), held)
+        with torch.no_grad():
+            self._head().weight[first:].copy_(fresh.weight)
+            self._head().bias[first:].copy_(fresh.bias)
+        how = "LDA" if l2 is None else f"a probe with L2 {l2:g}{' (chosen on validation)' if held_out else ''}"
+        log.info("new head rows %d-%d started from %s", first, len(self.classes) - 1, how)
 
     def _example_loss(self, tokens: list[int], target: int) -> torch.Tensor:
         logits = self._forward([tokens])
@@ -406,6 +442,13 @@ class SingleHeadLearner:
         self._head().load_state_dict(files.strip_prefix("head.", tensors))
         self.technique.load_state_dict(files.strip_prefix("technique.", tensors))
         freeze(self.shared, self._head())
+
+
+def _from_row(first: int, examples: Examples) -> Examples:
+    """The ``examples`` whose head row is ``first`` or later, their rows counted from ``first``."""
+    features, rows = examples
+    keep = rows >= first
+    return features[keep], rows[keep] - first
 
 
 def state_path(directory: Path, tasks: int) -> Path:

@@ -10,6 +10,8 @@ from continual.adapters import BottleneckConfig
 from continual.commands.cli import plain
 from continual.errors import ContinualError
 from continual.learners import Head, JointConfig, Schedule, SingleHeadConfig
+from continual.learners.base import tokenize
+from continual.learners.head_init import validated_probe
 from continual.model.training import TrainerConfig
 from continual.routers import HeadRouter, OracleRouter, PrototypeRouter
 from continual.run import assemble
@@ -111,6 +113,27 @@ def test_the_head_keeps_old_rows_when_it_grows_and_a_shared_label_space_adds_no_
     learner.learn(shared[:1])
     learner._add_task(shared[1])
     assert learner.classifier.out_features == 5 and list(learner.task_classes[1]) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("base", ["adapter", "finetune"])
+def test_new_head_rows_start_at_the_probe_on_todays_features_and_old_rows_stay(base, tiny_backbone):
+    """A learning rate too small to move anything: after each task the head is where it started. The second
+    task's rows are the validated probe on its texts through the shared weights as the first task left them."""
+    config = SingleHeadConfig(base=base, backbone_lr=1e-3, head_init="probe", progress=False)
+    learner = config.build(tiny_backbone, ADAPTER, TrainerConfig(epochs=1, batch_size=16, lr=1e-12), 0)
+    banking, travel = _stream().tasks
+    learner.learn([banking])
+    with torch.no_grad():  # the shared weights as a trained first task would leave them
+        for p in learner.shared.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    first_rows = learner.classifier.weight.detach().clone()
+    features = {s: learner._pooled(tokenize(learner, s.texts)) for s in (travel.train, travel.validation)}
+    learner.learn([travel])
+    examples = [(features[s], torch.as_tensor(s.labels)) for s in (travel.train, travel.validation)]
+    weight, bias, l2 = validated_probe(*examples, 5)
+    assert torch.equal(learner.classifier.weight[:5], first_rows)
+    assert torch.allclose(learner.classifier.weight[5:], weight, atol=2e-3)
+    assert torch.allclose(learner.classifier.bias[5:], bias, atol=2e-3)
 
 
 def test_a_shared_label_space_counts_a_right_label_from_any_task(tiny_backbone):
@@ -221,6 +244,7 @@ def test_state_refuses_another_learner_configuration(tiny_backbone, tmp_path):
         ({"method": "er", "memory": {"sampling": "ring"}}, "learner.memory.sampling"),
         ({"backbone_lr": 0}, "learner.backbone_lr"),
         ({"head_dropout": 2}, r"learner.head_dropout must be a number in \[0, 1\), got 2"),
+        ({"head_init": "zero"}, r"learner.head_init must be one of \['random', 'lda', 'probe'\], got 'zero'"),
         ({"derpp": {"gamma": 1}}, "learner.derpp: unknown keys"),
         ({"lwf": {"temperature": 0}}, "learner.lwf.temperature must be a positive number, got 0"),
     ],
