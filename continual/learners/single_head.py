@@ -85,9 +85,10 @@ class SingleHeadConfig:
     ``adapter`` (one adapter shared by all tasks, frozen backbone); ``method``: the technique; its
     options in ``memory`` (er, derpp, agem: the memory size counts in the run's stored bytes),
     ``derpp``, ``lwf`` or ``ewc``; ``head_dropout`` in [0, 1). ``head_init``: where a task's new rows of the
-    head start: at random (the plain recipe), or fitted on the task's examples of those classes through today's
-    shared weights before training (``probe``, its penalty chosen on validation, or ``lda``: see
-    :mod:`continual.learners.head_init`); rows of classes already seen stay as trained.
+    head start: fitted on the task's examples of those classes through today's shared weights before training
+    (``probe``, the default: its penalty chosen on validation; or ``lda``: see :mod:`continual.learners.head_init`),
+    or at random (the plain recipe; measured weaker for every technique, docs/results.md); rows of classes
+    already seen stay as trained.
     """
 
     base: str = "finetune"
@@ -98,7 +99,7 @@ class SingleHeadConfig:
     lwf: Any = None
     ewc: Any = None
     head_dropout: float = 0.1
-    head_init: str = "random"
+    head_init: str = "probe"
     progress: bool = True
 
     head = Head.ALL_SEEN

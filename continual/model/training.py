@@ -36,8 +36,9 @@ class TrainerConfig:
     """Optimisation and batching settings shared by all learners.
 
     ``precision``: ``fp32``, ``bf16`` (a frozen backbone held in bf16, autocast for the rest: trained weights
-    keep fp32 master copies) or ``auto`` (bf16 only where the device has native bf16, see :func:`native_bf16`). The command's default (``conf/trainer/default.yaml``) is ``auto``; built in code the
-    default is ``fp32``, the same numbers on every machine.
+    keep fp32 master copies) or ``auto`` (bf16 only where the device has native bf16, see :func:`native_bf16`).
+    The command's default (``conf/trainer/default.yaml``) is ``auto``; built in code the default is ``fp32``,
+    the same numbers on every machine.
     """
 
     epochs: int = 5
