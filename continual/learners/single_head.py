@@ -356,12 +356,15 @@ class SingleHeadLearner:
         rows = [self.task_classes[k][task.validation.labels] for k, task in indexed]
         held_out = (self._pooled(tokenize(self, texts)), torch.as_tensor(np.concatenate(rows))) if texts else None
         fresh = nn.Linear(self.backbone.hidden_size, len(self.classes) - first)
-        held = None if held_out is None else _from_row(first, held_out)
-        l2 = start_head(fresh, self.config.head_init, _from_row(first, train), held)
+        new_train, held = _from_row(first, train), None if held_out is None else _from_row(first, held_out)
+        if len(new_train[1]) == 0:
+            return  # no training example of a new class: the rows stay as drawn
+        l2 = start_head(fresh, self.config.head_init, new_train, held)
         with torch.no_grad():
             self._head().weight[first:].copy_(fresh.weight)
             self._head().bias[first:].copy_(fresh.bias)
-        how = "LDA" if l2 is None else f"a probe with L2 {l2:g}{' (chosen on validation)' if held_out else ''}"
+        validated = held is not None and len(held[1]) > 0
+        how = "LDA" if l2 is None else f"a probe with L2 {l2:g}{' (chosen on validation)' if validated else ''}"
         log.info("new head rows %d-%d started from %s", first, len(self.classes) - 1, how)
 
     def _example_loss(self, tokens: list[int], target: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 With AdapterDrop (``adapter.skip_layers=k``) the lowest k layers are frozen *and* un-adapted, so their
 output for a given text is the same for every adapter, every epoch and every evaluation. The cache
-keeps those token states (in the backbone's dtype, real tokens only) keyed by the token ids, up to a memory budget.
-Past the budget it logs one warning and stops adding: later texts are computed as if uncached, which
+keeps those token states (in the backbone's dtype, real tokens only) keyed by the token ids, up to a memory
+budget. Past the budget it logs one warning and stops adding: later texts are computed as if uncached, which
 gives the same results, only slower. Evaluation in eval mode makes cached and plain paths equal.
 """
 
@@ -48,7 +48,8 @@ class PrefixCache:
             fresh = {i: computed[j, : lengths[i]].clone() for j, i in enumerate(missing)}  # not views of the batch
             self._store({keys[i]: state for i, state in fresh.items()})
         states = [fresh[i] if i in fresh else self._states[key] for i, key in enumerate(keys)]
-        out = torch.zeros(*input_ids.shape, self.backbone.hidden_size, dtype=states[0].dtype, device=input_ids.device)
+        dtype = states[0].dtype if states else torch.float32
+        out = torch.zeros(*input_ids.shape, self.backbone.hidden_size, dtype=dtype, device=input_ids.device)
         for i, state in enumerate(states):
             out[i, : lengths[i]] = state
         return out
