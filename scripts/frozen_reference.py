@@ -34,7 +34,7 @@ from continual.learners.base import padded_batches, tokenize
 from continual.learners.head_init import fitted_probe, lda, probe
 from continual.model.backbone import Backbone
 from continual.model.training import TrainerConfig
-from continual.run.assemble import stream_source
+from continual.run.assemble import stream_file, stream_source
 from continual.streams import Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def main() -> None:
     path = ROOT / "conf/stream" / f"{args.stream}.yaml"
     if not path.is_file():
         parser.error(f"no stream file {path}; one of: {', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}")
-    node = yaml.safe_load(path.read_text())
+    node = stream_file(path)
     for item in args.overrides:
         key, _, value = item.partition("=")
         node[key] = yaml.safe_load(value)

@@ -35,7 +35,7 @@ from continual.learners import AdapterPerTask, AdapterPerTaskConfig
 from continual.learners.base import oracle_score
 from continual.model.backbone import PACKAGED_MINILM, Backbone, resolve_name
 from continual.model.training import TrainerConfig, token_targets
-from continual.run.assemble import stream_source
+from continual.run.assemble import stream_file, stream_source
 from continual.streams import Split, Task
 from continual.streams.kinds.tokens import bio_tags
 from peft_reference import training_arguments
@@ -48,9 +48,7 @@ def _task(data: Path, domain: str, sentences: int) -> Task:
     """The domain's slot task with its first ``sentences`` training sentences. (``stream.max_per_class`` refuses a
     cap that leaves an entity type of the validation or test set out of training; here both methods simply
     miss those entities.)"""
-    import yaml
-
-    node = yaml.safe_load((ROOT / "conf/stream/fbtod_slots.yaml").read_text())
+    node = stream_file(ROOT / "conf/stream/fbtod_slots.yaml")
     node.update(data_dir=str(data), order=[f"{domain}_slots"])
     task = stream_source(node).load().tasks[0]
     train = task.train

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from continual.adapters import AdapterKind
 from continual.checks import check_int
@@ -84,6 +85,14 @@ def _value(value: Any, where: str) -> Any:
 
 
 CONCATENATED = "continual.streams.Concatenated"  # what `continual extend` writes: built part by part
+
+
+def stream_file(path: Path) -> dict[str, Any]:
+    """A stream file read without Hydra (scripts that take ``conf/stream/NAME.yaml``): its fields, less the
+    ``defaults`` list with which a stream file may choose the run's adapter (Hydra's key, not the stream's)."""
+    node = yaml.safe_load(path.read_text())
+    node.pop("defaults", None)
+    return node
 
 
 def stream_source(node: Mapping[str, Any], where: str = "stream") -> StreamSource:

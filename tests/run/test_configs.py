@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from continual.commands.cli import plain
 from continual.commands.cmdline import conf_dir
-from continual.run.assemble import build, stream_source
+from continual.run.assemble import build, stream_file, stream_source
 from continual.streams import StreamSpec
 
 CONF = conf_dir()
@@ -107,6 +107,19 @@ def test_cl5_named_orders_are_permutations_of_its_tasks():
     spec = StreamSpec.from_dict(OmegaConf.to_container(cfg.stream, resolve=True))
     names = sorted(t.name for t in spec.tasks)
     assert spec.orders and all(sorted(order) == names for order in spec.orders.values())
+
+
+def test_the_slot_stream_picks_the_wide_adapter_and_the_command_line_wins():
+    """fbtod_slots chooses adapter=pfeiffer_wide (token tasks need the width); other streams keep pfeiffer, and an
+    adapter named on the command line (a group or a field) is what the run gets."""
+    wide = build(plain(_compose(["stream=fbtod_slots"]).adapter), "adapter")
+    assert (wide.placement, wide.reduction_factor) == ("pfeiffer", 4)
+    assert build(plain(_compose(["stream=fbtod_hub"]).adapter), "adapter").reduction_factor == 16
+    assert build(plain(_compose([]).adapter), "adapter").reduction_factor == 16
+    assert _compose(["stream=fbtod_slots", "adapter=lora"]).adapter._target_.endswith("LoRAConfig")
+    assert _compose(["stream=fbtod_slots", "adapter.reduction_factor=16"]).adapter.reduction_factor == 16
+    node = stream_file(CONF / "stream" / "fbtod_slots.yaml")  # what scripts read without Hydra
+    assert "defaults" not in node and StreamSpec.from_dict({**node, "data_dir": "."}).name == "fbtod_slots"
 
 
 @pytest.mark.skipif(not (SHARED / "cl5").is_dir(), reason="shared cl5 data not present")
