@@ -16,8 +16,9 @@ On the same CLINC150 domain stream, the same packaged MiniLM, epochs, batch size
    ours and peft's ``adapter_names``;
 4. the frozen-prefix cache: a run with AdapterDrop (``adapter.skip_layers``), several epochs and the
    prototype router on the upper layers' features, with the cache on vs off (same results expected);
-5. precision: the same tasks trained in fp32, in bf16 (``trainer.precision``: the frozen backbone held in bf16)
-   and in bf16 autocast over an fp32 backbone (what bf16 was before), taking turns ``--precision-repeats`` times:
+5. precision: the same tasks trained in fp32, in bf16 (``trainer.precision``: the frozen backbone held in bf16,
+   attending plainly on a CPU), in bf16 with torch's fused attention kernel and in bf16 autocast over an fp32
+   backbone (what bf16 was before each change), taking turns ``--precision-repeats`` times:
    median training seconds, the ratios and each one's task-given accuracy, with what ``precision=auto`` would
    choose on this machine and why;
 6. peak resident memory after each part.
@@ -242,12 +243,14 @@ def prefix_cache(args, stream) -> None:
     )
 
 
-# part 5's variants: the trainer's precision, and the dtype the frozen backbone is then put back in (None: as the
-# learner holds it); "bf16 autocast" is bf16 without holding the backbone in bf16 (every weight cast per call)
-PRECISION_VARIANTS: dict[str, tuple[str, torch.dtype | None]] = {
-    "fp32": ("fp32", None),
-    "bf16": ("bf16", None),
-    "bf16 autocast": ("bf16", torch.float32),
+# part 5's variants: the trainer's precision, the dtype the frozen backbone is then put back in and the attention it
+# then uses (None: as the learner set them). "bf16 fused attention" is bf16 as it was before the backbone attended
+# plainly on a CPU in bf16; "bf16 autocast" as it was before the backbone was held in bf16 (every weight cast per call)
+PRECISION_VARIANTS: dict[str, tuple[str, torch.dtype | None, str | None]] = {
+    "fp32": ("fp32", None, None),
+    "bf16": ("bf16", None, None),
+    "bf16 fused attention": ("bf16", None, "sdpa"),
+    "bf16 autocast": ("bf16", torch.float32, "sdpa"),
 }
 
 
@@ -265,12 +268,14 @@ def precision(args, stream) -> None:
     accs: dict[str, list[float]] = {name: [] for name in PRECISION_VARIANTS}
     backbones = {name: Backbone.load() for name in PRECISION_VARIANTS}  # each its own: bf16 rounds what it holds
     for _ in range(args.precision_repeats):
-        for name, (kind, put_back) in PRECISION_VARIANTS.items():
+        for name, (kind, put_back, attention) in PRECISION_VARIANTS.items():
             torch.manual_seed(0)
             trainer = TrainerConfig(epochs=1, precision=kind)
             learner = AdapterPerTask(backbones[name], BottleneckConfig(), trainer, AdapterPerTaskConfig(progress=False))
             if put_back is not None:
                 backbones[name].place(device, put_back)
+            if attention is not None:
+                backbones[name].model.set_attn_implementation(attention)
             for k, task in enumerate(sub.tasks):
                 start = time.perf_counter()
                 learner.learn([task])
@@ -282,12 +287,12 @@ def precision(args, stream) -> None:
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     for name in seconds:
         print(f"{name}: {medians[name]:.1f} s per task (median), task-given accuracy {np.mean(accs[name]):.2f}")
-    for name in ("bf16", "bf16 autocast"):
+    for name in list(PRECISION_VARIANTS)[1:]:
         print(
             f"{name} vs fp32: **{medians['fp32'] / medians[name]:.2f}x** the training speed, accuracy "
             f"{np.mean(accs[name]) - np.mean(accs['fp32']):+.2f}"
         )
-    print(f"bf16 (backbone held in bf16) vs bf16 autocast: {medians['bf16 autocast'] / medians['bf16']:.2f}x")
+    print(f"bf16 (plain attention) vs bf16 fused attention: {medians['bf16 fused attention'] / medians['bf16']:.2f}x")
 
 
 def main() -> None:

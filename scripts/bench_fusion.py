@@ -1,6 +1,6 @@
 """What AdapterFusion costs per training step as tasks accumulate, against a plain new adapter.
 
-    .venv/bin/python scripts/bench_fusion.py [--tasks 5 20 100] [--steps 9] [--batch 32]
+    .venv/bin/python scripts/bench_fusion.py [--tasks 5 20 100] [--steps 9] [--batch 32] [--precision fp32]
 
 For each T, in one process, on the packaged MiniLM with T - 1 earlier Pfeiffer adapters (random non-zero
 weights, frozen) and a new task T: the median time of one training step (forward, backward, optimiser step
@@ -14,6 +14,9 @@ over the new task's own parameters) on a batch of demo texts, for
 interleaved (one step of each per round, ``--steps`` rounds after one warm-up round); then, per variant, the
 median time of one inference pass of the batch routed to the new task (what a fused task's rows cost in a
 served batch), and its bytes per task (the fusion weights a task file adds to its adapter).
+
+``--precision`` is ``trainer.precision`` (fp32, bf16, auto): under bf16 the backbone is held in bf16 and the
+steps run under autocast, as the learner trains.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ VARIANTS = {  # name -> (fusion kind, sources: None = all); none = no fusion
 }
 
 
-def _learner(backbone: Backbone, earlier: int) -> AdapterPerTask:
+def _learner(backbone: Backbone, earlier: int, trainer: TrainerConfig) -> AdapterPerTask:
     """A learner with ``earlier`` frozen adapters of random non-zero weights and their heads."""
-    learner = AdapterPerTask(backbone, BottleneckConfig(), TrainerConfig(), AdapterPerTaskConfig(progress=False))
+    learner = AdapterPerTask(backbone, BottleneckConfig(), trainer, AdapterPerTaskConfig(progress=False))
     torch.manual_seed(0)
     for _ in range(earlier):
         k = learner.bank.add()
@@ -70,9 +73,9 @@ def _new_task(
 def _step(learner: AdapterPerTask, k: int, params, ids, mask, labels) -> float:
     optimiser = torch.optim.AdamW(params, lr=1e-3)
     start = time.perf_counter()
-    with learner.bank.routed([(k, 0, ids.shape[0])]):
+    with learner.bank.routed([(k, 0, ids.shape[0])]), learner.trainer.autocast(learner.device):
         features = learner._encode(ids, mask, None)
-    loss = torch.nn.functional.cross_entropy(learner.heads.logits(k, features), labels)
+        loss = torch.nn.functional.cross_entropy(learner.heads.logits(k, features).float(), labels)
     loss.backward()
     optimiser.step()
     optimiser.zero_grad()
@@ -83,7 +86,7 @@ def _step(learner: AdapterPerTask, k: int, params, ids, mask, labels) -> float:
 def _infer(learner: AdapterPerTask, k: int, ids, mask) -> float:
     """One inference pass of the batch routed to task ``k`` (what a fused task's rows cost in serving)."""
     start = time.perf_counter()
-    with learner.bank.routed([(k, 0, ids.shape[0])]):
+    with learner.bank.routed([(k, 0, ids.shape[0])]), learner.trainer.autocast(learner.device):
         learner.heads.logits(k, learner._encode(ids, mask, None))
     return time.perf_counter() - start
 
@@ -93,13 +96,16 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[5, 20, 100])
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
     args = parser.parse_args()
+    trainer = TrainerConfig(precision=args.precision)
     texts = [t for task in DemoStream().load().tasks for t in task.train.texts][: args.batch]
-    print(f"torch threads {torch.get_num_threads()}; batch {len(texts)} demo texts; median of {args.steps} steps")
+    chosen = trainer.precision_on(torch.device("cpu"))
+    print(f"torch threads {torch.get_num_threads()}; batch {len(texts)} demo texts; {args.steps} steps; {chosen}")
     print(f"{'T':>4} {'variant':<16} {'ms/step':>8} {'x none':>7} {'infer ms':>9} {'x none':>7} {'fusion MB/task':>15}")
     for tasks in args.tasks:
         backbone = Backbone.load()
-        learner = _learner(backbone, tasks - 1)
+        learner = _learner(backbone, tasks - 1, trainer)
         ids, mask = pad(backbone.tokenize(texts, 64), backbone.pad_id, learner.device)
         labels = torch.arange(len(texts)) % 10
         made = {}

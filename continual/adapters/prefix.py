@@ -136,7 +136,17 @@ class PrefixAttention:
         prefix_ok = torch.cat(valid).to(hidden_states.device)[:, None, None, :].expand(-1, 1, allowed.shape[2], -1)
         mask = torch.cat([prefix_ok, allowed.expand(batch, 1, allowed.shape[2], length)], dim=-1)
         dropout = m.dropout.p if m.training else 0.0
-        out = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout, scale=getattr(m, "scaling", size**-0.5)
-        )
+        out = _attend(q, k, v, mask, dropout, getattr(m, "scaling", size**-0.5))
         return out.transpose(1, 2).reshape(batch, length, heads * size), None
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, dropout: float, scale: float
+) -> torch.Tensor:
+    """Scaled dot-product attention over the keys ``allowed`` marks. On a CPU in bf16 as plain matmuls and
+    softmax: torch's fused kernel trains bf16 several times slower there (as the backbone's attention, see
+    :meth:`Backbone.place`)."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scale)
+    weights = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf")).softmax(-1)
+    return nn.functional.dropout(weights, dropout) @ v

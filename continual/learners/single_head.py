@@ -197,7 +197,8 @@ class SingleHeadLearner:
             self.bank.add()
             self.bank.to(self.device)
         frozen = self.config.base == "adapter"  # only a frozen backbone is held in a lower precision
-        self.backbone.place(self.device, trainer.frozen_dtype(self.device) if frozen else torch.float32)
+        computed = trainer.frozen_dtype(self.device)  # what the backbone computes in: bf16 under bf16, else fp32
+        self.backbone.place(self.device, computed if frozen else torch.float32, computed)
         self.shared: nn.Module = self.bank.adapters[0] if self.bank is not None else backbone.model
         self.classifier: nn.Linear | None = None
         self.dropout = nn.Dropout(self.config.head_dropout)

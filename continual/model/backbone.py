@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 TOKEN_STATES = "tokens"  # a "pooling" that keeps each token's state: [batch, tokens, hidden]
+CPU_BF16_ATTENTION = "eager"  # transformers' plain attention: fast in bf16 on a CPU, where the fused kernel is not
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class Backbone(nn.Module):
         if pooling not in ("mean", "cls"):
             raise ContinualError(f"backbone.pooling must be 'mean' or 'cls', got {pooling!r}")
         self.model = model
+        self._attention: str = model.config._attn_implementation  # as loaded (sdpa); see place()
         self.tokenizer = tokenizer
         self.name = name
         self.pooling = pooling
@@ -196,11 +198,22 @@ class Backbone(nn.Module):
             )
         return cls(model, tokenizer, name, pooling, layout)
 
-    def place(self, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+    def place(
+        self, device: torch.device, dtype: torch.dtype = torch.float32, compute: torch.dtype | None = None
+    ) -> None:
         """Move the frozen encoder to ``device`` and hold its weights in ``dtype``. bf16 halves its memory and
         spares autocast a cast of every weight at every call; it is a rounding, so a backbone that learners
-        train (full fine-tuning) stays fp32."""
+        train (full fine-tuning) stays fp32.
+
+        ``compute`` is what its matmuls run in (bf16 under autocast over fp32 weights; default ``dtype``). On a
+        CPU in bf16 attention runs as plain matmuls and softmax (``eager``) rather than torch's fused kernel,
+        whose bf16 backward is several times slower than fp32's there (MiniLM, batch 32: 20 ms a call against
+        2.8); elsewhere the model keeps the attention it was loaded with."""
         self.model.to(device=device, dtype=dtype)
+        plain = device.type == "cpu" and (compute or dtype) == torch.bfloat16
+        wanted = CPU_BF16_ATTENTION if plain else self._attention
+        if self.model.config._attn_implementation != wanted:
+            self.model.set_attn_implementation(wanted)
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids without padding, cut to ``max_length`` and to the model's position limit (:attr:`max_tokens`)."""

@@ -239,8 +239,9 @@ def test_precision_auto_takes_bf16_only_where_the_cpu_has_it(flags, expected, mo
 )
 def test_bf16_holds_the_frozen_backbone_in_bf16_and_trains_fp32_weights(tiny_model_dir, adapter):
     """Under bf16 the frozen backbone's weights are bf16 (autocast casts none of them per call), the trained
-    ones fp32 (their master copies); the task learns and answers about as fp32 does. A backbone that is
-    fine-tuned stays fp32."""
+    ones fp32 (their master copies), and on a CPU its attention is the plain form (the fused kernel trains bf16
+    slowly there); the task learns and answers about as fp32 does. A backbone that is fine-tuned stays fp32
+    (autocast computes it in bf16, so it attends plainly too)."""
     task = DemoStream(max_per_class=6).load().tasks[0]
     ids, mask = _batch(Backbone.load(str(tiny_model_dir)), list(task.test.texts[:8]))
     probs = {}
@@ -252,6 +253,7 @@ def test_bf16_holds_the_frozen_backbone_in_bf16_and_trains_fp32_weights(tiny_mod
         learner.learn([task])
         expected = torch.bfloat16 if precision == "bf16" else torch.float32
         assert {p.dtype for p in backbone.model.parameters()} == {expected}
+        assert backbone.model.config._attn_implementation == ("eager" if precision == "bf16" else "sdpa")
         assert {p.dtype for p in learner.bank.parameters()} | {p.dtype for p in learner.heads.parameters()} == {
             torch.float32
         }
@@ -260,6 +262,7 @@ def test_bf16_holds_the_frozen_backbone_in_bf16_and_trains_fp32_weights(tiny_mod
     tuned = Backbone.load(str(tiny_model_dir))
     SingleHeadConfig(base="finetune", progress=False).build(tuned, adapter, TrainerConfig(precision="bf16"), 0)
     assert {p.dtype for p in tuned.model.parameters()} == {torch.float32}
+    assert tuned.model.config._attn_implementation == "eager"  # it computes in bf16 (autocast) all the same
 
 
 @pytest.mark.parametrize(
