@@ -9,6 +9,8 @@ own, last) turns the sublayer output ``h`` into its adapted output ``z_j = h + u
   sources' outputs. Computed without materialising the keys: ``Q h . K z_j = (K^T Q h) . z_j`` up to a
   term shared by all ``j`` (which the softmax ignores), and ``sum_j p_j V z_j = V (sum_j p_j z_j)``: two
   ``hidden x hidden`` products for the query and one for the value per token, whatever the number of sources.
+  The per-token sums over sources are element-wise products summed (an einsum there runs as many tiny batched
+  matrix products, which in bf16 on a CPU made a fused training step ~7% slower; the same speed in fp32).
 * ``static``: one learned softmax weight per source and site, the same for every input (the earlier version).
 
 A fused task's sources are fixed when it starts; its fusion weights train with its adapter and head and are
@@ -90,10 +92,15 @@ class SiteAttention(nn.Module):
         nn.init.zeros_(self.value.bias)
 
     def weights(self, out: torch.Tensor, adapted: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Each source's attention ``[..., sources]`` for sublayer outputs ``out`` ``[..., hidden]`` and the
+        """Each source's attention ``[sources, ...]`` for sublayer outputs ``out`` ``[..., hidden]`` and the
         sources' outputs ``adapted`` ``[sources, ..., hidden]``, at softmax ``temperature``."""
         probe = self.query(out) @ self.key.weight  # K^T (Q h + b_q): the key bias adds the same to every source
-        return (torch.einsum("...h,s...h->...s", probe, adapted) / temperature).softmax(-1)
+        return ((probe * adapted).sum(-1) / temperature).softmax(0)
+
+    def forward(self, out: torch.Tensor, adapted: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """The fused output and the attention ``[sources, ...]`` it used (see :meth:`weights`)."""
+        weights = self.weights(out, adapted, temperature)
+        return self.value((weights.unsqueeze(-1) * adapted).sum(0)), weights
 
 
 class Fusion(nn.Module):
@@ -125,8 +132,7 @@ class Fusion(nn.Module):
             if self.recorded is not None:
                 self.recorded.append(weights.detach().expand(*out.shape[:-1], -1))
             return out + torch.einsum("s,s...h->...h", weights, stacked - out)
-        attention = cast(SiteAttention, cast(nn.ModuleDict, self.mix)[site])
-        weights = attention.weights(out, stacked, self.temperature)
+        fused, weights = cast(nn.ModuleDict, self.mix)[site](out, stacked, self.temperature)
         if self.recorded is not None:
-            self.recorded.append(weights.detach())
-        return attention.value(torch.einsum("...s,s...h->...h", weights, stacked))
+            self.recorded.append(weights.detach().movedim(0, -1))
+        return fused
