@@ -31,6 +31,7 @@ from continual.checks import check_number
 from continual.errors import ContinualError
 
 FUSION_KINDS = ("attention", "static")
+FUSION_INITS = ("fresh", "similar")
 ATTENTION_LR = 1e-4  # attention fusion's default learning rate (see FusionConfig.lr)
 INIT_STD = 0.02  # BERT's initialiser for the query and key projections (the paper's "small random")
 
@@ -48,18 +49,24 @@ class FusionConfig:
     clinc150_domains, seed 0), ``trainer.lr`` for static weights (as they were measured). ``temperature``: the
     attention softmax's temperature at a task's first training step, lowered linearly to 1 at its last (the
     ``adapters`` library's option starts at 50); 1 = no annealing. A fused task always answers at temperature 1.
+    ``init``: where the fused task's own adapter starts: ``fresh`` (as ``transfer=none``) or ``similar`` (a copy
+    of the most similar earlier task's adapter, as ``transfer=similar``). The paper fuses a target adapter that
+    was already trained on its task; a copy of a trained neighbour is the closest a continual stream can start.
     """
 
     kind: str = "attention"
     sources: str = "all"
     lr: float | None = None
     temperature: float = 1.0
+    init: str = "fresh"
 
     def __post_init__(self) -> None:
         if self.kind not in FUSION_KINDS:
             raise ContinualError(f"learner.fusion.kind must be one of {list(FUSION_KINDS)}, got {self.kind!r}")
         check_number(self.lr, "learner.fusion.lr", low=0, above=True, optional=True)
         check_number(self.temperature, "learner.fusion.temperature", low=1)
+        if self.init not in FUSION_INITS:
+            raise ContinualError(f"learner.fusion.init must be one of {list(FUSION_INITS)}, got {self.init!r}")
         if self.temperature != 1 and self.kind != "attention":
             raise ContinualError("learner.fusion.temperature anneals attention: it needs learner.fusion.kind=attention")
         if self.sources != "all" and not re.fullmatch(r"top:[1-9]\d*", str(self.sources)):

@@ -10,7 +10,8 @@ stay frozen, so a task's predictions with its id given never change once it is l
 * ``fusion``: AdapterFusion (Pfeiffer et al. 2021): the new task's adapter output composes its own
   adapter's and frozen earlier adapters' outputs, per token by attention (``learner.fusion.kind=attention``)
   or by one softmax weight per site (``static``), over every earlier adapter or the ``top:M`` most similar
-  tasks' (``learner.fusion.sources``); see :mod:`continual.adapters.fusion`.
+  tasks' (``learner.fusion.sources``); its own adapter starts fresh or, with ``learner.fusion.init=similar``,
+  as ``similar`` starts it; see :mod:`continual.adapters.fusion`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,22 @@ class Centroids:
         return [(int(j), cosine[j]) for j in order[:m]]
 
 
+def copy_nearest(
+    centroids: Centroids,
+    bank: AdapterBank,
+    k: int,
+    task: Task,
+    tasks: Sequence[Task],
+    ensure: Callable[[list[int]], None],
+) -> int:
+    """Start task ``k``'s (``task``'s) adapter as a copy of the most similar earlier task's; that task's index."""
+    ((source, cosine),) = centroids.nearest(k, 1)
+    ensure([source])
+    bank.adapters[k].load_state_dict(bank.adapters[source].state_dict())
+    log.info("task %s: adapter initialised from task %s (cosine %.3f)", task.name, tasks[source].name, cosine)
+    return source
+
+
 class StartFromSimilar:
     """``similar``: copy the adapter of the most similar earlier task (cosine of task centroids)."""
 
@@ -100,11 +117,7 @@ class StartFromSimilar:
         self.centroids.add(task)
         if k == 0:
             return
-        ((source, cosine),) = self.centroids.nearest(k, 1)
-        self.ensure([source])
-        bank.adapters[k].load_state_dict(bank.adapters[source].state_dict())
-        self.sources[k] = source
-        log.info("task %s: adapter initialised from task %s (cosine %.3f)", task.name, tasks[source].name, cosine)
+        self.sources[k] = copy_nearest(self.centroids, bank, k, task, tasks, self.ensure)
 
     def restored(self, k: int, task: Task, metadata: Mapping[str, str]) -> None:
         self.centroids.add(task)
@@ -124,9 +137,11 @@ class FuseEarlier:
 
     def __init__(self, config: FusionConfig, centroid: Centroid, ensure: Callable[[list[int]], None]) -> None:
         self.config, self.ensure = config, ensure
-        self.centroids = Centroids(centroid) if config.top is not None else None  # only top:M compares tasks
+        compares = config.top is not None or config.init == "similar"  # top:M and init=similar compare tasks
+        self.centroids = Centroids(centroid) if compares else None
         # fused task -> {source task: its mean weight over the task's validation tokens and every site}
         self.attention: dict[int, dict[int, float]] = {}
+        self.copied: dict[int, int] = {}  # with init=similar: fused task -> the task its own adapter copied
 
     def start(self, bank: AdapterBank, k: int, task: Task, tasks: Sequence[Task]) -> None:
         if self.centroids is not None:
@@ -137,6 +152,8 @@ class FuseEarlier:
             sources = list(range(k))
         else:
             sources = sorted(j for j, _ in self.centroids.nearest(k, self.config.top))
+        if self.centroids is not None and self.config.init == "similar":
+            self.copied[k] = copy_nearest(self.centroids, bank, k, task, tasks, self.ensure)
         self.ensure(sources)
         bank.fuse(k, self.config.kind, sources)
         names = [tasks[j].name for j in sources]
@@ -147,10 +164,12 @@ class FuseEarlier:
             self.centroids.add(task)
         if metadata.get("attention"):
             self.attention[k] = {int(j): w for j, w in json.loads(metadata["attention"]).items()}
+        if metadata.get("initialised_from"):
+            self.copied[k] = int(metadata["initialised_from"])
 
     def metadata(self, k: int) -> dict[str, str]:
         attention = json.dumps({str(j): round(w, 6) for j, w in self.attention.get(k, {}).items()})
-        return {"initialised_from": "", "fusion": self.config.kind, "attention": attention}
+        return {"initialised_from": str(self.copied.get(k, "")), "fusion": self.config.kind, "attention": attention}
 
 
 TRANSFERS = ("none", "similar", "fusion")

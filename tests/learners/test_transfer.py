@@ -50,6 +50,27 @@ def test_similar_starts_from_the_most_similar_task(tiny_backbone, tasks):
     assert learner.trainable_parameters(2) == learner.trainable_parameters(0)
 
 
+def test_fusion_init_similar_starts_the_fused_adapter_from_the_most_similar_one(tiny_backbone, tasks, tmp_path):
+    """``fusion.init=similar``: the fused task's own adapter starts as a copy of the most similar earlier task's
+    (then fuses its sources as before); the file records which, and loading restores it."""
+    config = AdapterPerTaskConfig(progress=False, transfer="fusion", fusion=FusionConfig(init="similar"))
+    learner = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, config)
+    learner.learn([tasks[0]])
+    learner.learn([tasks[1]])
+    learner.save(tmp_path)
+    first = _state(learner.bank.adapters[0])
+    k = learner._allocate(tasks[2])
+    learner.transfer.start(learner.bank, k, tasks[2], learner.tasks)
+    assert learner.transfer.copied == {1: 0, 2: 0}  # the same texts as task 0: cosine 1
+    assert torch.equal(_state(learner.bank.adapters[2]), first)
+    assert learner.bank.fusion["2"].source_list == [0, 1, 2]
+    learner.bank.remove_hooks()
+    restored = AdapterPerTask(tiny_backbone, BottleneckConfig(bottleneck_dim=8), FAST, config)
+    restored.load(tmp_path, tasks[:2])
+    assert restored.transfer.copied == {1: 0} and restored.transfer.metadata(1)["initialised_from"] == "0"
+    restored.bank.remove_hooks()
+
+
 def _fusing(backbone, kind: str, sources: str = "all") -> AdapterPerTask:
     config = AdapterPerTaskConfig(progress=False, transfer="fusion", fusion=FusionConfig(kind, sources))
     return AdapterPerTask(backbone, BottleneckConfig(bottleneck_dim=8), FAST, config)
@@ -158,6 +179,7 @@ def test_bad_transfer_settings(tiny_backbone):
         ({"sources": "best"}, "learner.fusion.sources must be 'all' or 'top:M'"),
         ({"temperature": 0.5}, "learner.fusion.temperature must be a number >= 1, got 0.5"),
         ({"kind": "static", "temperature": 50}, "learner.fusion.temperature anneals attention"),
+        ({"init": "copy"}, r"learner.fusion.init must be one of \['fresh', 'similar'\], got 'copy'"),
     ]:
         with pytest.raises(ContinualError, match=message):
             AdapterPerTaskConfig(transfer="fusion", fusion=fusion)
