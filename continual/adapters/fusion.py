@@ -104,7 +104,9 @@ class SiteAttention(nn.Module):
         probe = self.query(out) @ self.key.weight  # K^T (Q h + b_q): the key bias adds the same to every source
         return ((probe * adapted).sum(-1) / temperature).softmax(0)
 
-    def forward(self, out: torch.Tensor, adapted: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, out: torch.Tensor, adapted: torch.Tensor, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused output and the attention ``[sources, ...]`` it used (see :meth:`weights`)."""
         weights = self.weights(out, adapted, temperature)
         return self.value((weights.unsqueeze(-1) * adapted).sum(0)), weights
