@@ -38,6 +38,36 @@ def entities(tags: Sequence[int] | np.ndarray) -> list[Entity]:
     return found
 
 
+def valid_moves(tags: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which tag may follow which (``[previous, next]``) and which may start a sentence, in valid BIO: an
+    ``I-<type>`` only continues a ``B-<type>`` or ``I-<type>`` of its own type."""
+    ids = np.arange(tags)
+    inside = (ids > 0) & (ids % 2 == 0)
+    follows = ~inside[None, :] | (ids[:, None] == ids[None, :]) | (ids[:, None] == ids[None, :] - 1)
+    return follows, ~inside
+
+
+def bio_decode(scores: np.ndarray) -> np.ndarray:
+    """The tag sequence of highest total score among the valid BIO ones (Viterbi over ``scores``, ``[words,
+    tags]`` log-probabilities). Where the per-word argmax is valid it is the answer; otherwise no ``I-`` follows
+    an ``O`` or another type: the best valid path decides whether the span begins earlier or not at all."""
+    words, tags = scores.shape
+    if words == 0:
+        return np.zeros(0, dtype=np.int64)
+    follows, starts = valid_moves(tags)
+    moves = np.where(follows, 0.0, -np.inf)
+    best = np.where(starts, scores[0], -np.inf)
+    back = np.zeros((words, tags), dtype=np.int64)
+    for i in range(1, words):
+        paths = best[:, None] + moves  # [previous, next]
+        back[i] = paths.argmax(0)
+        best = paths.max(0) + scores[i]
+    path = [int(best.argmax())]
+    for i in range(words - 1, 0, -1):
+        path.append(int(back[i, path[-1]]))
+    return np.asarray(path[::-1], dtype=np.int64)
+
+
 def as_classes(found: Iterable[Entity], class_ids: np.ndarray) -> set[Entity]:
     """Entities with their task-local type replaced by the stream-wide class id."""
     return {(start, stop, int(class_ids[kind])) for start, stop, kind in found}

@@ -14,8 +14,10 @@ batch size (32), learning rate (5e-3) and warm-up (6%), and the domain's whole t
 - **ours**: ``learner=adapter_per_task`` (the default Pfeiffer adapter, width hidden / ``--reduction-factor``)
   with the task given, once per ``--ours`` value of ``learner.head_init``.
 
-Both are scored by entity-level micro F1 with ``continual.entities`` (what runs log); peft's predictions
-also by ``seqeval`` (``pip install seqeval``), which must agree. Needs ``pip install peft``.
+Both are scored by entity-level micro F1 with ``continual.entities`` (what runs log); peft's argmax tags
+also by ``seqeval`` (``pip install seqeval``), which must agree. Ours decodes each sentence's tags as the best
+valid BIO sequence (:func:`continual.entities.bio_decode`); peft's tags are scored both ways: by argmax per
+word (``peft LoRA``, the guide's reference) and by the same decoding (``peft + BIO``). Needs ``pip install peft``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from continual.model.backbone import PACKAGED_MINILM, Backbone, resolve_name
 from continual.model.training import TrainerConfig, token_targets
 from continual.run.assemble import stream_file, stream_source
 from continual.streams import Split, Task
-from continual.streams.kinds.tokens import bio_tags
+from continual.streams.kinds.tokens import bio_tags, word_tags
 from peft_reference import training_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,8 +66,9 @@ def _seqeval_f1(gold: list[np.ndarray], predicted: list[np.ndarray], tags: tuple
     return float(f1_score([[tags[t] for t in g] for g in gold], [[tags[t] for t in p] for p in predicted]))
 
 
-def peft_f1(backbone: Backbone, task: Task, epochs: int, seed: int) -> tuple[float, float | None, float]:
-    """peft's entity F1 on the test set by our scorer and by seqeval, and its training seconds."""
+def peft_f1(backbone: Backbone, task: Task, epochs: int, seed: int) -> tuple[float, float, float | None, float]:
+    """peft's entity F1 on the test set, its tags read by argmax (the guide's way) and by our BIO decoding; the
+    argmax tags' F1 by seqeval; its training seconds."""
     from datasets import Dataset
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (
@@ -100,17 +103,21 @@ def peft_f1(backbone: Backbone, task: Task, epochs: int, seed: int) -> tuple[flo
         seconds = time.perf_counter() - start
         logits = Trainer(model=model, args=args, data_collator=collator).predict(test).predictions
     gold = [np.asarray(t) for t in task.test.tags]
-    predicted = []  # each word's tag at its first sub-token; O for words cut off by truncation (none at 128)
+    argmax, decoded = [], []  # each word's tag at its first sub-token; O for words cut off by truncation (none at 128)
     for i, first in enumerate(starts):
-        tags_i = np.zeros(len(gold[i]), dtype=np.int64)
-        kept = first >= 0
-        tags_i[kept] = np.asarray(logits[i].argmax(-1))[first[kept]]
-        predicted.append(tags_i)
+        scores = torch.as_tensor(logits[i]).float().log_softmax(-1).numpy()
+        argmax.append(np.where(first >= 0, scores.argmax(-1)[np.maximum(first, 0)], 0))
+        decoded.append(word_tags(scores, first)[0])
+    types = len(task.labels)
+    return _f1(gold, argmax, types), _f1(gold, decoded, types), _seqeval_f1(gold, argmax, tags), seconds
+
+
+def _f1(gold: list[np.ndarray], predicted: list[np.ndarray], types: int) -> float:
     counts = EntityCounts()
-    classes = np.arange(len(task.labels))
+    classes = np.arange(types)
     for g, p in zip(gold, predicted):
         counts.add_tags(g, classes, p, classes)
-    return counts.micro_f1, _seqeval_f1(gold, predicted, tags), seconds
+    return counts.micro_f1
 
 
 def ours_f1(task: Task, epochs: int, seed: int, head_init: str, reduction: float) -> tuple[float, float]:
@@ -142,9 +149,10 @@ def main() -> None:
     for domain in args.domains:
         task = _task(args.data, domain, args.sentences)
         if not args.skip_peft:
-            f1, checked, seconds = peft_f1(Backbone.load(), task, args.epochs, args.seed)
+            f1, decoded, checked, seconds = peft_f1(Backbone.load(), task, args.epochs, args.seed)
             shown = "n/a" if checked is None else f"{100 * checked:.2f}"
             print(f"{domain:<10} {'peft LoRA':<14} {100 * f1:>6.2f} {shown:>8} {seconds:>8.1f}", flush=True)
+            print(f"{domain:<10} {'peft + BIO':<14} {100 * decoded:>6.2f} {'':>8} {'':>8}", flush=True)
         for head_init in args.ours:
             f1, seconds = ours_f1(task, args.epochs, args.seed, head_init, args.reduction_factor)
             print(f"{domain:<10} {'ours ' + head_init:<14} {100 * f1:>6.2f} {'':>8} {seconds:>8.1f}", flush=True)

@@ -233,8 +233,9 @@ class AdapterPerTask:
         with self.bank.routed(segments):  # token states once; sequence heads read them pooled
             states = self._encode(ids, mask, self.cache, TOKEN_STATES)
         features = pool(states, mask, self.backbone.pooling)
-        out = Classified.empty(ids.shape[0], self.device, ids.shape[1])
         per_text = [s for s in segments if s[0] is not None and self.tasks[s[0]].kind.per_text]
+        taggers = [self.tasks[k].outputs for k, _, _ in segments if k is not None and not self.tasks[k].kind.per_text]
+        out = Classified.empty(ids.shape[0], self.device, ids.shape[1], max(taggers, default=0))
         batched = len(per_text) >= bank_module.BATCHED_FROM
         if batched:  # many heads that each read one vector per text: one gathered product
             self.heads.label_many(per_text, features, out)

@@ -25,6 +25,7 @@ from continual.model.outputs import Classified
 from continual.model.training import TrainerConfig, eval_batches, iter_padded
 from continual.streams import Split, Task
 from continual.streams.kinds import Encoded, Outputs, TaskKind
+from continual.streams.kinds.tokens import word_tags
 
 log = logging.getLogger(__name__)
 LossCallback = Callable[[int, float], None]  # (optimizer step within the step's training, loss)
@@ -202,12 +203,6 @@ def encode(learner: Learner, kind: TaskKind, texts: Sequence[str], what: str) ->
     return kind.encode(learner.backbone, texts, learner.trainer.max_length, what)
 
 
-def word_tags(tags: torch.Tensor, starts: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Per row of ``tags`` ``[n, tokens]``, the tag at each word's first sub-token (0 = O for words cut off)."""
-    rows = tags.cpu().numpy()
-    return [np.where(first >= 0, row[np.maximum(first, 0)], 0) for row, first in zip(rows, starts)]
-
-
 def run_head(learner: Learner, encoded: Encoded, k: int, outputs: Outputs, todo: np.ndarray) -> None:
     """Fill ``outputs`` at indices ``todo`` with task ``k``'s labels and certainty (and, for texts encoded with
     word starts, its tag per word)."""
@@ -217,8 +212,9 @@ def run_head(learner: Learner, encoded: Encoded, k: int, outputs: Outputs, todo:
         outputs.labels[idx] = got.labels.cpu().numpy()
         outputs.certainty[idx] = got.certainty.cpu().numpy()
         if starts is not None:
-            for i, tags in zip(idx, word_tags(got.tags, [starts[i] for i in idx])):
-                outputs.tags[i] = tags
+            scores = got.tag_scores.cpu().numpy()
+            for row, i in enumerate(idx):
+                outputs.tags[i] = word_tags(scores[row], starts[i])[0]
 
 
 def oracle_score(learner: Learner, k: int, task: Task, split: Split) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from continual.entities import EntityCounts, as_classes, entities
+from continual.entities import EntityCounts, as_classes, bio_decode, entities, valid_moves
 from continual.errors import ContinualError
 from continual.model.backbone import Backbone
-from continual.streams.kinds.tokens import TOKENS, bio_tags
+from continual.streams.kinds.tokens import TOKENS, bio_tags, word_tags
 from continual.streams.spec import StreamSpec
 from continual.streams.tokens import read_token_file, repair_bio
 
@@ -47,6 +48,41 @@ def test_entity_f1_is_conllevals():
     # an I- that continues nothing begins an entity; an I- of another type starts a new one
     assert entities(ids(["I-PER", "I-PER", "O", "B-PER", "I-MISC"], types)) == [(0, 2, 1), (3, 4, 1), (4, 5, 0)]
     assert repair_bio(("O", "I-PER", "I-PER", "B-MISC", "I-PER")) == (("O", "B-PER", "I-PER", "B-MISC", "B-PER"), 2)
+
+
+def is_valid_bio(tags: np.ndarray) -> bool:
+    follows, starts = valid_moves(int(tags.max()) + 1 if len(tags) else 1)
+    return len(tags) == 0 or (starts[tags[0]] and all(follows[a, b] for a, b in zip(tags[:-1], tags[1:])))
+
+
+def test_bio_decoding_is_the_best_valid_sequence():
+    rng = np.random.default_rng(0)
+    types = ("date", "city")
+    for words in range(5):
+        for _ in range(20):
+            scores = np.log(rng.dirichlet(np.ones(5), size=words)) if words else np.zeros((0, 5))
+            decoded = bio_decode(scores)
+            assert is_valid_bio(decoded) and decoded.dtype == np.int64
+            paths = [np.asarray(p, dtype=np.int64) for p in itertools.product(range(5), repeat=words)]
+            valid = [p for p in paths if is_valid_bio(p)]
+            best = max(valid, key=lambda p: scores[np.arange(words), p].sum())
+            assert scores[np.arange(words), decoded].sum() == pytest.approx(scores[np.arange(words), best].sum())
+            if is_valid_bio(scores.argmax(-1)):  # a valid argmax is the answer
+                assert decoded.tolist() == scores.argmax(-1).tolist()
+    # argmax reads "O I-date I-date" (an entity that begins with I-); the best valid path begins it at B-date
+    probs = np.array([[0.5, 0.45, 0.01, 0.02, 0.02], [0.1, 0.2, 0.6, 0.05, 0.05], [0.1, 0.1, 0.7, 0.05, 0.05]])
+    assert bio_decode(np.log(probs)).tolist() == ids(["B-date", "I-date", "I-date"], types)
+    # a lone I- of another type after B-city: the best valid path ends the city there
+    probs = np.array([[0.1, 0.05, 0.05, 0.7, 0.1], [0.3, 0.05, 0.6, 0.0, 0.05]])
+    assert bio_decode(np.log(probs + 1e-9)).tolist() == ids(["B-city", "O"], types)
+
+
+def test_word_tags_read_first_sub_tokens_and_tag_cut_off_words_o():
+    scores = np.log(np.array([[0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.9, 0.05, 0.05], [0.1, 0.1, 0.8]]))
+    # words start at tokens 0 and 3; the third word was cut off by truncation
+    tags, confidence = word_tags(scores, np.array([0, 3, -1]))
+    assert tags.tolist() == [1, 2, 0]
+    assert confidence.tolist() == pytest.approx([0.8, 0.8, 0.0])
 
 
 def test_jsonl_and_conll_sentences(tmp_path, caplog):

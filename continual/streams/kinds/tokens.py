@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from continual.entities import EntityCounts, entities
+from continual.entities import EntityCounts, bio_decode, entities
 from continual.errors import ContinualError
 from continual.model.backbone import TOKEN_STATES
 from continual.model.outputs import Classified
@@ -111,8 +111,7 @@ class TokenKind:
 
     def answer(self, text: str, starts: np.ndarray | None, row: Classified, labels: Sequence[str]) -> dict[str, Any]:
         assert starts is not None
-        tags, confidence = row.tags.cpu().numpy(), row.tag_confidence.cpu().numpy()
-        return {"entities": spans(text, starts, tags, confidence, labels)}
+        return {"entities": spans(text, *word_tags(row.tag_scores.cpu().numpy(), starts), labels)}
 
     def score(
         self,
@@ -139,17 +138,25 @@ class TokenKind:
         return Score(counts.micro_f1, counts.by_class(dict(zip(classes[own].tolist(), task.labels))))
 
 
-def spans(
-    text: str, starts: np.ndarray, tags: np.ndarray, confidence: np.ndarray, types: Sequence[str]
-) -> list[dict[str, Any]]:
-    """A tagger's entities in ``text`` (its words are the runs of non-whitespace): text, type, character
-    offsets ``start``/``end`` (``text[start:end]``) and confidence, the mean tag probability over its words."""
-    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+def word_tags(scores: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each word's tag, decoded from a sentence's ``[tokens, tags]`` tag scores at the words' first sub-tokens
+    as the best valid BIO sequence (:func:`~continual.entities.bio_decode`; words cut off by truncation are O),
+    and that tag's probability (0 for words cut off)."""
     kept = starts >= 0
-    word_tags = np.where(kept, tags[np.maximum(starts, 0)], 0)
-    word_confidence = np.where(kept, confidence[np.maximum(starts, 0)], 0.0)
+    at_words = scores[np.maximum(starts, 0)]
+    at_words[~kept] = -np.inf
+    at_words[~kept, 0] = 0.0
+    tags = bio_decode(at_words)
+    return tags, np.where(kept, np.exp(at_words[np.arange(len(tags)), tags]), 0.0)
+
+
+def spans(text: str, tags: np.ndarray, confidence: np.ndarray, types: Sequence[str]) -> list[dict[str, Any]]:
+    """A tagger's entities in ``text`` from its words' ``tags`` and their ``confidence`` (its words are the runs
+    of non-whitespace): text, type, character offsets ``start``/``end`` (``text[start:end]``) and confidence,
+    the mean tag probability over its words."""
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
     found = []
-    for first, stop, kind in entities(word_tags):
+    for first, stop, kind in entities(tags):
         begin, end = words[first][0], words[stop - 1][1]
         found.append(
             {
@@ -157,7 +164,7 @@ def spans(
                 "type": types[int(kind)],
                 "start": begin,
                 "end": end,
-                "confidence": round(float(word_confidence[first:stop].mean()), 6),
+                "confidence": round(float(confidence[first:stop].mean()), 6),
             }
         )
     return found
