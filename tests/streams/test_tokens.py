@@ -19,6 +19,7 @@ from continual.streams.spec import StreamSpec
 from continual.streams.tokens import read_token_file, repair_bio
 
 from conftest import (
+    SHARED,
     SLOT_TEMPLATES,
     main_in_process,
     one_error_line,
@@ -83,6 +84,33 @@ def test_word_tags_read_first_sub_tokens_and_tag_cut_off_words_o():
     tags, confidence = word_tags(scores, np.array([0, 3, -1]))
     assert tags.tolist() == [1, 2, 0]
     assert confidence.tolist() == pytest.approx([0.8, 0.8, 0.0])
+
+
+@pytest.mark.skipif(not (SHARED / "fbtod").is_dir(), reason="shared fbtod data not present")
+def test_entity_f1_equals_seqevals_on_every_fbtod_test_split():
+    """Gold tags of each domain's test split against copies with random tags (invalid BIO included), scored by
+    our scorer and by seqeval's default mode: equal micro F1, and equal F1 per type."""
+    seqeval = pytest.importorskip("seqeval.metrics")
+    from continual.run.assemble import stream_file, stream_source
+
+    path = Path(__file__).resolve().parents[2] / "conf/stream/fbtod_slots.yaml"
+    node = {**stream_file(path), "data_dir": str(SHARED / "fbtod")}
+    rng = np.random.default_rng(0)
+    for task in stream_source(node).load().tasks:
+        tags = bio_tags(task.labels)
+        gold = [np.asarray(t) for t in task.test.tags]
+        for rate in (0.05, 0.3):
+            predicted = [np.where(rng.random(len(g)) < rate, rng.integers(0, len(tags), len(g)), g) for g in gold]
+            counts = EntityCounts()
+            local = np.arange(len(task.labels))
+            for g, p in zip(gold, predicted):
+                counts.add_tags(g, local, p, local)
+            as_text = [[[tags[t] for t in sentence] for sentence in side] for side in (gold, predicted)]
+            assert counts.micro_f1 == pytest.approx(seqeval.f1_score(*as_text), abs=1e-12), task.name
+            theirs = seqeval.classification_report(*as_text, output_dict=True, zero_division=0)
+            ours = counts.by_class(dict(enumerate(task.labels)))
+            for name in task.labels:
+                assert ours[name]["f1"] == pytest.approx(theirs.get(name, {"f1-score": 0.0})["f1-score"], abs=1e-12)
 
 
 def test_jsonl_and_conll_sentences(tmp_path, caplog):
