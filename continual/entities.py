@@ -49,8 +49,8 @@ def valid_moves(tags: int) -> tuple[np.ndarray, np.ndarray]:
 
 def bio_decode(scores: np.ndarray) -> np.ndarray:
     """The tag sequence of highest total score among the valid BIO ones (Viterbi over ``scores``, ``[words,
-    tags]`` log-probabilities). Where the per-word argmax is valid it is the answer; otherwise no ``I-`` follows
-    an ``O`` or another type: the best valid path decides whether the span begins earlier or not at all."""
+    tags]`` log-probabilities). Where the per-word argmax is valid it is the answer. Where it has an ``I-`` after
+    an ``O`` or after another type, the best valid path decides whether that span begins earlier or not at all."""
     words, tags = scores.shape
     if words == 0:
         return np.zeros(0, dtype=np.int64)

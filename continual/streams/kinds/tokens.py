@@ -1,7 +1,8 @@
 """Token tasks (slots, named entities): a BIO tag per word from every token's state, scored by entity micro F1.
 
 Words are the runs of non-whitespace of a text; each word is tagged at its first sub-token (later
-sub-tokens are not trained and not read). The data side (reading BIO files, repairs) is
+sub-tokens are not trained and not read), and a sentence's tags are the best valid BIO sequence under its
+words' tag scores (:func:`word_tags`). The data side (reading BIO files, repairs) is
 :mod:`continual.streams.tokens`.
 """
 
